@@ -1,0 +1,39 @@
+# `make demo` and `make test` each set up .venv on a fresh machine (Python 3.11,
+# no conda), then run. torch 2.13.0 is the CPU build; pins live in pyproject.toml.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# mlflow starts uvicorn and `python` by bare name: the venv's bin/ must come first.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup demo test test-fast lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+# Trains on the bundled real prices, logs to ./mlflow.db, registers prices-returns-h1.
+demo: setup
+	$(BIN)/mlflow run . --env-manager local --experiment-name prices -P epochs=10
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m bench.trainer_overhead
+	$(BIN)/python -m bench.tbptt_memory
+	$(BIN)/python -m bench.time_to_quality
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts .pytest_cache

@@ -1,0 +1,144 @@
+"""The networks: stacked rnn/lstm/gru with a regression head, and the MLP baseline.
+
+Every network maps inputs [B, T, F] and an optional carried state to outputs
+[B, T, out] and the next state, so the trainer treats them alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_loaders.sequences import windows
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+NORMS = ("none", "layer", "batch")
+INITS = ("orthogonal", "xavier", "gaussian", "uniform", "zeros")
+
+
+class SequenceBatchNorm(nn.Module):
+    """Batch norm over batch and time together (sequence-wise, as in Deep Speech 2)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, f = h.shape
+        return self.bn(h.reshape(b * t, f)).reshape(b, t, f)  # [B*T, F] -> [B, T, F]
+
+
+def _norm(kind: str, size: int) -> nn.Module:
+    return {"none": nn.Identity, "layer": nn.LayerNorm, "batch": SequenceBatchNorm}[kind](size)
+
+
+class RecurrentRegressor(nn.Module):
+    """`layers` single-layer cells; between two layers: norm, then dropout."""
+
+    def __init__(self, n_features: int, n_outputs: int, cell: str = "lstm", hidden: int = 32,
+                 layers: int = 1, dropout: float = 0.0, norm: str = "none"):
+        super().__init__()
+        sizes = [n_features] + [hidden] * layers
+        self.cells = nn.ModuleList(CELLS[cell](sizes[i], hidden, batch_first=True)
+                                   for i in range(layers))
+        self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(layers - 1))
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, n_outputs)
+
+    def forward(self, x: torch.Tensor, state: list | None = None):
+        state = state or [None] * len(self.cells)
+        h, new_state = x, []
+        for i, rnn in enumerate(self.cells):
+            h, s = rnn(h, state[i])
+            new_state.append(s)
+            if i < len(self.norms):
+                h = self.dropout(self.norms[i](h))
+        self.top_hidden = h  # [B, T, hidden], kept for diagnostics and embeddings
+        return self.head(self.dropout(h)), new_state
+
+
+class MLPRegressor(nn.Module):
+    """The feed-forward baseline: a flattened window [B, L*F] -> hidden layers -> out.
+    Trained by plain backpropagation; it has no state, so the output is one step."""
+
+    def __init__(self, n_features: int, n_outputs: int, lookback: int, hidden: int = 32,
+                 layers: int = 1, dropout: float = 0.0, **_):
+        super().__init__()
+        sizes = [n_features * lookback] + [hidden] * layers
+        blocks = []
+        for i in range(layers):
+            blocks += [nn.Linear(sizes[i], sizes[i + 1]), nn.Tanh(), nn.Dropout(dropout)]
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(hidden, n_outputs)
+        self.lookback = lookback
+
+    def forward(self, x: torch.Tensor, state=None):
+        if x.shape[1] != self.lookback:
+            raise ValueError(f"mlp: expected windows of {self.lookback} steps, got {x.shape[1]}")
+        return self.head(self.body(x.flatten(1))).unsqueeze(1), None  # [B, 1, out]
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Weight matrices by `scheme`, biases to zero. For recurrent weights
+    (weight_hh) `orthogonal` applies per gate block, which keeps each gate's
+    recurrence norm-preserving at the start."""
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
+    for name, p in model.named_parameters():
+        if p.dim() < 2 or "norm" in name:
+            if "bias" in name:
+                nn.init.zeros_(p)
+            continue
+        if scheme == "zeros":
+            nn.init.zeros_(p)
+        elif scheme == "gaussian":
+            nn.init.normal_(p, 0.0, 1.0 / math.sqrt(p.shape[1]))
+        elif scheme == "uniform":
+            bound = 1.0 / math.sqrt(p.shape[1])
+            nn.init.uniform_(p, -bound, bound)
+        elif scheme == "xavier" or "weight_hh" not in name:
+            nn.init.xavier_uniform_(p)
+        else:
+            for block in p.data.split(p.shape[1]):
+                nn.init.orthogonal_(block)
+
+
+def build_model(cfg: dict, n_features: int, n_outputs: int) -> nn.Module:
+    """A network from the model part of the config (a plain dict, as stored with the model)."""
+    kwargs = dict(hidden=cfg["hidden"], layers=cfg["layers"], dropout=cfg["dropout"])
+    if cfg["cell"] == "mlp":
+        model = MLPRegressor(n_features, n_outputs, lookback=cfg["lookback"], **kwargs)
+    else:
+        model = RecurrentRegressor(n_features, n_outputs, cell=cfg["cell"], norm=cfg["norm"],
+                                   **kwargs)
+    init_weights(model, cfg["init"])
+    return model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device; "
+                         "use device=auto or device=cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def forecast_at(model: nn.Module, x: torch.Tensor, anchors: np.ndarray, stateful: bool,
+            lookback: int, chunk: int = 2048) -> torch.Tensor:
+    """Predictions [N, out] at the anchors of one series x [T, F]: from the window of
+    `lookback` steps ending there, or (stateful) from one pass over the whole series."""
+    model.eval()
+    if stateful:
+        out, _ = model(x[None])
+        return out[0, torch.as_tensor(anchors)]
+    wins = windows(x, lookback)
+    starts = torch.as_tensor(anchors - lookback + 1)
+    if len(starts) == 0:
+        return torch.empty(0, model.head.out_features)
+    return torch.cat([model(wins[starts[i:i + chunk]])[0][:, -1]
+                      for i in range(0, len(starts), chunk)])

@@ -1,0 +1,8 @@
+"""Models-from-code entry point: MLflow runs this file to get the pyfunc, so the
+logged model holds no pickle at all (weights, config and normaliser are files)."""
+
+import mlflow
+
+from models.pyfunc import PriceForecaster
+
+mlflow.models.set_model(PriceForecaster())

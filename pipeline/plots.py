@@ -1,0 +1,31 @@
+"""Figures logged with every run (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def loss_curves(epochs: list[dict]):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [e["epoch"] for e in epochs]
+    ax.plot(x, [e["train_loss"] for e in epochs], label="train")
+    ax.plot(x, [e["val_loss"] for e in epochs], label="validation")
+    ax.set(xlabel="epoch", ylabel="MSE (normalised units)", title="Loss per epoch")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def forecast_vs_actual(dates, actual, model, baseline, baseline_name: str, title: str):
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(dates, actual, lw=0.8, color="0.5", label="actual")
+    ax.plot(dates, baseline, lw=1.0, label=baseline_name)
+    ax.plot(dates, model, lw=1.0, label="model")
+    ax.set(title=title, xlabel="date")
+    ax.legend()
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

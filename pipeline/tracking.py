@@ -1,0 +1,65 @@
+"""MLflow set-up and the Model Registry rules.
+
+With MLFLOW_TRACKING_URI unset, runs go to embedded SQLite in the project folder
+(`mlflow.db`), MLflow 3's default, never the deprecated file store; with it
+set (say a shared server on PostgreSQL), there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pipeline.config import ROOT, Config
+
+CHAMPION = "champion"
+# MLflow's per-file download bars drown the training output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = None):
+    """An active run in the config's experiment (or the run `mlflow run` started)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    if not run_id and not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+        yield run
+
+
+def log_new_params(params: dict) -> None:
+    """Log params the active run does not have yet: `mlflow run` logs the MLproject
+    parameters itself, and MLflow refuses to log a param twice."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+
+def register(model_uri: str, name: str, run_id: str, val_loss: float,
+             tags: dict[str, float]) -> tuple[str, bool]:
+    """Register a new version, tag it with its metrics, and move @champion to it when
+    its validation loss beats the current champion's. Returns (version, promoted)."""
+    client = MlflowClient()
+    version = str(mlflow.register_model(model_uri, name).version)
+    for key, value in {**tags, "val_loss": val_loss, "run_id": run_id}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    current = champion_val_loss(name)
+    promoted = current is None or val_loss < current
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return version, promoted
+
+
+def champion_val_loss(name: str) -> float | None:
+    try:
+        champ = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return float(champ.tags["val_loss"])

@@ -1,0 +1,91 @@
+"""Step `train`: fit a network by BPTT and log it as a pyfunc.
+
+Reads: the price data named by the config (see `prepare`). Writes: an MLflow run
+with the resolved config as params, one `log_metrics` per epoch (train_loss,
+val_loss, grad_norm, lr, epoch_seconds), the loss-curve plot and the `model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from models.networks import build_model, resolve_device
+from models.pyfunc import log_price_model, output_names
+from pipeline import plots
+from pipeline.config import Config, add_arguments, from_args
+from pipeline.prepare import Prepared, log_dataset, prepare
+from pipeline.tracking import log_new_params, start_run
+from pipeline.trainer import History, fit, seed_everything
+
+MODEL_URI_TAG = "model_uri"
+
+
+def model_spec(cfg: Config, prep: Prepared) -> dict:
+    """What model.json stores: enough to rebuild the network and its preprocessing."""
+    m, d = cfg.model, cfg.data
+    net = {k: getattr(m, k) for k in ("cell", "hidden", "layers", "dropout", "norm", "init")}
+    return {"model": {**net, "lookback": d.lookback}, "bptt": cfg.train.bptt,
+            "lookback": d.lookback, "target": d.target, "horizon": d.horizon,
+            "features": prep.features, "outputs": output_names(d.target, d.horizon)}
+
+
+def train_model(cfg: Config, prep: Prepared, on_epoch=None) -> tuple[torch.nn.Module, History]:
+    device = resolve_device(cfg.model.device)
+    seed_everything(cfg.train.seed)  # the initial weights depend on the seed too
+    spec = model_spec(cfg, prep)
+    net = build_model(spec["model"], len(prep.features), len(spec["outputs"])).to(device)
+    history = fit(net, prep.streams(device), cfg.train, cfg.data.lookback, on_epoch)
+    return net.cpu(), history
+
+
+def example_input(prep: Prepared, lookback: int) -> pd.DataFrame:
+    """A real request: the last lookback + 1 prices of the first series."""
+    name = prep.names[0]
+    tail = prep.frames[name].iloc[-(lookback + 1):]
+    row = {"close": tail["adj_close"].tolist(), "high": tail["high"].tolist(),
+           "low": tail["low"].tolist(), "series_id": name}
+    if "log_volume_change" in prep.features:
+        row["volume"] = tail["volume"].astype(float).tolist()
+    return pd.DataFrame([row])
+
+
+def train_and_log(cfg: Config, prep: Prepared) -> tuple[torch.nn.Module, History, str]:
+    """Inside an active run: params, dataset, per-epoch metrics, plot, model.
+    Returns the network, its history and the logged model's URI."""
+    log_new_params(cfg.params())
+    log_dataset(prep)
+
+    def log_epoch(m: dict) -> None:
+        mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
+
+    net, history = train_model(cfg, prep, log_epoch)
+    mlflow.log_metrics({"best_val_loss": history.best_val_loss,
+                        "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
+    mlflow.set_tag("stop_reason", history.stop_reason)
+    mlflow.log_figure(plots.loss_curves(history.epochs), "plots/loss_curves.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        info = log_price_model(Path(tmp), net, model_spec(cfg, prep), prep.x_norm, prep.y_norm,
+                               example_input(prep, cfg.data.lookback))
+    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)  # what `register` registers
+    return net, history, info.model_uri
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args(argv))
+    prep = prepare(cfg)
+    with start_run(cfg, run_name=f"{cfg.model.cell}-{cfg.train.bptt}") as run:
+        _, history, _ = train_and_log(cfg, prep)
+    print(f"run {run.info.run_id}: best val_loss {history.best_val_loss:.5f} "
+          f"at epoch {history.best_epoch} ({history.stop_reason})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""End to end on real prices: one run per model, the registry, the pyfunc, `mlflow run`.
+
+Every test has its own SQLite store and artifact folder under tmp_path.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from data_loaders.sequences import TEST
+from models.networks import forecast_at
+from pipeline import evaluate, prepare, register, tracking
+from pipeline.config import DEFAULTS, from_params
+from pipeline.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--data", "data/prices/SPY.csv", "--epochs", "2", "--hidden", "8", "--lookback", "16",
+        "--lanes", "4", "--k1", "20", "--k2", "40"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # new experiments put their artifacts under the cwd
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    # mlflow.set_experiment exports the id; it must not leak into the next test's store
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        os.environ.pop(name, None)
+
+
+def test_tracking_defaults_to_sqlite_in_the_project(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{ROOT / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_main_logs_one_complete_run_and_registers_it(store):
+    out = main(FAST)
+    client = MlflowClient()
+    run = client.get_run(out["run_id"])
+    assert set(DEFAULTS) <= set(run.data.params)
+    assert run.data.params["cell"] == "lstm" and run.data.params["val_start"]
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1]
+    for name in ("train_loss", "grad_norm", "lr", "epoch_seconds"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 2
+    m = run.data.metrics
+    for metric in ("rmse", "mae", "dir_acc", "r2_oos"):
+        for suffix in ("", "_zero", "_persistence", "_train_mean"):
+            assert np.isfinite(m[f"test_{metric}{suffix}"])
+    assert 0 <= m["test_dm_pvalue"] <= 1
+    assert m["test_r2_oos_zero"] == pytest.approx(0.0)
+    assert run.inputs.dataset_inputs[0].dataset.name == "prices"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/loss_curves.png", "plots/test_forecast.png"}
+    champion = client.get_model_version_by_alias("prices-returns-h1", "champion")
+    assert champion.run_id == run.info.run_id
+    assert float(champion.tags["val_loss"]) == pytest.approx(m["best_val_loss"])
+    assert "test_rmse" in champion.tags
+
+
+def _history_rows(prep, name, anchor):
+    """The raw request for a forecast at `anchor`: prices up to the day it is known."""
+    frame = prep.frames[name].iloc[: anchor + 2]
+    return {"close": frame.adj_close.tolist(), "high": frame.high.tolist(),
+            "low": frame.low.tolist(), "volume": frame.volume.astype(float).tolist(),
+            "series_id": name}
+
+
+@pytest.mark.parametrize("extra", [[], ["--bptt", "truncated", "--cell", "gru",
+                                        "--target", "volatility", "--horizon", "3"]])
+def test_pyfunc_predicts_from_price_histories_like_evaluation(store, extra):
+    out = main([*FAST, "--data", "data/prices", "--start", "2010-01-01", *extra])
+    cfg = from_params(MlflowClient().get_run(out["run_id"]).data.params)
+    prep = prepare.prepare(cfg)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name()}@champion")
+    net = model.unwrap_python_model().net
+    rows, expected = [], []
+    streams = prep.streams()
+    for i, name in enumerate(prep.names[:2]):
+        a = streams.anchors(TEST, cfg.data.lookback)[i][[0, -1]]
+        for anchor in a:
+            x = streams.x[i][: anchor + 1]  # the model only ever sees the past
+            pred = forecast_at(net, x, np.array([anchor]), cfg.train.bptt == "truncated",
+                               cfg.data.lookback)
+            expected.append(prep.y_norm.inverse_transform(pred.numpy())[0])
+            rows.append(_history_rows(prep, name, anchor))
+    got = model.predict(pd.DataFrame(rows))
+    assert list(got.columns[:2]) == ["series_id", "step"]
+    assert got.series_id.tolist() == [r["series_id"] for r in rows]
+    assert np.allclose(got.iloc[:, 2:].to_numpy(), np.array(expected), rtol=1e-4, atol=1e-7)
+    assert np.isfinite(got.iloc[:, 2:].to_numpy()).all()
+
+
+def test_pyfunc_rejects_bad_histories_by_name(store):
+    main(FAST)
+    model = mlflow.pyfunc.load_model("models:/prices-returns-h1@champion")
+    good = {"close": [100.0 + i for i in range(30)], "high": [102.0 + i for i in range(30)],
+            "low": [99.0 + i for i in range(30)], "volume": [1e6] * 30}
+    cases = {
+        "shorter than the 17 this model needs": {**good, "close": good["close"][:10],
+                                                 "high": good["high"][:10],
+                                                 "low": good["low"][:10],
+                                                 "volume": good["volume"][:10]},
+        "column 'close': contains NaN": {**good, "close": [np.nan] + good["close"][1:]},
+        "column 'low': prices must be > 0": {**good, "low": [0.0] + good["low"][1:]},
+        "missing required column 'volume'": {k: v for k, v in good.items() if k != "volume"},
+    }
+    for message, row in cases.items():
+        with pytest.raises(mlflow.exceptions.MlflowException, match=message):
+            model.unwrap_python_model().predict(None, pd.DataFrame([row]))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="empty batch"):
+        model.unwrap_python_model().predict(None, pd.DataFrame(columns=list(good)))
+
+
+def test_champion_moves_only_to_a_better_model(store):
+    run_id = main([*FAST, "--register", "false"])["run_id"]
+    uri = MlflowClient().get_run(run_id).data.tags["model_uri"]
+    name = "champion-test"
+    assert tracking.register(uri, name, run_id, 0.5, {}) == ("1", True)
+    assert tracking.register(uri, name, run_id, 0.7, {}) == ("2", False)
+    assert str(MlflowClient().get_model_version_by_alias(name, "champion").version) == "1"
+    assert tracking.register(uri, name, run_id, 0.3, {}) == ("3", True)
+    assert str(MlflowClient().get_model_version_by_alias(name, "champion").version) == "3"
+
+
+def test_steps_on_their_own(store, capsys):
+    prepare.main(["--data", "data/prices/SPY.csv"])
+    assert "SPY" in capsys.readouterr().out
+    from pipeline import train
+
+    train.main([*FAST, "--experiment", "steps"])
+    run = mlflow.search_runs(experiment_names=["steps"], output_format="list")[0]
+    assert "test_rmse" not in run.data.metrics and "best_val_loss" in run.data.metrics
+    evaluate.main(["--run_id", run.info.run_id])
+    assert "test_rmse" in MlflowClient().get_run(run.info.run_id).data.metrics
+    register.main(["--run_id", run.info.run_id])
+    assert MlflowClient().get_model_version_by_alias("prices-returns-h1", "champion")
+
+
+@pytest.mark.slow
+def test_mlflow_run_truncated_gru_on_a_csv_folder(store):
+    data = store / "csvs"
+    data.mkdir()
+    for name in ("AAPL", "GSPC"):
+        shutil.copy(ROOT / "data" / "prices" / f"{name}.csv", data)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+    env |= {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+           "--experiment-name", "cli", "-P", "cell=gru", "-P", "bptt=truncated", "-P", "k1=50",
+           "-P", "k2=100", "-P", "epochs=1", "-P", f"data={data}", "-P", "hidden=8"]
+    proc = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = mlflow.search_runs(experiment_names=["cli"], output_format="list")[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["k2"] == "100" and run.data.params["series"] == "AAPL,GSPC"
+    assert "test_rmse" in run.data.metrics
+    champion = MlflowClient().get_model_version_by_alias("prices-returns-h1", "champion")
+    assert champion.run_id == run.info.run_id
+    assert not (ROOT / "mlruns").exists()
+
+
+def test_unknown_ticker_offline_fails_with_a_clear_message(store, monkeypatch):
+    import yfinance
+
+    monkeypatch.setattr(yfinance, "download", lambda *a, **k: pd.DataFrame())
+    with pytest.raises(ValueError, match="no data for 'ZZZZ'.*data=PATH"):
+        main(["--tickers", "ZZZZ", "--cache_dir", str(store / "cache")])
