@@ -65,7 +65,7 @@ class MLPRegressor(nn.Module):
     Trained by plain backpropagation; it has no state, so the output is one step."""
 
     def __init__(self, n_features: int, n_outputs: int, lookback: int, hidden: int = 32,
-                 layers: int = 1, dropout: float = 0.0, **_):
+                 layers: int = 1, dropout: float = 0.0):
         super().__init__()
         sizes = [n_features * lookback] + [hidden] * layers
         blocks = []

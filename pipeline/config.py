@@ -172,13 +172,14 @@ def _coerce(part, name: str, value):
 DEFAULTS = Config().flat()
 
 
-def build_config(overrides: dict | None = None, preset: str | None = None) -> Config:
-    """Defaults, then the preset's values, then `overrides`. An override equal to the
-    built-in default does not undo a preset value: MLproject passes every parameter,
-    so a default cannot be told apart from an explicit choice there."""
+def build_config(overrides: dict | None = None) -> Config:
+    """Defaults, then the values of the `preset` YAML file named in `overrides`, then the
+    other overrides. An override equal to the built-in default does not undo a preset
+    value: MLproject passes every parameter, so a default cannot be told apart from an
+    explicit choice there."""
     overrides = dict(overrides or {})
     cfg = Config()
-    preset = preset or overrides.get("preset") or ""
+    preset = overrides.get("preset") or ""
     if preset:
         cfg.set("preset", preset)
         path = Path(preset) if Path(preset).exists() else ROOT / preset
@@ -193,11 +194,13 @@ def build_config(overrides: dict | None = None, preset: str | None = None) -> Co
 
 
 def from_params(params: dict[str, str]) -> Config:
-    """The config of a logged run. `mlflow run` logs values shell-quoted ('' for empty)."""
+    """The config of a logged run. Its params are already resolved, so a preset is not
+    read again (its file may be gone). `mlflow run` logs values shell-quoted ('')."""
     def unquote(v: str) -> str:
         return shlex.split(v)[0] if len(v) >= 2 and v[0] == v[-1] == "'" else v
 
-    return build_config({k: unquote(v) for k, v in params.items() if k in DEFAULTS})
+    return build_config({k: unquote(v) for k, v in params.items()
+                         if k in DEFAULTS and k != "preset"})
 
 
 def _coerce_default(name: str, value):

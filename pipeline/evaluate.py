@@ -21,9 +21,10 @@ from models.networks import forecast_at
 from pipeline import metrics, plots
 from pipeline.config import Config, from_params
 from pipeline.prepare import Prepared, prepare
+from pipeline.tracking import logged_model_uri, start_run, tracking_uri
 
 
-def test_forecasts(net: torch.nn.Module, cfg: Config, prep: Prepared) -> dict:
+def test_forecasts(net: torch.nn.Module, cfg: Config, prep: Prepared) -> list[dict]:
     """Per series: test anchors, actual targets, the model's and every baseline's forecasts."""
     d = cfg.data
     streams = prep.streams()
@@ -71,19 +72,22 @@ def log_evaluation(table: dict, per_series: list) -> dict:
     fig = plots.forecast_vs_actual(s["dates"], s["actual"][:, 0], s["model"][:, 0],
                                    s["baselines"][best][:, 0], best,
                                    f"{s['name']}: test forecast vs actual (first output)")
-    mlflow.log_figure(fig, "plots/test_forecast.png")
+    plots.log_figure(fig, "plots/test_forecast.png")
     return flat
+
+
+def format_table(table: dict) -> str:
+    frame = pd.DataFrame(table).T.drop(columns=["best_baseline"], errors="ignore")
+    return frame.to_string(float_format=lambda v: f"{v:.6g}", na_rep="")
 
 
 def load_run(run_id: str) -> tuple[torch.nn.Module, Config]:
     """The network of a run's logged model and the config it was trained with."""
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model()
+    model = mlflow.pyfunc.load_model(logged_model_uri(run_id)).unwrap_python_model()
     return model.net, from_params(mlflow.get_run(run_id).data.params)
 
 
 def main(argv=None) -> None:
-    from pipeline.tracking import start_run, tracking_uri
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run_id", required=True, help="run whose model to evaluate")
     args = parser.parse_args(argv)
@@ -92,7 +96,7 @@ def main(argv=None) -> None:
     table, per_series = evaluate(net, cfg, prepare(cfg))
     with start_run(cfg, run_id=args.run_id):
         log_evaluation(table, per_series)
-    print(pd.DataFrame(table).T.to_string())
+    print(format_table(table))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import add_arguments, from_args
-from pipeline.evaluate import evaluate, log_evaluation
+from pipeline.evaluate import evaluate, format_table, log_evaluation
 from pipeline.prepare import prepare
 from pipeline.register import register_run
 from pipeline.tracking import start_run
@@ -30,17 +30,10 @@ def main(argv=None) -> dict:
     print(f"\nrun {run_id}: best val_loss {history.best_val_loss:.5f} at epoch "
           f"{history.best_epoch} of {len(history.epochs)} ({history.stop_reason})")
     print("test metrics (raw units):")
-    print(_table(table))
+    print(format_table(table))
     if cfg.tracking.register:
         register_run(run_id, cfg.model_name())
     return {"run_id": run_id, "table": table, "history": history}
-
-
-def _table(table: dict) -> str:
-    import pandas as pd
-
-    frame = pd.DataFrame(table).T.drop(columns=["best_baseline"], errors="ignore")
-    return frame.to_string(float_format=lambda v: f"{v:.6g}", na_rep="")
 
 
 if __name__ == "__main__":

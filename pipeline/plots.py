@@ -8,6 +8,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def log_figure(fig, path: str) -> None:
+    """Log into the active run and free the figure (pyplot keeps every open one)."""
+    import mlflow
+
+    mlflow.log_figure(fig, path)
+    plt.close(fig)
+
+
 def loss_curves(epochs: list[dict]):
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [e["epoch"] for e in epochs]

@@ -25,6 +25,7 @@ from data_loaders.prices import (
 )
 from data_loaders.sequences import SPLIT_NAMES, Normaliser, assign_splits, date_cutoffs
 from pipeline.config import ROOT, Config, DataConfig, add_arguments, from_args
+from pipeline.tracking import log_new_params, start_run
 from pipeline.trainer import Streams
 
 
@@ -123,8 +124,6 @@ def log_dataset(prep: Prepared) -> None:
 
 
 def main(argv=None) -> None:
-    from pipeline.tracking import log_new_params, start_run
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, set(DataConfig().__dataclass_fields__) | {"experiment", "preset"})
     cfg = from_args(parser.parse_args(argv))

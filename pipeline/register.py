@@ -12,8 +12,7 @@ import argparse
 import mlflow
 
 from pipeline.config import from_params
-from pipeline.tracking import register, tracking_uri
-from pipeline.train import MODEL_URI_TAG
+from pipeline.tracking import logged_model_uri, register, tracking_uri
 
 MODEL_METRICS = [f"test_{k}" for k in ("rmse", "mae", "dir_acc", "r2_oos", "dm_pvalue")]
 
@@ -24,8 +23,7 @@ def register_run(run_id: str, name: str) -> tuple[str, bool]:
     if "best_val_loss" not in m:
         raise ValueError(f"run_id: run {run_id} has no best_val_loss; was it a training run?")
     tags = {k: m[k] for k in MODEL_METRICS if k in m}
-    uri = run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
-    version, promoted = register(uri, name, run_id, m["best_val_loss"], tags)
+    version, promoted = register(logged_model_uri(run_id), name, run_id, m["best_val_loss"], tags)
     verdict = "now @champion" if promoted else "champion unchanged (it has a lower val_loss)"
     print(f"registered {name} version {version}: {verdict}")
     return version, promoted

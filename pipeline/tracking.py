@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from pipeline.config import ROOT, Config
 
 CHAMPION = "champion"
+MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
 # MLflow's per-file download bars drown the training output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -40,6 +41,11 @@ def log_new_params(params: dict) -> None:
     parameters itself, and MLflow refuses to log a param twice."""
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+
+def logged_model_uri(run_id: str) -> str:
+    run = mlflow.get_run(run_id)
+    return run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
 
 
 def register(model_uri: str, name: str, run_id: str, val_loss: float,

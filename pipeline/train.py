@@ -20,10 +20,8 @@ from models.pyfunc import log_price_model, output_names
 from pipeline import plots
 from pipeline.config import Config, add_arguments, from_args
 from pipeline.prepare import Prepared, log_dataset, prepare
-from pipeline.tracking import log_new_params, start_run
+from pipeline.tracking import MODEL_URI_TAG, log_new_params, start_run
 from pipeline.trainer import History, fit, seed_everything
-
-MODEL_URI_TAG = "model_uri"
 
 
 def model_spec(cfg: Config, prep: Prepared) -> dict:
@@ -68,7 +66,7 @@ def train_and_log(cfg: Config, prep: Prepared) -> tuple[torch.nn.Module, History
     mlflow.log_metrics({"best_val_loss": history.best_val_loss,
                         "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
     mlflow.set_tag("stop_reason", history.stop_reason)
-    mlflow.log_figure(plots.loss_curves(history.epochs), "plots/loss_curves.png")
+    plots.log_figure(plots.loss_curves(history.epochs), "plots/loss_curves.png")
     with tempfile.TemporaryDirectory() as tmp:
         info = log_price_model(Path(tmp), net, model_spec(cfg, prep), prep.x_norm, prep.y_norm,
                                example_input(prep, cfg.data.lookback))

@@ -55,3 +55,12 @@ def test_params_round_trip_including_mlflow_run_quoting():
     assert params["refresh"] == "true"
     params["start"] = "''"  # how `mlflow run` logs an empty string
     assert from_params(params).flat() == cfg.flat()
+
+
+def test_a_logged_run_does_not_need_its_preset_file(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("cell: gru\nhidden: 64\n")
+    params = build_config({"preset": str(preset)}).params()
+    preset.unlink()
+    cfg = from_params(params)
+    assert (cfg.model.cell, cfg.model.hidden) == ("gru", 64)
