@@ -34,6 +34,8 @@ bench: setup
 	$(BIN)/python -m bench.trainer_overhead
 	$(BIN)/python -m bench.tbptt_memory
 	$(BIN)/python -m bench.time_to_quality
+	$(BIN)/python -m bench.rest_vs_inprocess
+	$(BIN)/python -m bench.predict_latency
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts .pytest_cache

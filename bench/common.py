@@ -29,3 +29,40 @@ def _threads() -> int:
 def result(name: str, value: float, op: str, target: float) -> None:
     """The last line of every benchmark."""
     print(f"RESULT {name} {value:.3f} target {op} {target:g}", flush=True)
+
+
+def registered_model(tmp: str, **overrides) -> str:
+    """Train (1 epoch: speed does not depend on the weights) and register a price model
+    in a SQLite store under `tmp`; returns its models:/ URI."""
+    import os
+
+    import mlflow
+
+    from pipeline.main import main as train_main
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    os.chdir(tmp)
+    args = {"epochs": 1, "registered_model": "bench", **overrides}
+    train_main([f"--{k}={v}" for k, v in args.items()])
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    return "models:/bench@champion"
+
+
+def long_history(steps: int):
+    """One long real price history: MSFT, then GSPC scaled to continue from MSFT's last
+    close (prices only; the join is one ordinary-looking day)."""
+    import pandas as pd
+
+    from data_loaders.prices import read_price_csv
+    from pipeline.config import ROOT
+
+    msft, _ = read_price_csv(ROOT / "data/prices/MSFT.csv")
+    gspc, _ = read_price_csv(ROOT / "data/prices/GSPC.csv")
+    scale = msft["adj_close"].iloc[-1] / gspc["adj_close"].iloc[0]
+    gspc = gspc.assign(**{c: gspc[c] * scale for c in ("open", "high", "low", "close",
+                                                         "adj_close")})
+    both = pd.concat([msft, gspc], ignore_index=True)
+    if len(both) < steps:
+        raise ValueError(f"only {len(both)} prices available, {steps} asked for")
+    return both.iloc[:steps]

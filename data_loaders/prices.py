@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
 REPAIRS = ("none", "drop", "ffill")
 TARGETS = ("returns", "volatility")
-DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y")
+DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y", "ISO8601")
 
 
 class PriceDataError(ValueError):
@@ -70,7 +70,14 @@ def _problems(frame: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_price_csv(path: str | Path, repair: str = "none") -> tuple[pd.DataFrame, list[str]]:
-    """Read a Yahoo-style CSV export into a price frame.
+    """Read a Yahoo-style CSV export into a price frame (see `parse_prices`)."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return parse_prices(raw, Path(path), repair)
+
+
+def parse_prices(raw: pd.DataFrame, path: Path,
+                 repair: str = "none") -> tuple[pd.DataFrame, list[str]]:
+    """Validate a Yahoo-style table (cells as text, as read from the file) into a price frame.
 
     Accepts ISO or M/D/YYYY dates, CRLF line ends, any header case, a missing
     `Adj Close` (then the close is used), extra columns (`OpenInt`) and a leading
@@ -78,12 +85,11 @@ def read_price_csv(path: str | Path, repair: str = "none") -> tuple[pd.DataFrame
     duplicate dates) raise PriceDataError naming file, line and column, unless
     `repair` is `drop` (drop those rows) or `ffill` (carry the last good value
     forward; rows with a bad date and repeated dates are dropped). Returns the
-    frame and the list of repairs made, so the caller can log them.
+    frame and the list of repairs made, so the caller can log them. Line numbers
+    count the header as line 1.
     """
-    path = Path(path)
     if repair not in REPAIRS:
         raise ValueError(f"repair must be one of {REPAIRS}, got {repair!r}")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     raw.columns = [_canonical(c) for c in raw.columns]
     if len(raw.columns) and (raw.columns[0] == "" or raw.columns[0].startswith("unnamed:")):
         raw = raw.iloc[:, 1:]
@@ -138,12 +144,30 @@ def _repair(frame: pd.DataFrame, bad: pd.DataFrame, how: str, path: Path):
     return frame, repairs
 
 
+def read_price_parquet(path: Path, repair: str = "none") -> tuple[dict[str, pd.DataFrame], list]:
+    """A Parquet table of prices: one series, or several in a `series_id` column."""
+    table = pd.read_parquet(path)
+    table.columns = [_canonical(c) for c in table.columns]
+    if "series_id" not in table:
+        table = table.assign(series_id=path.stem)
+    series, repairs = {}, []
+    for name, part in table.groupby("series_id", sort=True):
+        text = part.drop(columns="series_id").reset_index(drop=True)
+        text = text.astype(str).apply(lambda c: c.str.replace(r"^(nan|NaT|None)$", "", regex=True))
+        series[str(name)], fixed = parse_prices(text, path, repair)
+        repairs += fixed
+    return series, repairs
+
+
 def read_prices(path: str | Path, repair: str = "none") -> tuple[dict[str, pd.DataFrame], list]:
-    """A CSV file, or a folder of them (one series per file, named by the file stem)."""
+    """A CSV file (one series, named by the file stem), a folder of CSV files, or a
+    Parquet file (one series, or several in a `series_id` column)."""
     path = Path(path)
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not path.exists():
         raise FileNotFoundError(f"data: {path} does not exist")
+    if path.suffix == ".parquet":
+        return read_price_parquet(path, repair)
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not files:
         raise PriceDataError(f"data: no *.csv files in {path}")
     series, repairs = {}, []
@@ -227,15 +251,17 @@ def feature_names(has_volume: bool) -> list[str]:
     return ["log_return", "log_range"] + (["log_volume_change"] if has_volume else [])
 
 
-def price_features(frame: pd.DataFrame, use_volume: bool) -> np.ndarray:
-    """Per-step features, float32 [T-1, F]: the log return of the adjusted close,
+def price_features(prices, use_volume: bool) -> np.ndarray:
+    """Per-step features, float32 [T-1, F], from a price frame or a dict of arrays
+    (`adj_close`, `high`, `low`, `volume`): the log return of the adjusted close,
     the log high/low range, and the log volume change (volume + 1, so a
-    zero-volume day stays finite). Step t uses prices up to day t+1 of the frame."""
-    adj = frame["adj_close"].to_numpy(np.float64)
-    cols = [np.diff(np.log(adj)),
-            np.log(frame["high"].to_numpy(np.float64) / frame["low"].to_numpy(np.float64))[1:]]
+    zero-volume day stays finite). Step t uses prices up to day t+1."""
+    def col(name):
+        return np.asarray(prices[name], np.float64)
+
+    cols = [np.diff(np.log(col("adj_close"))), np.log(col("high") / col("low"))[1:]]
     if use_volume:
-        cols.append(np.diff(np.log1p(frame["volume"].to_numpy(np.float64))))
+        cols.append(np.diff(np.log1p(col("volume"))))
     return np.stack(cols, axis=1).astype(np.float32)
 
 

@@ -1,14 +1,20 @@
 """The MLflow pyfunc that serves a price model from raw price histories.
 
-Stored as plain files, no pickled torch module: `weights.pt` (a state_dict,
-loaded with weights_only=True), `model.json` (the network and data settings)
-and `normaliser.json`. The model computes features, windows and normalisation
-itself with the same functions training used, so a client sends prices.
+Stored as plain files, no pickle: `weights.pt` (a state_dict, loaded with
+weights_only=True), `model.json` (the network and data settings) and
+`normaliser.json`; the class comes from code (`pyfunc_entry.py`). The model
+computes features, windows and normalisation itself with the same functions
+training used, so a client sends prices, never feature tensors.
 
-Input: one row per series; array columns `close` (adjusted close), `high`,
-`low` and, when the model was trained with volume, `volume`; an optional
-`series_id`. Output: one row per series: `series_id`, `step` (index of the last
-price), and the forecast columns named in `model.json` (`outputs`).
+Request: one row per series. Array columns `close` (the adjusted close), `high`,
+`low` and, when the model was trained with volume, `volume`; optional
+`series_id` (string) and `dates` (array of strings, one per price).
+Params: `mode` = `last` (the forecast after the last price, default) or
+`rolling` (a forecast at every price that has a full lookback behind it).
+Response: one row per forecast: `series_id`, `step` (index of the price the
+forecast is made at), `date` (`dates[step]`, empty when no dates were sent) and
+the forecast columns (`return_h1..hH`, or `volatility_hH`).
+Limits: at most MAX_ROWS series and MAX_PRICES prices per request.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ import pandas as pd
 import torch
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from data_loaders.prices import price_features
 from data_loaders.sequences import Normaliser
 from models.networks import build_model, forecast_at
 
 PACKAGES = ("models", "data_loaders")  # shipped with the model as code_paths
+MODES = ("last", "rolling")
+MAX_ROWS = 1_000
+MAX_PRICES = 1_000_000
 
 
 def output_names(target: str, horizon: int) -> list[str]:
@@ -38,13 +47,44 @@ def output_names(target: str, horizon: int) -> list[str]:
     return [f"return_h{h}" for h in range(1, horizon + 1)]
 
 
-def required_columns(spec: dict) -> list[str]:
+def price_columns(spec: dict) -> list[str]:
     return ["close", "high", "low"] + (["volume"] if "log_volume_change" in spec["features"]
                                        else [])
 
 
+def request_row(frame: pd.DataFrame, series_id: str, columns: list[str]) -> dict:
+    """The request row for a price frame (as the loaders return it): what a client sends."""
+    source = {"close": "adj_close", "high": "high", "low": "low", "volume": "volume"}
+    row = {c: frame[source[c]].astype(float).tolist() for c in columns}
+    row["dates"] = [str(d)[:10] for d in frame.index]
+    row["series_id"] = str(series_id)
+    return row
+
+
 def _bad(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _array(row: dict, name: str, i: int) -> np.ndarray:
+    values = row.get(name)
+    if values is None or (np.isscalar(values) and pd.isna(values)):
+        raise _bad(f"row {i}: missing required column '{name}'")
+    if isinstance(values, str | bytes) or np.ndim(values) != 1:
+        raise _bad(f"row {i}, column '{name}': expected an array of numbers, "
+                   f"got {type(values).__name__}")
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _bad(f"row {i}, column '{name}': expected an array of numbers") from None
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if len(bad):
+        raise _bad(f"row {i}, column '{name}': NaN or infinity at position {bad[0]}")
+    low = np.flatnonzero(arr < 0) if name == "volume" else np.flatnonzero(arr <= 0)
+    if len(low):
+        rule = "must be >= 0" if name == "volume" else "must be > 0"
+        raise _bad(f"row {i}, column '{name}': {rule}, "
+                   f"got {float(arr[low[0]])} at position {low[0]}")
+    return arr
 
 
 class PriceForecaster(mlflow.pyfunc.PythonModel):
@@ -63,65 +103,73 @@ class PriceForecaster(mlflow.pyfunc.PythonModel):
         self.net.eval()
         return self
 
-    def _features(self, row: pd.Series, i: int) -> np.ndarray:
-        """Validated price arrays of one row -> normalised features [T-1, F]."""
-        cols = {}
-        for name in required_columns(self.spec):
-            values = row.get(name)
-            if values is None or (np.isscalar(values) and pd.isna(values)):
-                raise _bad(f"row {i}: missing required column '{name}'")
-            try:
-                cols[name] = np.asarray(values, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                raise _bad(f"row {i}, column '{name}': expected an array of numbers") from None
-            arr = cols[name]
-            if not np.isfinite(arr).all():
-                raise _bad(f"row {i}, column '{name}': contains NaN or infinity at position "
-                           f"{int(np.flatnonzero(~np.isfinite(arr))[0])}")
-            if name != "volume" and (arr <= 0).any():
-                raise _bad(f"row {i}, column '{name}': prices must be > 0, got "
-                           f"{arr[arr <= 0][0]!r}")
-            if name == "volume" and (arr < 0).any():
-                raise _bad(f"row {i}, column 'volume': must be >= 0")
-        need = self.spec["lookback"] + 1
+    def _prices(self, row: dict, i: int) -> dict[str, np.ndarray]:
+        cols = {name: _array(row, name, i) for name in price_columns(self.spec)}
         lengths = {k: len(v) for k, v in cols.items()}
         if len(set(lengths.values())) > 1:
             raise _bad(f"row {i}: price arrays differ in length: {lengths}")
+        need = self.spec["lookback"] + 1
         if lengths["close"] < need:
-            raise _bad(f"row {i}, column 'close': history of {lengths['close']} prices is "
-                       f"shorter than the {need} this model needs (lookback "
-                       f"{self.spec['lookback']} + 1)")
-        frame = pd.DataFrame({"adj_close": cols["close"], "high": cols["high"],
-                              "low": cols["low"], **({"volume": cols["volume"]}
-                                                     if "volume" in cols else {})})
-        return self.x_norm.transform(price_features(frame, "volume" in cols))
+            raise _bad(f"row {i}, column 'close': {lengths['close']} prices is shorter than "
+                       f"the {need} this model needs (lookback {self.spec['lookback']} + 1)")
+        return cols
+
+    def _forecast(self, row: dict, i: int, mode: str) -> dict:
+        """The forecasts for one request row, as columns."""
+        prices = self._prices(row, i)
+        prices["adj_close"] = prices.pop("close")
+        x = torch.as_tensor(self.x_norm.transform(price_features(prices, "volume" in prices)))
+        lookback = self.spec["lookback"]
+        anchors = np.arange(lookback - 1 if mode == "rolling" else len(x) - 1, len(x))
+        with torch.no_grad():
+            pred = forecast_at(self.net, x, anchors, self.spec["bptt"] == "truncated", lookback)
+        values = self.y_norm.inverse_transform(pred.numpy()).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise _bad(f"row {i}: the model produced a non-finite forecast")
+        steps = anchors + 1  # feature step t is known at price t+1
+        dates = row.get("dates")
+        if dates is not None and not np.isscalar(dates):
+            if len(dates) != len(prices["adj_close"]):
+                raise _bad(f"row {i}, column 'dates': {len(dates)} dates for "
+                           f"{len(prices['adj_close'])} prices")
+            date = np.asarray(dates, dtype=str)[steps]
+        else:
+            date = np.full(len(steps), "")
+        sid = row.get("series_id")
+        sid = str(i) if sid is None or (np.isscalar(sid) and pd.isna(sid)) else str(sid)
+        return {"series_id": np.full(len(steps), sid, dtype=object), "step": steps,
+                "date": date, "values": values}
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
-        if len(model_input) == 0:
+        mode = (params or {}).get("mode") or "last"
+        if mode not in MODES:
+            raise _bad(f"params.mode must be one of {list(MODES)}, got {mode!r}")
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if len(frame) == 0:
             raise _bad("empty batch: send at least one row (one series)")
-        stateful = self.spec["bptt"] == "truncated"
-        rows = []
-        for i, (_, row) in enumerate(model_input.iterrows()):
-            x = torch.as_tensor(self._features(row, i))
-            last = np.array([len(x) - 1])
-            with torch.no_grad():
-                pred = forecast_at(self.net, x, last, stateful, self.spec["lookback"])
-            values = self.y_norm.inverse_transform(pred.numpy())[0]
-            if not np.isfinite(values).all():
-                raise _bad(f"row {i}: the model produced a non-finite forecast")
-            sid = row.get("series_id")
-            rows.append([str(i) if sid is None or pd.isna(sid) else str(sid), len(x), *values])
-        return pd.DataFrame(rows, columns=["series_id", "step", *self.spec["outputs"]])
+        if len(frame) > MAX_ROWS:
+            raise _bad(f"request has {len(frame)} rows; the limit is {MAX_ROWS} series")
+        columns = {c: frame[c].tolist() for c in frame.columns}  # cheaper than per-row dicts
+        rows = [{c: v[i] for c, v in columns.items()} for i in range(len(frame))]
+        total = sum(np.size(r.get("close")) for r in rows if r.get("close") is not None)
+        if total > MAX_PRICES:
+            raise _bad(f"request has {total} prices in 'close'; the limit is {MAX_PRICES}")
+        parts = [self._forecast(r, i, mode) for i, r in enumerate(rows)]
+        out = {k: np.concatenate([p[k] for p in parts]) for k in ("series_id", "step", "date")}
+        values = np.concatenate([p["values"] for p in parts])
+        out.update({name: values[:, j] for j, name in enumerate(self.spec["outputs"])})
+        return pd.DataFrame(out)
 
 
 def signature(spec: dict) -> ModelSignature:
-    inputs = [ColSpec(Array(DataType.double), c) for c in required_columns(spec)]
-    inputs.append(ColSpec(DataType.string, "series_id", required=False))
-    outputs = [ColSpec(DataType.string, "series_id"), ColSpec(DataType.long, "step")]
+    inputs = [ColSpec(Array(DataType.double), c) for c in price_columns(spec)]
+    inputs += [ColSpec(DataType.string, "series_id", required=False),
+               ColSpec(Array(DataType.string), "dates", required=False)]
+    outputs = [ColSpec(DataType.string, "series_id"), ColSpec(DataType.long, "step"),
+               ColSpec(DataType.string, "date")]
     outputs += [ColSpec(DataType.double, c) for c in spec["outputs"]]
-    return ModelSignature(Schema(inputs), Schema(outputs))
+    params = ParamSchema([ParamSpec("mode", DataType.string, "last")])
+    return ModelSignature(Schema(inputs), Schema(outputs), params)
 
 
 def save_artifacts(folder: Path, net: torch.nn.Module, spec: dict, x_norm: Normaliser,

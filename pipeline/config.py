@@ -147,6 +147,26 @@ class Config:
         raise ValueError(f"unknown parameter {name!r}; known: {sorted(self.flat())}")
 
 
+@dataclass
+class PredictConfig:
+    """The `predict` step's parameters (batch forecasts, no training)."""
+
+    model_uri: str = "models:/prices-returns-h1@champion"  # or models:/NAME/VERSION, runs:/ID/model
+    input: str = "data/prices"  # CSV file, folder of CSV files, or Parquet file of prices
+    output: str = "predictions.csv"  # .csv or .parquet; written atomically
+    mode: str = "last"  # last (after the last price) or rolling (at every step)
+    repair: str = "none"  # bad rows in the input: none (error), drop, ffill
+
+    def validate(self) -> PredictConfig:
+        from models.pyfunc import MODES
+
+        _choice("mode", self.mode, MODES)
+        _choice("repair", self.repair, REPAIRS)
+        if Path(self.output).suffix not in (".csv", ".parquet"):
+            raise ValueError(f"output must end in .csv or .parquet, got {self.output!r}")
+        return self
+
+
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
@@ -170,6 +190,7 @@ def _coerce(part, name: str, value):
 
 
 DEFAULTS = Config().flat()
+PREDICT_DEFAULTS = {f.name: f.default for f in fields(PredictConfig)}
 
 
 def build_config(overrides: dict | None = None) -> Config:
@@ -222,11 +243,11 @@ def from_args(args: argparse.Namespace) -> Config:
     return build_config(given)
 
 
-def mlproject_parameters(names=None) -> dict:
+def mlproject_parameters(names=None, defaults: dict = DEFAULTS) -> dict:
     """MLproject `parameters:` block for the given fields, defaults from the dataclasses."""
     kinds = {bool: "string", int: "float", float: "float", str: "string"}
     out = {}
-    for name, default in DEFAULTS.items():
+    for name, default in defaults.items():
         if names is None or name in names:
             value = str(default).lower() if isinstance(default, bool) else default
             out[name] = {"type": kinds[type(default)], "default": value}

@@ -66,17 +66,17 @@ def load_series(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], st
     """The price frames named by the config, the repairs made, and the source string."""
     if cfg.tickers:
         tickers = [t.strip().upper() for t in cfg.tickers.split(",") if t.strip()]
-        cache = _resolve(cfg.cache_dir)
+        cache = resolve(cfg.cache_dir)
         series, repairs = download_prices(tickers, cfg.start, cfg.end, cfg.interval, cache,
                                           cfg.refresh, cfg.repair)
         return series, repairs, f"yfinance:{','.join(tickers)}:{cfg.interval}"
-    path = _resolve(cfg.data)
+    path = resolve(cfg.data)
     series, repairs = read_prices(path, cfg.repair)
     series = {k: v.loc[cfg.start or None:cfg.end or None] for k, v in series.items()}
     return series, repairs, str(path)
 
 
-def _resolve(path: str) -> Path:
+def resolve(path: str) -> Path:
     """Relative paths are taken from the working directory, then from the project root."""
     p = Path(path)
     return p if p.is_absolute() or p.exists() else ROOT / p
@@ -110,8 +110,9 @@ def log_dataset(prep: Prepared) -> None:
     import mlflow
 
     frame = pd.concat({n: f for n, f in prep.frames.items()}, names=["series", "date"])
-    with warnings.catch_warnings():  # MLflow registers its local source twice and says so
-        warnings.filterwarnings("ignore", "The specified dataset source")
+    with warnings.catch_warnings():  # MLflow registers its local source twice and says so,
+        warnings.filterwarnings("ignore", "The specified dataset source")  # and volume is an
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")  # int
         dataset = mlflow.data.from_pandas(frame.reset_index(), source=prep.source,
                                           name="prices")
     mlflow.log_input(dataset, context="training")

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from models.networks import build_model, resolve_device
-from models.pyfunc import log_price_model, output_names
+from models.pyfunc import log_price_model, output_names, price_columns, request_row
 from pipeline import plots
 from pipeline.config import Config, add_arguments, from_args
 from pipeline.prepare import Prepared, log_dataset, prepare
@@ -42,15 +42,11 @@ def train_model(cfg: Config, prep: Prepared, on_epoch=None) -> tuple[torch.nn.Mo
     return net.cpu(), history
 
 
-def example_input(prep: Prepared, lookback: int) -> pd.DataFrame:
+def example_input(prep: Prepared, spec: dict) -> pd.DataFrame:
     """A real request: the last lookback + 1 prices of the first series."""
     name = prep.names[0]
-    tail = prep.frames[name].iloc[-(lookback + 1):]
-    row = {"close": tail["adj_close"].tolist(), "high": tail["high"].tolist(),
-           "low": tail["low"].tolist(), "series_id": name}
-    if "log_volume_change" in prep.features:
-        row["volume"] = tail["volume"].astype(float).tolist()
-    return pd.DataFrame([row])
+    tail = prep.frames[name].iloc[-(spec["lookback"] + 1):]
+    return pd.DataFrame([request_row(tail, name, price_columns(spec))])
 
 
 def train_and_log(cfg: Config, prep: Prepared) -> tuple[torch.nn.Module, History, str]:
@@ -67,9 +63,10 @@ def train_and_log(cfg: Config, prep: Prepared) -> tuple[torch.nn.Module, History
                         "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
     mlflow.set_tag("stop_reason", history.stop_reason)
     plots.log_figure(plots.loss_curves(history.epochs), "plots/loss_curves.png")
+    spec = model_spec(cfg, prep)
     with tempfile.TemporaryDirectory() as tmp:
-        info = log_price_model(Path(tmp), net, model_spec(cfg, prep), prep.x_norm, prep.y_norm,
-                               example_input(prep, cfg.data.lookback))
+        info = log_price_model(Path(tmp), net, spec, prep.x_norm, prep.y_norm,
+                               example_input(prep, spec))
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)  # what `register` registers
     return net, history, info.model_uri
 

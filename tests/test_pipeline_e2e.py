@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from data_loaders.sequences import TEST
 from models.networks import forecast_at
+from models.pyfunc import request_row
 from pipeline import evaluate, prepare, register, tracking
 from pipeline.config import DEFAULTS, from_params
 from pipeline.main import main
@@ -72,10 +73,8 @@ def test_main_logs_one_complete_run_and_registers_it(store):
 
 def _history_rows(prep, name, anchor):
     """The raw request for a forecast at `anchor`: prices up to the day it is known."""
-    frame = prep.frames[name].iloc[: anchor + 2]
-    return {"close": frame.adj_close.tolist(), "high": frame.high.tolist(),
-            "low": frame.low.tolist(), "volume": frame.volume.astype(float).tolist(),
-            "series_id": name}
+    return request_row(prep.frames[name].iloc[: anchor + 2], name,
+                       ["close", "high", "low", "volume"])
 
 
 @pytest.mark.parametrize("extra", [[], ["--bptt", "truncated", "--cell", "gru",
@@ -97,10 +96,11 @@ def test_pyfunc_predicts_from_price_histories_like_evaluation(store, extra):
             expected.append(prep.y_norm.inverse_transform(pred.numpy())[0])
             rows.append(_history_rows(prep, name, anchor))
     got = model.predict(pd.DataFrame(rows))
-    assert list(got.columns[:2]) == ["series_id", "step"]
+    outputs = model.unwrap_python_model().spec["outputs"]
+    assert list(got.columns) == ["series_id", "step", "date", *outputs]
     assert got.series_id.tolist() == [r["series_id"] for r in rows]
-    assert np.allclose(got.iloc[:, 2:].to_numpy(), np.array(expected), rtol=1e-4, atol=1e-7)
-    assert np.isfinite(got.iloc[:, 2:].to_numpy()).all()
+    assert got.date.tolist() == [r["dates"][-1] for r in rows]
+    assert np.allclose(got[outputs].to_numpy(), np.array(expected), rtol=1e-4, atol=1e-7)
 
 
 def test_pyfunc_rejects_bad_histories_by_name(store):
@@ -113,8 +113,10 @@ def test_pyfunc_rejects_bad_histories_by_name(store):
                                                  "high": good["high"][:10],
                                                  "low": good["low"][:10],
                                                  "volume": good["volume"][:10]},
-        "column 'close': contains NaN": {**good, "close": [np.nan] + good["close"][1:]},
-        "column 'low': prices must be > 0": {**good, "low": [0.0] + good["low"][1:]},
+        "column 'close': NaN or infinity at position 0": {
+            **good, "close": [np.nan] + good["close"][1:]},
+        "column 'low': must be > 0, got 0.0 at position 0": {
+            **good, "low": [0.0] + good["low"][1:]},
         "missing required column 'volume'": {k: v for k, v in good.items() if k != "volume"},
     }
     for message, row in cases.items():
@@ -169,6 +171,14 @@ def test_mlflow_run_truncated_gru_on_a_csv_folder(store):
     champion = MlflowClient().get_model_version_by_alias("prices-returns-h1", "champion")
     assert champion.run_id == run.info.run_id
     assert str(store) in run.info.artifact_uri  # nothing written into the project folder
+    out = store / "pred.parquet"
+    cmd = [*cmd[:7], "-e", "predict", "-P", f"input={data}", "-P", f"output={out}",
+           "-P", "mode=rolling"]
+    proc = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pred = pd.read_parquet(out)
+    assert set(pred.series_id) == {"AAPL", "GSPC"} and np.isfinite(pred.return_h1).all()
+    assert len(pred) == 3379 + 5031 - 2 * 64
 
 
 def test_unknown_ticker_offline_fails_with_a_clear_message(store, monkeypatch):

@@ -171,3 +171,18 @@ def test_offline_without_cache_names_ticker_cache_and_csv_option(tmp_path, monke
         prices.download_prices(["SPY"], "", "", "1d", tmp_path)
     msg = str(err.value)
     assert "'SPY'" in msg and str(tmp_path / "SPY_1d.csv") in msg and "data=PATH" in msg
+
+
+def test_parquet_with_several_series(tmp_path):
+    spy = pd.read_csv(DATA / "SPY.csv").assign(series_id="SPY")
+    aapl = pd.read_csv(DATA / "AAPL.csv").assign(series_id="AAPL")
+    table = pd.concat([spy, aapl]).assign(Date=lambda d: pd.to_datetime(d.Date))
+    table.to_parquet(tmp_path / "prices.parquet", index=False)
+    series, _ = prices.read_prices(tmp_path / "prices.parquet")
+    assert set(series) == {"SPY", "AAPL"}
+    expected, _ = read_price_csv(DATA / "AAPL.csv")
+    pd.testing.assert_frame_equal(series["AAPL"], expected, check_freq=False)
+    table.loc[5, "Close"] = np.nan
+    table.to_parquet(tmp_path / "bad.parquet", index=False)
+    with pytest.raises(PriceDataError, match=r"line 7, column 'close': missing value"):
+        prices.read_prices(tmp_path / "bad.parquet")
