@@ -1,0 +1,260 @@
+"""Audio: WAV/FLAC/OGG files -> mono float32 at one sample rate -> frames of
+log-mel energies (or MFCC with deltas), float32 [T, F] per utterance.
+
+Labels come from one of the two layouts users have: Free Spoken Digit Dataset
+names (`{label}_{speaker}_{index}.wav`) or one folder per label (Speech
+Commands style, `{label}/{speaker}_nohash_{index}.wav`). Features are cached on
+disk, keyed by the file's content and the feature settings. Bad files (empty,
+undecodable, silent, too short) are reported by path, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+FEATURES = ("logmel", "mfcc")
+SPLITS = ("index", "random", "speaker")
+FSDD_NAME = re.compile(r"^(?P<label>[^_]+)_(?P<speaker>[^_]+)_(?P<index>\d+)$")
+COMMANDS_NAME = re.compile(r"^(?P<speaker>.+)_nohash_(?P<index>\d+)$")
+
+
+class AudioError(ValueError):
+    """A bad audio file or layout; the message names the path."""
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    sample_rate: int = 8000  # Hz; files at other rates are resampled
+    features: str = "logmel"  # logmel, or mfcc (with first and second deltas)
+    n_mels: int = 40
+    n_mfcc: int = 13
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    min_ms: float = 100.0  # shorter utterances are reported as too short
+    silence_db: float = -50.0  # a peak below this (dB re full scale) is reported as silent
+
+    def validate(self) -> FeatureSettings:
+        if self.features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
+        for name in ("sample_rate", "n_mels", "n_mfcc", "win_ms", "hop_ms"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.hop_ms > self.win_ms:
+            raise ValueError(f"hop_ms ({self.hop_ms}) must not exceed win_ms ({self.win_ms})")
+        return self
+
+    def key(self) -> str:
+        """Names the cache folder: any change of setting gives a new one."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def dim(self) -> int:
+        return self.n_mels if self.features == "logmel" else 3 * self.n_mfcc
+
+
+@dataclass
+class Utterance:
+    path: Path
+    label: str
+    speaker: str | None
+    index: int | None
+
+
+def decode(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples at `sample_rate` from a file path or the file's bytes."""
+    import librosa  # imported here: slow to import, and only audio needs it
+
+    name = "audio bytes" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        if not source:
+            raise AudioError(f"{name}: empty (0 bytes)")
+        source = io.BytesIO(source)
+    elif Path(source).stat().st_size == 0:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+    try:
+        samples, _ = librosa.load(source, sr=sample_rate, mono=True)
+    except Exception as err:  # soundfile and audioread raise many types for bad data
+        raise AudioError(f"{name}: cannot decode as WAV/FLAC/OGG ({type(err).__name__}: "
+                         f"{err})") from None
+    return samples.astype(np.float32)
+
+
+def problem(samples: np.ndarray, s: FeatureSettings) -> str | None:
+    """Why these samples cannot make an utterance, or None."""
+    if samples.size == 0:
+        return "no samples"
+    ms = 1000 * samples.size / s.sample_rate
+    if ms < s.min_ms:
+        return f"too short: {ms:.0f} ms (min_ms is {s.min_ms:g})"
+    peak = float(np.abs(samples).max())
+    if not np.isfinite(peak):
+        return "samples contain NaN or infinity"
+    db = 20 * np.log10(peak) if peak > 0 else -np.inf
+    if db < s.silence_db:
+        return f"silent: peak {db:.1f} dBFS (silence_db is {s.silence_db:g})"
+    return None
+
+
+def frames(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
+    """float32 [T, F]: log-mel energies, or MFCC with first and second deltas."""
+    import librosa
+
+    win = int(round(s.win_ms * s.sample_rate / 1000))
+    hop = int(round(s.hop_ms * s.sample_rate / 1000))
+    mel = librosa.feature.melspectrogram(y=samples, sr=s.sample_rate, n_fft=win,
+                                         hop_length=hop, n_mels=s.n_mels)  # [n_mels, T]
+    logmel = np.log(mel + 1e-10)
+    if s.features == "logmel":
+        return logmel.T.astype(np.float32)
+    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=s.n_mfcc)
+    width = min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2))  # deltas need an odd width <= T
+    if width < 3:
+        raise AudioError(f"{mfcc.shape[1]} frames are too few for MFCC deltas")
+    deltas = [librosa.feature.delta(mfcc, order=o, width=width) for o in (1, 2)]
+    return np.concatenate([mfcc, *deltas]).T.astype(np.float32)  # [3 * n_mfcc, T] -> [T, F]
+
+
+def discover(root: str | Path) -> list[Utterance]:
+    """Every audio file under `root` with its label, speaker and take index."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AudioError(f"data: {root} is not a folder of audio files")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise AudioError(f"data: no {'/'.join(AUDIO_SUFFIXES)} files under {root}")
+    out = []
+    for path in files:
+        in_folder = path.parent != root
+        if in_folder and (m := COMMANDS_NAME.match(path.stem)):  # {label}/{spk}_nohash_{n}
+            out.append(Utterance(path, path.parent.name, m["speaker"], int(m["index"])))
+        elif m := FSDD_NAME.match(path.stem):  # {label}_{speaker}_{index}
+            out.append(Utterance(path, m["label"], m["speaker"], int(m["index"])))
+        elif in_folder:  # {label}/anything
+            out.append(Utterance(path, path.parent.name, None, None))
+        else:
+            raise AudioError(f"{path}: cannot tell its label; name it "
+                             "{label}_{speaker}_{index}.wav or put it in a folder named "
+                             "after its label")
+    return out
+
+
+def split_utterances(utts: list[Utterance], how: str, val_frac: float = 0.1,
+                     test_frac: float = 0.2, test_index: int = 5,
+                     seed: int = 0) -> np.ndarray:
+    """Split per utterance (0 train, 1 val, 2 test):
+    - index: take index < test_index is test (FSDD's own split: 0-4); validation a
+      seeded val_frac of the rest;
+    - random: seeded fractions;
+    - speaker: whole speakers (no speaker in two splits), at least one per split."""
+    if how not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {how!r}")
+    rng = np.random.default_rng(seed)
+    n = len(utts)
+    split = np.zeros(n, np.int8)
+    if how == "speaker":
+        speakers = sorted({u.speaker for u in utts if u.speaker is not None})
+        if len(speakers) < 3 or any(u.speaker is None for u in utts):
+            raise AudioError(f"split=speaker needs at least 3 speakers, known for every file; "
+                             f"found {speakers}")
+        order = [speakers[i] for i in rng.permutation(len(speakers))]
+        n_test = max(1, round(test_frac * len(speakers)))
+        n_val = max(1, round(val_frac * len(speakers)))
+        role = {s: 2 for s in order[:n_test]} | {s: 1 for s in order[n_test:n_test + n_val]}
+        return np.array([role.get(u.speaker, 0) for u in utts], np.int8)
+    if how == "index":
+        if any(u.index is None for u in utts):
+            raise AudioError("split=index needs a take index in every file name")
+        split[[u.index < test_index for u in utts]] = 2
+    else:
+        split[rng.permutation(n)[: round(test_frac * n)]] = 2
+    rest = np.flatnonzero(split == 0)
+    split[rng.permutation(rest)[: round(val_frac * len(rest))]] = 1
+    return split
+
+
+class FeatureCache:
+    """Features on disk: {folder}/{settings key}/{sha256 of the file's bytes}.npy."""
+
+    def __init__(self, folder: str | Path, settings: FeatureSettings):
+        self.folder = Path(folder) / settings.key()
+
+    def path(self, digest: str) -> Path:
+        return self.folder / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        p = self.path(digest)
+        return np.load(p) if p.exists() else None
+
+    def put(self, digest: str, feats: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp.npy")
+        os.close(fd)
+        try:
+            np.save(tmp, feats)
+            os.replace(tmp, self.path(digest))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def utterance_features(data: bytes, name: str, s: FeatureSettings) -> np.ndarray:
+    """Bytes of one audio file -> validated features [T, F]; AudioError names `name`."""
+    try:
+        samples = decode(data, s.sample_rate)
+    except AudioError as err:
+        raise AudioError(str(err).replace("audio bytes", name, 1)) from None
+    why = problem(samples, s)
+    if why:
+        raise AudioError(f"{name}: {why}")
+    return frames(samples, s)
+
+
+def load_features(utts: list[Utterance], s: FeatureSettings, cache_dir: str | Path | None,
+                  skip_bad: bool = False, progress: bool | None = None):
+    """Features for each utterance, from the cache when it has them.
+
+    Returns (features, kept utterances, bad: [(path, problem)]). Bad files stop the
+    run with their list unless `skip_bad`, in which case they are left out and
+    returned for the caller to log."""
+    from tqdm.auto import tqdm
+
+    cache = FeatureCache(cache_dir, s) if cache_dir else None
+    feats, kept, bad = [], [], []
+    for u in tqdm(utts, desc="features", unit="file",
+                  disable=None if progress is None else not progress):
+        data = u.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        x = cache.get(digest) if cache else None
+        if x is None:
+            try:
+                x = utterance_features(data, str(u.path), s)
+            except AudioError as err:
+                bad.append((str(u.path), str(err).removeprefix(f"{u.path}: ")))
+                continue
+            if cache:
+                cache.put(digest, x)
+        feats.append(x)
+        kept.append(u)
+    if bad and not skip_bad:
+        listing = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise AudioError(f"{len(bad)} bad audio file(s):\n{listing}{more}\n"
+                         "Fix or remove them, or pass skip_bad=true to leave them out "
+                         "(the list is then logged)")
+    return feats, kept, bad
+
+
+def utterance_cmvn(x: np.ndarray) -> np.ndarray:
+    """Per-utterance mean and variance normalisation of [T, F] frames."""
+    std = x.std(axis=0)
+    return ((x - x.mean(axis=0)) / np.where(std > 1e-8, std, 1.0)).astype(np.float32)
