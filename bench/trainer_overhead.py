@@ -1,4 +1,4 @@
-"""Trainer overhead: our full-BPTT epoch (fit(), MLflow logging included) against a
+"""Trainer overhead: our full-BPTT epoch (fit_streams(), MLflow logging included) against a
 bare PyTorch loop doing the same work on the same windows: the same nn.LSTM and
 head, Adam, gradient clipping, and one validation pass per epoch.
 
@@ -25,18 +25,18 @@ from models.networks import build_model
 from pipeline.config import build_config
 from pipeline.prepare import prepare
 from pipeline.train import model_spec
-from pipeline.trainer import fit, gather_windows
+from pipeline.trainer import fit_streams, gather_windows
 
 CONFIG = {"cell": "lstm", "hidden": 32, "lookback": 64, "batch_size": 64, "epochs": 1,
           "patience": 0}
 
 
 def ours(net, prep, cfg, seed: int) -> float:
-    """One epoch of fit() inside an open run, logging its metrics as the pipeline does
+    """One epoch of fit_streams() inside an open run, logging its metrics as the pipeline does
     (opening and closing the run is a per-run cost, not a per-epoch one)."""
     cfg.train.seed = seed
     t0 = time.perf_counter()
-    fit(net, prep.streams(), cfg.train, cfg.data.lookback,
+    fit_streams(net, prep.streams(), cfg.train, cfg.data.lookback,
         on_epoch=lambda m: mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"},
                                               step=seed), progress=False)
     return time.perf_counter() - t0

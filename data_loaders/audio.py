@@ -32,7 +32,7 @@ class AudioError(ValueError):
     """A bad audio file or layout; the message names the path."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class FeatureSettings:
     sample_rate: int = 8000  # Hz; files at other rates are resampled
     features: str = "logmel"  # logmel, or mfcc (with first and second deltas)

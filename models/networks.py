@@ -142,3 +142,29 @@ def forecast_at(model: nn.Module, x: torch.Tensor, anchors: np.ndarray, stateful
         return torch.empty(0, model.head.out_features)
     return torch.cat([model(wins[starts[i:i + chunk]])[0][:, -1]
                       for i in range(0, len(starts), chunk)])
+
+
+def pad(xs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad after the end: [T_i, F] each -> x [N, T_max, F], lengths [N]. A
+    unidirectional RNN read at step length-1 never sees the padding, so padding
+    cannot change a prediction."""
+    lengths = torch.tensor([len(x) for x in xs])
+    out = torch.zeros(len(xs), int(lengths.max()), xs[0].shape[1])
+    for i, x in enumerate(xs):
+        out[i, : len(x)] = torch.as_tensor(x)
+    return out, lengths
+
+
+def last_step(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return out[torch.arange(len(out)), lengths - 1]  # [B, T, C] -> [B, C] at each last frame
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
+           chunk: int = 256) -> torch.Tensor:
+    model.eval()
+    parts = []
+    for i in range(0, len(x), chunk):
+        n = lengths[i:i + chunk]
+        parts.append(last_step(model(x[i:i + chunk, : int(n.max())])[0], n))
+    return torch.cat(parts)

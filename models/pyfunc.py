@@ -192,10 +192,10 @@ def log_price_model(folder: Path, net, spec: dict, x_norm, y_norm, example: pd.D
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts=artifacts, code_paths=[str(root / p) for p in PACKAGES],
-            signature=signature(spec), input_example=example, pip_requirements=_requirements())
+            signature=signature(spec), input_example=example, pip_requirements=requirements())
 
 
-def _requirements() -> list[str]:
+def requirements() -> list[str]:
     """The serving dependencies, pinned as in pyproject.toml."""
     import tomllib
 

@@ -15,15 +15,21 @@ from pathlib import Path
 
 import yaml
 
+from data_loaders.audio import SPLITS, FeatureSettings
 from data_loaders.prices import REPAIRS, TARGETS
 from models.networks import CELLS, INITS, NORMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+DOMAINS = ("prices", "speech")
+SAMPLE_DATA = {"prices": "data/prices", "speech": "data/fsdd/recordings"}
+
+
 @dataclass
 class DataConfig:
-    data: str = "data/prices"  # Yahoo-style CSV file, or a folder of them (one series each)
+    domain: str = "prices"  # prices or speech
+    data: str = ""  # prices: CSV file or folder; speech: folder of audio; empty: bundled sample
     tickers: str = ""  # comma-separated; when set, prices come from yfinance instead of data
     start: str = ""  # first date (YYYY-MM-DD) to use; empty: from the beginning
     end: str = ""  # last date to use; empty: to the end
@@ -34,8 +40,22 @@ class DataConfig:
     target: str = "returns"  # returns (next H log returns) or volatility (realised, next H)
     horizon: int = 1  # H, steps ahead
     lookback: int = 64  # L, window length for full BPTT and the MLP; history a forecast needs
-    val_frac: float = 0.15  # share of the calendar for validation
-    test_frac: float = 0.15  # share of the calendar for test (the latest dates)
+    val_frac: float = 0.15  # share of the calendar (prices) or files (speech) for validation
+    test_frac: float = 0.15  # share of the calendar (the latest dates) or files for test
+
+    def path(self) -> str:
+        """`data`, or the bundled sample of the domain."""
+        return self.data or SAMPLE_DATA[self.domain]
+
+
+@dataclass
+class SpeechConfig:
+    task: str = "classify"  # classify: utterance -> label
+    split: str = "index"  # index (take < test_index is test), random, or speaker
+    test_index: int = 5  # split=index: takes below this are test (FSDD's own split)
+    skip_bad: bool = False  # leave bad audio files out (logged) instead of stopping
+    feature_cache: str = "data/cache/features"  # empty: no cache
+    normalise: str = "global"  # global (mean/std of training frames) or utterance
 
 
 @dataclass
@@ -82,6 +102,8 @@ class TrackingConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    audio: FeatureSettings = field(default_factory=FeatureSettings)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -96,13 +118,18 @@ class Config:
                 for k, v in self.flat().items()}
 
     def _parts(self):
-        return [self.data, self.model, self.train, self.tracking]
+        return [self.data, self.speech, self.audio, self.model, self.train, self.tracking]
 
     def model_name(self) -> str:
-        return self.tracking.registered_model or f"prices-{self.data.target}-h{self.data.horizon}"
+        if self.tracking.registered_model:
+            return self.tracking.registered_model
+        if self.data.domain == "speech":
+            return f"speech-{self.speech.task}"
+        return f"prices-{self.data.target}-h{self.data.horizon}"
 
     def validate(self) -> Config:
         d, m, t = self.data, self.model, self.train
+        _choice("domain", d.domain, DOMAINS)
         _choice("target", d.target, TARGETS)
         _choice("repair", d.repair, REPAIRS)
         _choice("cell", m.cell, (*CELLS, "mlp"))
@@ -134,7 +161,22 @@ class Config:
         if t.bptt == "truncated" and m.cell == "mlp":
             raise ValueError("bptt=truncated needs a recurrent cell (rnn, lstm, gru); "
                              "the mlp has no state to carry")
+        if d.domain == "speech":
+            self._validate_speech()
         return self
+
+    def _validate_speech(self) -> None:
+        sp = self.speech
+        _choice("task", sp.task, ("classify",))
+        _choice("split", sp.split, SPLITS)
+        _choice("normalise", sp.normalise, ("global", "utterance"))
+        if self.model.cell == "mlp":
+            raise ValueError("domain=speech needs a recurrent cell (rnn, lstm, gru); the MLP "
+                             "on mean-pooled features is trained as a baseline on every run")
+        if self.train.bptt != "full":
+            raise ValueError("task=classify trains by full BPTT over each utterance; "
+                             "use bptt=full")
+        self.audio.validate()
 
     def get(self, name: str):
         return self.flat()[name]

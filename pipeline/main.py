@@ -20,6 +20,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     cfg = from_args(parser.parse_args(argv))
+    if cfg.data.domain == "speech":
+        from pipeline import speech
+
+        return speech.run(cfg)
     prep = prepare(cfg)
     print(prep.summary().to_string(index=False))
     with start_run(cfg, run_name=f"{cfg.model.cell}-{cfg.train.bptt}") as run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,6 +24,19 @@ def loss_curves(epochs: list[dict]):
     ax.plot(x, [e["val_loss"] for e in epochs], label="validation")
     ax.set(xlabel="epoch", ylabel="MSE (normalised units)", title="Loss per epoch")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix, classes: list[str]):
+    """Counts, true class down, predicted class across."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * len(classes), 0.8 + 0.5 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center",
+                color="white" if v > matrix.max() / 2 else "black", fontsize=8)
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
+           yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
     fig.tight_layout()
     return fig
 

@@ -8,7 +8,6 @@ dataset as its input, the split summary and any repairs made to the data.
 from __future__ import annotations
 
 import argparse
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from data_loaders.prices import (
     read_prices,
 )
 from data_loaders.sequences import SPLIT_NAMES, Normaliser, assign_splits, date_cutoffs
+from pipeline import tracking
 from pipeline.config import ROOT, Config, DataConfig, add_arguments, from_args
 from pipeline.tracking import log_new_params, start_run
 from pipeline.trainer import Streams
@@ -70,7 +70,7 @@ def load_series(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], st
         series, repairs = download_prices(tickers, cfg.start, cfg.end, cfg.interval, cache,
                                           cfg.refresh, cfg.repair)
         return series, repairs, f"yfinance:{','.join(tickers)}:{cfg.interval}"
-    path = resolve(cfg.data)
+    path = resolve(cfg.path())
     series, repairs = read_prices(path, cfg.repair)
     series = {k: v.loc[cfg.start or None:cfg.end or None] for k, v in series.items()}
     return series, repairs, str(path)
@@ -110,15 +110,10 @@ def log_dataset(prep: Prepared) -> None:
     import mlflow
 
     frame = pd.concat({n: f for n, f in prep.frames.items()}, names=["series", "date"])
-    with warnings.catch_warnings():  # MLflow registers its local source twice and says so,
-        warnings.filterwarnings("ignore", "The specified dataset source")  # and volume is an
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")  # int
-        dataset = mlflow.data.from_pandas(frame.reset_index(), source=prep.source,
-                                          name="prices")
-    mlflow.log_input(dataset, context="training")
+    tracking.log_dataset(frame.reset_index(), prep.source, "prices")
     mlflow.log_params({"val_start": str(prep.cutoffs[0].date()),
                        "test_start": str(prep.cutoffs[1].date()),
-                       "features": ",".join(prep.features), "series": ",".join(prep.names)})
+                       "feature_names": ",".join(prep.features), "series": ",".join(prep.names)})
     mlflow.log_table(prep.summary(), "data/splits.json")
     if prep.repairs:
         mlflow.log_text("\n".join(prep.repairs), "data/repairs.txt")

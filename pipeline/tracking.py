@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import mlflow
 from mlflow import MlflowClient
@@ -34,6 +35,15 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
         yield run
+
+
+def log_dataset(frame, source: str, name: str) -> None:
+    """The run's input dataset (a pandas frame) with where it came from."""
+    with warnings.catch_warnings():  # MLflow registers its local source twice and says so,
+        warnings.filterwarnings("ignore", "The specified dataset source")
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")  # counts
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+    mlflow.log_input(dataset, context="training")
 
 
 def log_new_params(params: dict) -> None:

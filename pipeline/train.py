@@ -21,7 +21,7 @@ from pipeline import plots
 from pipeline.config import Config, add_arguments, from_args
 from pipeline.prepare import Prepared, log_dataset, prepare
 from pipeline.tracking import MODEL_URI_TAG, log_new_params, start_run
-from pipeline.trainer import History, fit, seed_everything
+from pipeline.trainer import History, fit_streams, seed_everything
 
 
 def model_spec(cfg: Config, prep: Prepared) -> dict:
@@ -38,7 +38,7 @@ def train_model(cfg: Config, prep: Prepared, on_epoch=None) -> tuple[torch.nn.Mo
     seed_everything(cfg.train.seed)  # the initial weights depend on the seed too
     spec = model_spec(cfg, prep)
     net = build_model(spec["model"], len(prep.features), len(spec["outputs"])).to(device)
-    history = fit(net, prep.streams(device), cfg.train, cfg.data.lookback, on_epoch)
+    history = fit_streams(net, prep.streams(device), cfg.train, cfg.data.lookback, on_epoch)
     return net.cpu(), history
 
 

@@ -54,7 +54,7 @@ def repackage(state):
     return type(state)(repackage(s) for s in state)
 
 
-def _noisy(x: torch.Tensor, std: float) -> torch.Tensor:
+def add_noise(x: torch.Tensor, std: float) -> torch.Tensor:
     return x + std * torch.randn_like(x) if std > 0 else x
 
 
@@ -77,7 +77,7 @@ def window_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     order = torch.randperm(len(x), generator=generator)
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
-        out, _ = model(_noisy(x[idx], noise))
+        out, _ = model(add_noise(x[idx], noise))
         yield out[:, -1], y[idx]
 
 
@@ -102,7 +102,7 @@ def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k
     for i, end in enumerate(ends):
         start = starts[i]
         resume = starts[i + 1] if i + 1 < len(ends) else end
-        xs = _noisy(x[:, start:end], noise)
+        xs = add_noise(x[:, start:end], noise)
         out_a, mid = model(xs[:, : resume - start], state) if resume > start else (None, state)
         out_b, last = model(xs[:, resume - start:], mid) if end > resume else (None, mid)
         out = out_b if out_a is None else out_a if out_b is None else torch.cat([out_a, out_b], 1)
@@ -134,21 +134,21 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Optimizer,
-                clip: float) -> dict:
+                clip: float, loss_fn: Callable = masked_mse) -> dict:
     """One optimiser step per (prediction, target) pair. Returns the mean training loss
     and the mean gradient norm before clipping."""
     model.train()
     loss_sum = norm_sum = 0.0
     count = steps = 0
     for pred, target in updates:
-        loss = masked_mse(pred, target)
+        loss = loss_fn(pred, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clipping bounds the step when a rare window makes the gradient explode
         # (common in RNNs); the pre-clip norm is returned so it can be watched.
         norm = nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
         optimizer.step()
-        n = int((~torch.isnan(target)).sum())
+        n = int((~torch.isnan(target)).sum()) if target.is_floating_point() else len(target)
         loss_sum += loss.item() * n
         norm_sum += norm.item()
         count += n
@@ -195,27 +195,24 @@ class History:
     stop_reason: str = "epochs"
 
 
-def fit(model: nn.Module, streams: Streams, cfg: TrainConfig, lookback: int,
+def fit(model: nn.Module, cfg: TrainConfig, updates: Callable[[torch.Generator], Iterator],
+        val_loss: Callable[[], float], loss_fn: Callable = masked_mse,
         on_epoch: Callable[[dict], None] | None = None, progress: bool | None = None) -> History:
-    """Train `model` on `streams`; keeps and restores the weights of the best validation
-    epoch. `on_epoch` gets each epoch's metrics (the MLflow logger)."""
+    """The training loop: per epoch the updates of `updates(generator)`, then
+    `val_loss()`; schedules, early stopping, and the weights of the best validation
+    epoch restored at the end. `on_epoch` gets each epoch's metrics (the MLflow logger)."""
     from tqdm.auto import tqdm
 
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    stateful = cfg.bptt == "truncated"
-    if not stateful:
-        train_x, train_y = gather_windows(streams, streams.anchors(TRAIN, lookback), lookback)
     optimizer, scheduler = make_optimizer(model, cfg)
     hist, best_state, stale = History(), None, 0
     bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch",
                disable=None if progress is None else not progress)
     for epoch in bar:
         t0 = time.perf_counter()
-        updates = (stream_updates(model, streams, cfg) if stateful else
-                   window_updates(model, train_x, train_y, cfg.batch_size, gen, cfg.input_noise))
-        stats = train_epoch(model, updates, optimizer, cfg.clip)
-        val = split_loss(model, streams, VAL, stateful, lookback)
+        stats = train_epoch(model, updates(gen), optimizer, cfg.clip, loss_fn)
+        val = val_loss()
         metrics = {"epoch": epoch, **stats, "val_loss": val,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
         hist.epochs.append(metrics)
@@ -241,3 +238,22 @@ def fit(model: nn.Module, streams: Streams, cfg: TrainConfig, lookback: int,
     if best_state is not None:
         model.load_state_dict(best_state)
     return hist
+
+
+def fit_streams(model: nn.Module, streams: Streams, cfg: TrainConfig, lookback: int,
+                on_epoch: Callable[[dict], None] | None = None,
+                progress: bool | None = None) -> History:
+    """Train on price streams: windows of `lookback` steps (full BPTT) or lanes
+    (truncated BPTT), validated on the validation split in the same mode."""
+    stateful = cfg.bptt == "truncated"
+    if stateful:
+        def updates(gen):
+            return stream_updates(model, streams, cfg)
+    else:
+        train_x, train_y = gather_windows(streams, streams.anchors(TRAIN, lookback), lookback)
+
+        def updates(gen):
+            return window_updates(model, train_x, train_y, cfg.batch_size, gen, cfg.input_noise)
+
+    return fit(model, cfg, updates, lambda: split_loss(model, streams, VAL, stateful, lookback),
+               on_epoch=on_epoch, progress=progress)

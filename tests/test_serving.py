@@ -7,18 +7,13 @@ the server is started from `models:/prices-returns-h1@champion`, polled on
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow_server import post, serving
 
 from data_loaders.prices import read_price_csv
 from models.pyfunc import MAX_ROWS, request_row
@@ -29,23 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "models:/prices-returns-h1@champion"
 COLUMNS = ["close", "high", "low", "volume"]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url: str, body, content_type: str = "application/json") -> tuple[int, str]:
-    data = json.dumps(body).encode()
-    req = urllib.request.Request(f"{url}/invocations", data=data,
-                                 headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -66,33 +44,8 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(store):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
-    env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "OMP_NUM_THREADS": "1"}
-    log = open(store / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL,
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=store, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not come up:\n" + (store / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with serving(MODEL, store) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from models.networks import RecurrentRegressor, build_model, init_weights
 from pipeline.config import build_config
 from pipeline.prepare import prepare
 from pipeline.train import model_spec
-from pipeline.trainer import fit, tbptt_updates, train_epoch, window_updates
+from pipeline.trainer import fit_streams, tbptt_updates, train_epoch, window_updates
 
 SMALL = {"data": "data/prices/SPY.csv", "start": "2012-01-01", "lookback": 16, "hidden": 8,
          "lanes": 4, "k1": 10, "k2": 20, "batch_size": 32, "epochs": 2}
@@ -69,7 +69,7 @@ def test_two_epoch_smoke_fit(cell, bptt):
     cfg, prep = small(cell=cell, bptt=bptt)
     net = new_net(cfg, prep)
     before = [p.detach().clone() for p in net.parameters()]
-    hist = fit(net, prep.streams(), cfg.train, cfg.data.lookback, progress=False)
+    hist = fit_streams(net, prep.streams(), cfg.train, cfg.data.lookback, progress=False)
     assert len(hist.epochs) == 2
     assert all(np.isfinite([e["train_loss"], e["val_loss"], e["grad_norm"]]).all()
                for e in hist.epochs)
@@ -81,7 +81,7 @@ def test_same_seed_same_metrics(bptt):
     runs = []
     for seed in (3, 3, 4):
         cfg, prep = small(bptt=bptt, seed=seed, input_noise=0.1, dropout=0.1, layers=2)
-        hist = fit(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
+        hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
         runs.append([{k: v for k, v in e.items() if k != "epoch_seconds"} for e in hist.epochs])
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
@@ -89,16 +89,16 @@ def test_same_seed_same_metrics(bptt):
 
 def test_early_stopping_on_target_loss_and_patience():
     cfg, prep = small(epochs=5, target_loss=100.0)
-    hist = fit(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
+    hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
     assert len(hist.epochs) == 1 and "reached 100.0" in hist.stop_reason
     cfg, prep = small(epochs=6, patience=1, lr=1.0, optimizer="sgd", clip=0.0)
-    hist = fit(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
+    hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
     assert len(hist.epochs) < 6 and hist.best_val_loss == min(e["val_loss"] for e in hist.epochs)
 
 
 def test_step_schedule_halves_the_learning_rate():
     cfg, prep = small(epochs=3, schedule="step", step_size=1, gamma=0.5, patience=0)
-    hist = fit(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
+    hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
     assert [e["lr"] for e in hist.epochs] == pytest.approx([1e-3, 5e-4, 2.5e-4])
 
 

@@ -1,0 +1,163 @@
+"""Speech through the same trainer, MLflow run, registry and pyfunc as prices."""
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from mlflow import MlflowClient
+
+from data_loaders import audio
+from models.networks import RecurrentRegressor, logits, pad
+from pipeline.config import build_config
+from pipeline.main import main
+
+FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+
+
+def test_padding_never_changes_a_prediction():
+    torch.manual_seed(0)
+    net = RecurrentRegressor(5, 3, cell="gru", hidden=8, layers=2, norm="layer")
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(n, 5)).astype(np.float32) for n in (7, 30, 12)]
+    alone = logits(net, *pad(xs[:1]))
+    together = logits(net, *pad(xs))
+    assert torch.allclose(alone[0], together[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"bptt": "truncated"}, "use bptt=full"),
+    ({"cell": "mlp"}, "needs a recurrent cell"),
+    ({"split": "by-day"}, "split must be one of"),
+    ({"features": "spectrum"}, "features must be one of"),
+])
+def test_speech_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_config({"domain": "speech", **overrides})
+
+
+@pytest.fixture(scope="module")
+def small_fsdd(tmp_path_factory):
+    """Digits 0-2, takes 0-9, all four speakers: 120 real files."""
+    folder = tmp_path_factory.mktemp("fsdd")
+    for f in FSDD.glob("[012]_*.wav"):
+        if int(f.stem.split("_")[2]) < 10:
+            shutil.copy(f, folder)
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
+def speech_args(data, tmp, *extra):
+    return ["--domain", "speech", "--data", str(data), "--epochs", "3", "--hidden", "16",
+            "--feature_cache", str(tmp / "cache"), *extra]
+
+
+def test_speech_run_is_logged_registered_and_serves_audio(store, small_fsdd):
+    out = main(speech_args(small_fsdd, store))
+    client = MlflowClient()
+    run = client.get_run(out["run_id"])
+    m = run.data.metrics
+    for name in ("test_accuracy", "test_macro_f1", "test_accuracy_majority",
+                 "test_accuracy_mlp_mean_pooled", "test_macro_f1_mlp_mean_pooled"):
+        assert 0 <= m[name] <= 1, name
+    assert m["test_accuracy_majority"] == pytest.approx(1 / 3)
+    assert m["bad_files"] == 0
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
+    assert run.data.params["domain"] == "speech" and run.data.params["n_mels"] == "40"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == \
+        {"plots/loss_curves.png", "plots/confusion.png"}
+    assert run.inputs.dataset_inputs[0].dataset.name == "audio"
+    model = mlflow.pyfunc.load_model("models:/speech-classify@champion")
+
+    # the served model from a file's bytes, and from samples at another rate
+    files = sorted(small_fsdd.glob("*_george_[0-4].wav"))
+    batch = pd.DataFrame({"audio": [f.read_bytes() for f in files],
+                          "utterance_id": [f.stem for f in files]})
+    got = model.predict(batch)
+    assert got.utterance_id.tolist() == [f.stem for f in files]
+    probs = got[[f"p_{c}" for c in ("0", "1", "2")]].to_numpy()
+    assert np.allclose(probs.sum(1), 1) and set(got.label) <= {"0", "1", "2"}
+    samples, rate = sf.read(files[0], dtype="float32")
+    import librosa
+
+    at16k = librosa.resample(samples, orig_sr=rate, target_sr=16000)
+    resampled = model.predict(pd.DataFrame({"samples": [at16k.astype(float).tolist()],
+                                            "sample_rate": [16000]}))
+    assert resampled.label[0] == got.label[0]
+    assert resampled.probability[0] == pytest.approx(got.probability[0], abs=0.05)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"audio": b"not audio at all"}, "column 'audio': cannot decode"),
+    ({"audio": b""}, "column 'audio': empty"),
+    ({"samples": [0.1] * 800, "sample_rate": 0}, "column 'sample_rate': must be a positive"),
+    ({"samples": [0.1] * 800}, "column 'sample_rate'"),
+    ({"samples": [0.0] * 8000, "sample_rate": 8000}, "column 'samples': silent"),
+    ({"samples": [0.3] * 80, "sample_rate": 8000}, "too short"),
+    ({"samples": [0.3] * (61 * 8000), "sample_rate": 8000}, "60 s limit"),
+    ({"utterance_id": "x"}, "send 'audio'"),
+])
+def test_bad_audio_is_named(store, small_fsdd, row, message):
+    main(speech_args(small_fsdd, store, "--epochs", "1"))
+    model = mlflow.pyfunc.load_model("models:/speech-classify@champion").unwrap_python_model()
+    with pytest.raises(mlflow.exceptions.MlflowException, match=message):
+        model.predict(None, pd.DataFrame([row]))
+
+
+def test_bad_files_are_skipped_only_on_request_and_logged(store, small_fsdd, tmp_path):
+    data = tmp_path / "with_bad"
+    shutil.copytree(small_fsdd, data)
+    (data / "2_george_9.wav").write_bytes(b"")
+    with pytest.raises(audio.AudioError, match=r"2_george_9.wav: empty"):
+        main(speech_args(data, store))
+    run_id = main(speech_args(data, store, "--skip_bad", "true", "--epochs", "1"))["run_id"]
+    assert MlflowClient().get_run(run_id).data.metrics["bad_files"] == 1
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/data/bad_files.txt")
+    assert "2_george_9.wav: empty" in text
+
+
+@pytest.mark.slow
+def test_rest_serving_takes_base64_audio(store, small_fsdd):
+    import base64
+    import json
+
+    from mlflow_server import post, serving
+
+    main(speech_args(small_fsdd, store, "--epochs", "1"))
+    uri = "models:/speech-classify@champion"
+    model = mlflow.pyfunc.load_model(uri)
+    files = sorted(small_fsdd.glob("*_lucas_[0-2].wav"))
+    rows = [[base64.b64encode(f.read_bytes()).decode(), f.stem] for f in files]
+    body = {"dataframe_split": {"columns": ["audio", "utterance_id"], "data": rows}}
+    with serving(uri, store) as url:
+        status, text = post(url, body)
+        assert status == 200, text[-500:]
+        got = pd.DataFrame(json.loads(text)["predictions"])
+        want = model.predict(pd.DataFrame({"audio": [f.read_bytes() for f in files],
+                                           "utterance_id": [f.stem for f in files]}))
+        assert got.label.tolist() == want.label.tolist()
+        assert np.allclose(got.probability, want.probability, atol=1e-6)
+        garbage = base64.b64encode(b"definitely not a wav file").decode()
+        bad = {
+            "cannot decode": {"dataframe_split": {"columns": ["audio"], "data": [[garbage]]}},
+            "'sample_rate': must be a positive": {"dataframe_split": {
+                "columns": ["samples", "sample_rate"], "data": [[[0.1] * 800, 0]]}},
+            "empty batch": {"dataframe_split": {"columns": ["audio"], "data": []}},
+        }
+        for message, request in bad.items():
+            status, text = post(url, request)
+            assert status == 400 and message in json.loads(text)["message"], text[-300:]
+        assert post(url, body)[0] == 200  # still serving
