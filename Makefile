@@ -36,6 +36,8 @@ bench: setup
 	$(BIN)/python -m bench.time_to_quality
 	$(BIN)/python -m bench.rest_vs_inprocess
 	$(BIN)/python -m bench.predict_latency
+	$(BIN)/python -m bench.audio_features
+	$(BIN)/python -m bench.speech_trainer_overhead
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts .pytest_cache

@@ -100,7 +100,7 @@ def confusion(pred: np.ndarray, true: np.ndarray, n: int) -> np.ndarray:
     return m
 
 
-def _tensors(data: SpeechData, which: int):
+def split_tensors(data: SpeechData, which: int):
     idx = np.flatnonzero(data.split == which)
     x, lengths = pad([data.x[i] for i in idx])
     return x, lengths, torch.as_tensor(data.y[idx])
@@ -111,7 +111,7 @@ def train_classifier(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.M
     spec = model_spec(cfg, data)
     device = resolve_device(cfg.model.device)
     net = build_model(spec["model"], cfg.audio.dim, len(data.classes)).to(device)
-    (xt, lt, yt), (xv, lv, yv) = (_tensors(data, s) for s in (TRAIN, VAL))
+    (xt, lt, yt), (xv, lv, yv) = (split_tensors(data, s) for s in (TRAIN, VAL))
     xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
 
     def val_loss() -> float:
@@ -161,7 +161,7 @@ def model_spec(cfg: Config, data: SpeechData) -> dict:
 
 
 def evaluate(net: nn.Module, cfg: Config, data: SpeechData) -> tuple[dict, np.ndarray]:
-    x, lengths, y = _tensors(data, TEST)
+    x, lengths, y = split_tensors(data, TEST)
     pred = logits(net, x, lengths).argmax(1).numpy()
     true = y.numpy()
     n = len(data.classes)
