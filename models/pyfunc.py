@@ -187,6 +187,8 @@ def log_price_model(folder: Path, net, spec: dict, x_norm, y_norm, example: pd.D
     """Log the pyfunc into the active run; returns MLflow's ModelInfo."""
     root = Path(__file__).resolve().parents[1]
     artifacts = save_artifacts(folder, net, spec, x_norm, y_norm)
+    # MLflow only warns when its own check of the example fails: fail here instead
+    PriceForecaster().load(artifacts).predict(None, example)
     with warnings.catch_warnings():  # `step` is a count, never missing: an int column is right
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
         return mlflow.pyfunc.log_model(

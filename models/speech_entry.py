@@ -1,7 +1,7 @@
-"""Models-from-code entry point of the speech classifier (no pickle; see speech_pyfunc)."""
+"""Models-from-code entry point of the speech model (no pickle; see speech_pyfunc)."""
 
 import mlflow
 
-from models.speech_pyfunc import SpeechClassifier
+from models.speech_pyfunc import SpeechModel
 
-mlflow.models.set_model(SpeechClassifier())
+mlflow.models.set_model(SpeechModel())

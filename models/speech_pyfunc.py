@@ -1,4 +1,4 @@
-"""The MLflow pyfunc that serves a speech classifier from audio, not features.
+"""The MLflow pyfunc that serves a speech model from audio, not features.
 
 Stored as plain files, no pickle: `weights.pt` (state_dict), `model.json` (the
 network, the classes, the feature settings and the normalisation) and
@@ -8,8 +8,10 @@ extraction runs inside, with the same functions training used.
 Request: one row per utterance, either `audio` (the file's bytes: WAV, FLAC or
 OGG; base64 over REST) or `samples` (array of floats in [-1, 1]) with
 `sample_rate` (Hz); optional `utterance_id`.
-Response: `utterance_id`, `label`, `probability` (of that label) and one
-`p_{class}` column per class.
+Response, task=classify: `utterance_id`, `label`, `probability` (of that label)
+and one `p_{class}` column per class. task=forecast: `utterance_id`, `l1` (the
+mean absolute error of predicting each frame `shift` steps ahead, normalised
+log-mel units) and `embedding` (the mean of the top layer's hidden states).
 Limits: MAX_ROWS utterances per request, MAX_SECONDS of audio each.
 """
 
@@ -44,16 +46,18 @@ def _missing(value) -> bool:
     return value is None or (np.isscalar(value) and pd.isna(value))
 
 
-class SpeechClassifier(mlflow.pyfunc.PythonModel):
+class SpeechModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.load(context.artifacts)
 
-    def load(self, artifacts: dict) -> SpeechClassifier:
+    def load(self, artifacts: dict) -> SpeechModel:
         self.spec = json.loads(Path(artifacts["config"]).read_text())
         self.settings = audio.FeatureSettings(**self.spec["audio"])
         norm = json.loads(Path(artifacts["normaliser"]).read_text())
         self.norm = Normaliser.from_dict(norm) if norm else None
-        self.net = build_model(self.spec["model"], self.settings.dim, len(self.spec["classes"]))
+        outputs = (len(self.spec["classes"]) if self.spec["task"] == "classify"
+                   else self.settings.dim)
+        self.net = build_model(self.spec["model"], self.settings.dim, outputs)
         self.net.load_state_dict(torch.load(artifacts["weights"], map_location="cpu",
                                             weights_only=True))
         self.net.eval()
@@ -115,18 +119,38 @@ class SpeechClassifier(mlflow.pyfunc.PythonModel):
             raise _bad(f"request has {len(frame)} rows; the limit is {MAX_ROWS} utterances")
         rows = frame.to_dict("records")
         x, lengths = pad([self._features(r, i) for i, r in enumerate(rows)])
+        ids = [str(i) if _missing(r.get("utterance_id")) else str(r["utterance_id"])
+               for i, r in enumerate(rows)]
+        if self.spec["task"] == "forecast":
+            return self._forecast(x, lengths, ids)
         probs = torch.softmax(logits(self.net, x, lengths), dim=1).numpy().astype(np.float64)
         if not np.isfinite(probs).all():
             raise _bad("the model produced non-finite probabilities")
         classes = self.spec["classes"]
         best = probs.argmax(1)
-        ids = [str(i) if _missing(r.get("utterance_id")) else str(r["utterance_id"])
-               for i, r in enumerate(rows)]
         out = pd.DataFrame({"utterance_id": ids, "label": [classes[b] for b in best],
                             "probability": probs[np.arange(len(best)), best]})
         for j, c in enumerate(classes):
             out[f"p_{c}"] = probs[:, j]
         return out
+
+    @torch.no_grad()
+    def _forecast(self, x: torch.Tensor, lengths: torch.Tensor, ids: list[str]) -> pd.DataFrame:
+        shift = self.spec["shift"]
+        short = [i for i, n in enumerate(lengths.tolist()) if n <= shift]
+        if short:
+            raise _bad(f"row {short[0]}: {int(lengths[short[0]])} frames leave nothing to "
+                       f"predict {shift} frames ahead")
+        self.net.eval()
+        out, _ = self.net(x)
+        hidden = self.net.top_hidden  # [N, T, H]
+        l1, emb = [], []
+        for i, n in enumerate(lengths.tolist()):
+            l1.append(float((out[i, : n - shift] - x[i, shift:n]).abs().mean()))
+            emb.append(hidden[i, :n].mean(0).double().tolist())
+        if not np.isfinite(l1).all() or not np.isfinite(np.concatenate(emb)).all():
+            raise _bad("the model produced a non-finite error or embedding")
+        return pd.DataFrame({"utterance_id": ids, "l1": l1, "embedding": emb})
 
 
 def signature(spec: dict) -> ModelSignature:
@@ -134,9 +158,12 @@ def signature(spec: dict) -> ModelSignature:
                      ColSpec(Array(DataType.double), "samples", required=False),
                      ColSpec(DataType.long, "sample_rate", required=False),
                      ColSpec(DataType.string, "utterance_id", required=False)])
-    outputs = [ColSpec(DataType.string, "utterance_id"), ColSpec(DataType.string, "label"),
-               ColSpec(DataType.double, "probability")]
-    outputs += [ColSpec(DataType.double, f"p_{c}") for c in spec["classes"]]
+    outputs = [ColSpec(DataType.string, "utterance_id")]
+    if spec["task"] == "forecast":
+        outputs += [ColSpec(DataType.double, "l1"), ColSpec(Array(DataType.double), "embedding")]
+    else:
+        outputs += [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability")]
+        outputs += [ColSpec(DataType.double, f"p_{c}") for c in spec["classes"]]
     return ModelSignature(inputs, Schema(outputs))
 
 
@@ -156,12 +183,15 @@ def log_speech_model(net: torch.nn.Module, spec: dict, norm: Normaliser | None,
         (folder / "normaliser.json").write_text(json.dumps(norm.to_dict() if norm else {}))
         example = pd.DataFrame([{"audio": example_file.read_bytes(),
                                  "utterance_id": example_file.stem}])
+        artifacts = {k: str(folder / f) for k, f in (("weights", "weights.pt"),
+                                                     ("config", "model.json"),
+                                                     ("normaliser", "normaliser.json"))}
+        # MLflow only warns when its own check of the example fails: fail here instead
+        SpeechModel().load(artifacts).predict(None, example)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
             return mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("speech_entry.py")),
-                artifacts={k: str(folder / f) for k, f in (("weights", "weights.pt"),
-                                                          ("config", "model.json"),
-                                                          ("normaliser", "normaliser.json"))},
-                code_paths=[str(root / p) for p in PACKAGES], signature=signature(spec),
-                input_example=example, pip_requirements=requirements())
+                artifacts=artifacts, code_paths=[str(root / p) for p in PACKAGES],
+                signature=signature(spec), input_example=example,
+                pip_requirements=requirements())

@@ -50,7 +50,8 @@ class DataConfig:
 
 @dataclass
 class SpeechConfig:
-    task: str = "classify"  # classify: utterance -> label
+    task: str = "classify"  # classify (utterance -> label) or forecast (frame `shift` ahead)
+    shift: int = 3  # forecast: predict the log-mel frame this many steps ahead
     split: str = "index"  # index (take < test_index is test), random, or speaker
     test_index: int = 5  # split=index: takes below this are test (FSDD's own split)
     skip_bad: bool = False  # leave bad audio files out (logged) instead of stopping
@@ -167,13 +168,15 @@ class Config:
 
     def _validate_speech(self) -> None:
         sp = self.speech
-        _choice("task", sp.task, ("classify",))
+        _choice("task", sp.task, ("classify", "forecast"))
+        if sp.shift < 1:
+            raise ValueError(f"shift must be >= 1, got {sp.shift!r}")
         _choice("split", sp.split, SPLITS)
         _choice("normalise", sp.normalise, ("global", "utterance"))
         if self.model.cell == "mlp":
             raise ValueError("domain=speech needs a recurrent cell (rnn, lstm, gru); the MLP "
                              "on mean-pooled features is trained as a baseline on every run")
-        if self.train.bptt != "full":
+        if sp.task == "classify" and self.train.bptt != "full":
             raise ValueError("task=classify trains by full BPTT over each utterance; "
                              "use bptt=full")
         self.audio.validate()

@@ -1,12 +1,17 @@
-"""Speech classification: audio files -> log-mel sequences -> a recurrent classifier
-trained by full BPTT over each utterance, in one MLflow run.
+"""Speech: audio files -> log-mel sequences -> a recurrent network, in one MLflow run.
+
+task=classify: utterance -> label, full BPTT over each utterance.
+task=forecast: the log-mel frame `shift` steps ahead (autoregressive predictive
+coding, L1 loss), by full BPTT per utterance or truncated BPTT over the training
+utterances concatenated into one stream laid out in lanes.
 
 Reads: a folder of audio (`data`: FSDD names, or one folder per label).
 Writes: an MLflow run with the resolved config as params, the file list as its
-dataset, per-epoch train_loss/val_loss (cross-entropy)/val_accuracy, test
-accuracy and macro-F1 beside the majority-class and mean-pooled-MLP baselines,
-the confusion matrix plot, the list of skipped bad files, and the `model`
-(a pyfunc that takes audio); then a Model Registry version.
+dataset, per-epoch metrics, test metrics beside the baselines (classify:
+accuracy and macro-F1 beside the majority class and an MLP on mean-pooled
+features, and the confusion matrix; forecast: L1 beside copying the last
+frame), the list of skipped bad files, and the `model` (a pyfunc that takes
+audio); then a Model Registry version.
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import torch
 from torch import nn
 
 from data_loaders import audio
-from data_loaders.sequences import Normaliser
+from data_loaders.sequences import Normaliser, pack_lanes
 from models.networks import build_model, last_step, logits, pad, resolve_device
 from pipeline import plots
 from pipeline.config import Config
 from pipeline.prepare import resolve
 from pipeline.tracking import MODEL_URI_TAG, log_dataset, log_new_params, start_run
-from pipeline.trainer import History, add_noise, fit, seed_everything
+from pipeline.trainer import History, add_noise, fit, masked_l1, seed_everything, tbptt_updates
 
 TRAIN, VAL, TEST = 0, 1, 2
 
@@ -72,14 +77,16 @@ def prepare_speech(cfg: Config) -> SpeechData:
 
 def utterance_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
                       y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                      noise: float = 0.0):
-    """Full BPTT per utterance: shuffled batches, trimmed to their longest member;
-    the loss is on the logits at each utterance's last frame."""
+                      noise: float = 0.0, at_last: bool = True):
+    """Full BPTT per utterance: shuffled batches, trimmed to their longest member.
+    at_last: the output at each utterance's last frame against y [N] (classify);
+    otherwise every frame against y [N, T, F], NaN (padding) carrying no loss."""
     order = torch.randperm(len(x), generator=generator)
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
-        out, _ = model(add_noise(x[idx, : int(lengths[idx].max())], noise))
-        yield last_step(out, lengths[idx]), y[idx]
+        steps = int(lengths[idx].max())
+        out, _ = model(add_noise(x[idx, :steps], noise))
+        yield (last_step(out, lengths[idx]), y[idx]) if at_last else (out, y[idx, :steps])
 
 
 def scores(pred: np.ndarray, true: np.ndarray, n_classes: int) -> dict:
@@ -152,12 +159,73 @@ def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
         return net(pooled[sel[TEST]]).argmax(1).numpy()
 
 
+def apc_targets(x: np.ndarray, shift: int) -> np.ndarray:
+    """[T, F] frames -> [T, F] targets: frame t+shift at step t, NaN for the last
+    `shift` steps (no target reaches past the utterance)."""
+    y = np.full_like(x, np.nan)
+    y[: max(len(x) - shift, 0)] = x[shift:]
+    return y
+
+
+def forecast_tensors(data: SpeechData, which: int, shift: int):
+    """Padded frames x [N, T, F], lengths [N], and targets y [N, T, F] (NaN where none)."""
+    idx = np.flatnonzero(data.split == which)
+    x, lengths = pad([data.x[i] for i in idx])
+    y = torch.full_like(x, float("nan"))
+    for j, i in enumerate(idx):
+        y[j, : len(data.x[i])] = torch.as_tensor(apc_targets(data.x[i], shift))
+    return x, lengths, y
+
+
+def forecast_stream(data: SpeechData, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training utterances end to end, x [T, F] and y [T, F]. Targets never cross
+    from one utterance into the next (NaN there); the carried state does, as in
+    language modelling over concatenated documents."""
+    idx = np.flatnonzero(data.split == TRAIN)
+    return (np.concatenate([data.x[i] for i in idx]),
+            np.concatenate([apc_targets(data.x[i], shift) for i in idx]))
+
+
+@torch.no_grad()
+def forecast_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return masked_l1(model(x)[0], y).item()
+
+
+def train_forecaster(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.Module, History]:
+    seed_everything(cfg.train.seed)
+    t, shift = cfg.train, cfg.speech.shift
+    net = build_model(model_spec(cfg, data)["model"], cfg.audio.dim, cfg.audio.dim)
+    xt, lt, yt = forecast_tensors(data, TRAIN, shift)
+    xv, _, yv = forecast_tensors(data, VAL, shift)
+    if t.bptt == "truncated":
+        sx, sy = forecast_stream(data, shift)
+        xl, yl = (torch.as_tensor(a) for a in pack_lanes([sx], [sy], t.lanes))
+
+        def updates(gen):
+            return tbptt_updates(net, xl, yl, t.k1, t.k2, t.input_noise)
+    else:
+        def updates(gen):
+            return utterance_updates(net, xt, lt, yt, t.batch_size, gen, t.input_noise,
+                                     at_last=False)
+
+    hist = fit(net, t, updates, lambda: forecast_l1(net, xv, yv), masked_l1, on_epoch)
+    return net, hist
+
+
+def evaluate_forecaster(net: nn.Module, cfg: Config, data: SpeechData) -> dict:
+    """Test L1 (normalised log-mel units) of the model and of copying the last frame."""
+    x, _, y = forecast_tensors(data, TEST, cfg.speech.shift)
+    return {"model": {"l1": forecast_l1(net, x, y)},
+            "copy_last": {"l1": masked_l1(x, y).item()}}
+
+
 def model_spec(cfg: Config, data: SpeechData) -> dict:
     m = cfg.model
     net = {k: getattr(m, k) for k in ("cell", "hidden", "layers", "dropout", "norm", "init")}
     return {"domain": "speech", "task": cfg.speech.task, "model": {**net, "lookback": 1},
             "classes": data.classes, "audio": dict(vars(cfg.audio)),
-            "normalise": cfg.speech.normalise}
+            "normalise": cfg.speech.normalise, "shift": cfg.speech.shift}
 
 
 def evaluate(net: nn.Module, cfg: Config, data: SpeechData) -> tuple[dict, np.ndarray]:
@@ -188,15 +256,19 @@ def run(cfg: Config) -> dict:
         mlflow.log_metric("bad_files", len(data.bad))
         if data.bad:
             mlflow.log_text("\n".join(f"{p}: {why}" for p, why in data.bad), "data/bad_files.txt")
-        net, hist = train_classifier(cfg, data, lambda m: mlflow.log_metrics(
+        train = train_classifier if cfg.speech.task == "classify" else train_forecaster
+        net, hist = train(cfg, data, lambda m: mlflow.log_metrics(
             {k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"]))
         mlflow.log_metrics({"best_val_loss": hist.best_val_loss, "best_epoch": hist.best_epoch})
         plots.log_figure(plots.loss_curves(hist.epochs), "plots/loss_curves.png")
-        table, matrix = evaluate(net, cfg, data)
+        if cfg.speech.task == "classify":
+            table, matrix = evaluate(net, cfg, data)
+            plots.log_figure(plots.confusion_matrix(matrix, data.classes), "plots/confusion.png")
+        else:
+            table = evaluate_forecaster(net, cfg, data)
         for method, row in table.items():
             suffix = "" if method == "model" else f"_{method}"
             mlflow.log_metrics({f"test_{k}{suffix}": v for k, v in row.items()})
-        plots.log_figure(plots.confusion_matrix(matrix, data.classes), "plots/confusion.png")
         info = log_speech_model(net, model_spec(cfg, data), data.norm, data.utts[0].path)
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     print(pd.DataFrame(table).T.to_string(float_format=lambda v: f"{v:.4f}"))

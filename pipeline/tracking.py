@@ -43,7 +43,7 @@ def log_dataset(frame, source: str, name: str) -> None:
         warnings.filterwarnings("ignore", "The specified dataset source")
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")  # counts
         dataset = mlflow.data.from_pandas(frame, source=source, name=name)
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")
 
 
 def log_new_params(params: dict) -> None:

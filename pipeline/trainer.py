@@ -133,6 +133,12 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred[keep] - target[keep]).pow(2).mean()
 
 
+def masked_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the targets that exist (padding is NaN)."""
+    keep = ~torch.isnan(target)
+    return (pred[keep] - target[keep]).abs().mean()
+
+
 def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Optimizer,
                 clip: float, loss_fn: Callable = masked_mse) -> dict:
     """One optimiser step per (prediction, target) pair. Returns the mean training loss

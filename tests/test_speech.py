@@ -161,3 +161,34 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
             status, text = post(url, request)
             assert status == 400 and message in json.loads(text)["message"], text[-300:]
         assert post(url, body)[0] == 200  # still serving
+
+
+def test_apc_targets_and_stream_never_cross_utterances():
+    from pipeline.speech import SpeechData, apc_targets, forecast_stream
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = apc_targets(x, 2)
+    assert np.array_equal(y[:4], x[2:]) and np.isnan(y[4:]).all()
+    utts = [np.full((5, 1), k, np.float32) for k in (1.0, 2.0, 3.0)]
+    data = SpeechData([], utts, np.zeros(3), np.array([0, 1, 0]), ["a"], None, [])
+    sx, sy = forecast_stream(data, 2)  # the two training utterances, end to end
+    assert sx[:, 0].tolist() == [1] * 5 + [3] * 5
+    assert np.isnan(sy[3:5]).all() and np.isnan(sy[8:10]).all()
+    assert (sy[:3] == 1).all() and (sy[5:8] == 3).all()  # no target from the next utterance
+
+
+@pytest.mark.parametrize("bptt", ["full", "truncated"])
+def test_forecast_run_and_served_error_and_embedding(store, small_fsdd, bptt):
+    out = main(speech_args(small_fsdd, store, "--task", "forecast", "--bptt", bptt,
+                           "--k1", "10", "--k2", "20", "--lanes", "8"))
+    m = MlflowClient().get_run(out["run_id"]).data.metrics
+    assert m["test_l1"] > 0 and m["test_l1_copy_last"] > 0
+    model = mlflow.pyfunc.load_model("models:/speech-forecast@champion")
+    files = sorted(small_fsdd.glob("1_nicolas_[0-3].wav"))
+    batch = pd.DataFrame({"audio": [f.read_bytes() for f in files]})
+    got = model.predict(batch)
+    assert list(got.columns) == ["utterance_id", "l1", "embedding"]
+    assert all(len(e) == 16 for e in got.embedding) and np.isfinite(got.l1).all()
+    alone = model.predict(batch.iloc[:1])  # padding in the batch changes nothing
+    assert alone.l1[0] == pytest.approx(got.l1[0], abs=1e-6)
+    assert np.allclose(alone.embedding[0], got.embedding[0], atol=1e-6)
