@@ -58,12 +58,20 @@ def evaluate(net: torch.nn.Module, cfg: Config, prep: Prepared) -> tuple[dict, l
     return table, per_series
 
 
-def log_evaluation(table: dict, per_series: list) -> dict:
-    """Metrics, the table and the forecast plot into the active run; returns the metrics."""
+def test_metrics(table: dict) -> dict:
+    """{method: {metric: value}} -> {test_metric: ...} for the model and
+    {test_metric_method: ...} for each baseline (numbers only)."""
     flat = {}
     for method, row in table.items():
         suffix = "" if method == "model" else f"_{method}"
-        flat.update({f"test_{k}{suffix}": v for k, v in row.items() if k != "best_baseline"})
+        flat.update({f"test_{k}{suffix}": v for k, v in row.items()
+                     if isinstance(v, int | float)})
+    return flat
+
+
+def log_evaluation(table: dict, per_series: list) -> dict:
+    """Metrics, the table and the forecast plot into the active run; returns the metrics."""
+    flat = test_metrics(table)
     mlflow.log_metrics(flat)
     mlflow.set_tag("best_baseline", table["model"]["best_baseline"])
     mlflow.log_table(pd.DataFrame(table).T.reset_index(names="method"), "evaluation/test.json")

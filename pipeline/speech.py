@@ -195,12 +195,14 @@ def forecast_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def train_forecaster(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.Module, History]:
     seed_everything(cfg.train.seed)
     t, shift = cfg.train, cfg.speech.shift
-    net = build_model(model_spec(cfg, data)["model"], cfg.audio.dim, cfg.audio.dim)
-    xt, lt, yt = forecast_tensors(data, TRAIN, shift)
-    xv, _, yv = forecast_tensors(data, VAL, shift)
+    device = resolve_device(cfg.model.device)
+    net = build_model(model_spec(cfg, data)["model"], cfg.audio.dim, cfg.audio.dim).to(device)
+    xt, lt, yt = (a.to(device) for a in forecast_tensors(data, TRAIN, shift))
+    xv, _, yv = (a.to(device) for a in forecast_tensors(data, VAL, shift))
+    lt = lt.cpu()  # lengths index on the host
     if t.bptt == "truncated":
         sx, sy = forecast_stream(data, shift)
-        xl, yl = (torch.as_tensor(a) for a in pack_lanes([sx], [sy], t.lanes))
+        xl, yl = (torch.as_tensor(a, device=device) for a in pack_lanes([sx], [sy], t.lanes))
 
         def updates(gen):
             return tbptt_updates(net, xl, yl, t.k1, t.k2, t.input_noise)
@@ -210,7 +212,7 @@ def train_forecaster(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.M
                                      at_last=False)
 
     hist = fit(net, t, updates, lambda: forecast_l1(net, xv, yv), masked_l1, on_epoch)
-    return net, hist
+    return net.cpu(), hist
 
 
 def evaluate_forecaster(net: nn.Module, cfg: Config, data: SpeechData) -> dict:
@@ -243,6 +245,7 @@ def evaluate(net: nn.Module, cfg: Config, data: SpeechData) -> tuple[dict, np.nd
 def run(cfg: Config) -> dict:
     """The `main` entry point for domain=speech: one run, one registered version."""
     from models.speech_pyfunc import log_speech_model
+    from pipeline.evaluate import format_table, test_metrics
     from pipeline.register import register_run
 
     data = prepare_speech(cfg)
@@ -266,12 +269,10 @@ def run(cfg: Config) -> dict:
             plots.log_figure(plots.confusion_matrix(matrix, data.classes), "plots/confusion.png")
         else:
             table = evaluate_forecaster(net, cfg, data)
-        for method, row in table.items():
-            suffix = "" if method == "model" else f"_{method}"
-            mlflow.log_metrics({f"test_{k}{suffix}": v for k, v in row.items()})
+        mlflow.log_metrics(test_metrics(table))
         info = log_speech_model(net, model_spec(cfg, data), data.norm, data.utts[0].path)
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
-    print(pd.DataFrame(table).T.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(format_table(table))
     if cfg.tracking.register:
         register_run(active.info.run_id, cfg.model_name())
     return {"run_id": active.info.run_id, "table": table, "history": hist}
