@@ -23,6 +23,10 @@ from models.networks import forecast_at
 from pipeline.config import TrainConfig
 
 
+class NumericalFault(FloatingPointError):
+    """A non-finite loss or gradient; training stops before the weights are touched."""
+
+
 @dataclass
 class Streams:
     """Normalised series for training: x[i] [T_i, F], y[i] [T_i, out] (NaN where there is
@@ -148,11 +152,15 @@ def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Opti
     count = steps = 0
     for pred, target in updates:
         loss = loss_fn(pred, target)
+        if not torch.isfinite(loss):
+            raise NumericalFault(f"non-finite loss ({loss.item()}) at update {steps}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clipping bounds the step when a rare window makes the gradient explode
         # (common in RNNs); the pre-clip norm is returned so it can be watched.
         norm = nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
+        if not torch.isfinite(norm):
+            raise NumericalFault(f"non-finite gradient norm ({norm.item()}) at update {steps}")
         optimizer.step()
         n = int((~torch.isnan(target)).sum()) if target.is_floating_point() else len(target)
         loss_sum += loss.item() * n
@@ -217,7 +225,14 @@ def fit(model: nn.Module, cfg: TrainConfig, updates: Callable[[torch.Generator],
                disable=None if progress is None else not progress)
     for epoch in bar:
         t0 = time.perf_counter()
-        stats = train_epoch(model, updates(gen), optimizer, cfg.clip, loss_fn)
+        try:
+            stats = train_epoch(model, updates(gen), optimizer, cfg.clip, loss_fn)
+        except NumericalFault as fault:
+            raise NumericalFault(
+                f"training stopped: {fault} of epoch {epoch}. Likely cause: "
+                + (f"clipping is off (clip=0) and lr={cfg.lr} is too high; set clip > 0 or "
+                   "lower lr" if not cfg.clip else
+                   f"lr={cfg.lr} is too high even with clip={cfg.clip}; lower lr")) from None
         val = val_loss()
         metrics = {"epoch": epoch, **stats, "val_loss": val,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
@@ -232,9 +247,6 @@ def fit(model: nn.Module, cfg: TrainConfig, updates: Callable[[torch.Generator],
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        if not math.isfinite(stats["train_loss"]):
-            hist.stop_reason = "non-finite training loss"
-            break
         if cfg.patience and stale >= cfg.patience:
             hist.stop_reason = f"no validation gain for {cfg.patience} epochs"
             break

@@ -187,3 +187,17 @@ def test_unknown_ticker_offline_fails_with_a_clear_message(store, monkeypatch):
     monkeypatch.setattr(yfinance, "download", lambda *a, **k: pd.DataFrame())
     with pytest.raises(ValueError, match="no data for 'ZZZZ'.*data=PATH"):
         main(["--tickers", "ZZZZ", "--cache_dir", str(store / "cache")])
+
+
+def test_numerical_fault_fails_the_run_and_leaves_the_registry_alone(store):
+    from pipeline.trainer import NumericalFault
+
+    good = main(FAST)["run_id"]
+    with pytest.raises(NumericalFault, match="of epoch 0. Likely cause: clipping is off"):
+        main([*FAST, "--optimizer", "sgd", "--momentum", "0", "--lr", "10", "--clip", "0"])
+    client = MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["prices"], output_format="list")
+    failed = [r for r in runs if r.info.run_id != good]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert len(client.search_model_versions("name='prices-returns-h1'")) == 1
+    assert client.get_model_version_by_alias("prices-returns-h1", "champion").run_id == good

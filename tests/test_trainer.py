@@ -8,7 +8,13 @@ from models.networks import RecurrentRegressor, build_model, init_weights
 from pipeline.config import build_config
 from pipeline.prepare import prepare
 from pipeline.train import model_spec
-from pipeline.trainer import fit_streams, tbptt_updates, train_epoch, window_updates
+from pipeline.trainer import (
+    NumericalFault,
+    fit_streams,
+    tbptt_updates,
+    train_epoch,
+    window_updates,
+)
 
 SMALL = {"data": "data/prices/SPY.csv", "start": "2012-01-01", "lookback": 16, "hidden": 8,
          "lanes": 4, "k1": 10, "k2": 20, "batch_size": 32, "epochs": 2}
@@ -126,3 +132,23 @@ def test_norms_and_inits_build_and_run(norm, init):
     if init == "orthogonal":
         w = net.cells[1].weight_hh_l0.detach()[:8]  # the input gate's block
         assert torch.allclose(w @ w.T, torch.eye(8), atol=1e-5)
+
+
+LR_TOO_HIGH = 10.0  # SGD: the gradient norm overflows within one epoch without clipping
+TOO_HIGH = {"optimizer": "sgd", "momentum": 0.0, "lr": LR_TOO_HIGH, "epochs": 3, "patience": 0}
+
+
+def test_non_finite_loss_stops_naming_epoch_update_and_cause():
+    cfg, prep = small(clip=0.0, **TOO_HIGH)
+    net = new_net(cfg, prep)
+    with pytest.raises(NumericalFault, match=r"non-finite .* at update \d+ of epoch \d+\. "
+                                             r"Likely cause: clipping is off"):
+        fit_streams(net, prep.streams(), cfg.train, 16, progress=False)
+    assert all(torch.isfinite(p).all() for p in net.parameters())  # no step was taken
+
+
+def test_clipping_keeps_the_same_learning_rate_finite():
+    cfg, prep = small(clip=1.0, **TOO_HIGH)
+    hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
+    assert len(hist.epochs) == 3
+    assert all(np.isfinite([e["train_loss"], e["val_loss"]]).all() for e in hist.epochs)
