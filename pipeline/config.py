@@ -90,6 +90,7 @@ class TrainConfig:
     target_loss: float = 0.0  # stop once the training loss reaches this; 0 turns it off
     input_noise: float = 0.0  # std of Gaussian noise added to normalised inputs in training
     seed: int = 0
+    init_from: str = ""  # warm start: models:/NAME@ALIAS, models:/NAME/N or runs:/ID/model
 
 
 @dataclass

@@ -26,11 +26,12 @@ from torch import nn
 
 from data_loaders import audio
 from data_loaders.sequences import Normaliser, pack_lanes
-from models.networks import build_model, last_step, logits, pad, resolve_device
+from models.networks import last_step, logits, pad
 from pipeline import plots
 from pipeline.config import Config
 from pipeline.prepare import resolve
 from pipeline.tracking import MODEL_URI_TAG, log_dataset, log_new_params, start_run
+from pipeline.train import new_network
 from pipeline.trainer import History, add_noise, fit, masked_l1, seed_everything, tbptt_updates
 
 TRAIN, VAL, TEST = 0, 1, 2
@@ -114,10 +115,8 @@ def split_tensors(data: SpeechData, which: int):
 
 
 def train_classifier(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.Module, History]:
-    seed_everything(cfg.train.seed)
-    spec = model_spec(cfg, data)
-    device = resolve_device(cfg.model.device)
-    net = build_model(spec["model"], cfg.audio.dim, len(data.classes)).to(device)
+    net = new_network(cfg, model_spec(cfg, data)["model"], cfg.audio.dim, len(data.classes))
+    device = next(net.parameters()).device
     (xt, lt, yt), (xv, lv, yv) = (split_tensors(data, s) for s in (TRAIN, VAL))
     xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
 
@@ -193,10 +192,9 @@ def forecast_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train_forecaster(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.Module, History]:
-    seed_everything(cfg.train.seed)
     t, shift = cfg.train, cfg.speech.shift
-    device = resolve_device(cfg.model.device)
-    net = build_model(model_spec(cfg, data)["model"], cfg.audio.dim, cfg.audio.dim).to(device)
+    net = new_network(cfg, model_spec(cfg, data)["model"], cfg.audio.dim, cfg.audio.dim)
+    device = next(net.parameters()).device
     xt, lt, yt = (a.to(device) for a in forecast_tensors(data, TRAIN, shift))
     xv, _, yv = (a.to(device) for a in forecast_tensors(data, VAL, shift))
     lt = lt.cpu()  # lengths index on the host

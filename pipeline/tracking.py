@@ -58,6 +58,31 @@ def logged_model_uri(run_id: str) -> str:
     return run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
 
 
+def load_initial_weights(net, uri: str) -> None:
+    """Warm start: copy the weights of the logged model at `uri` into `net`, which must
+    have the same parameters of the same shapes; otherwise say exactly what differs."""
+    import torch
+
+    try:
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    except MlflowException as err:
+        raise ValueError(f"init_from: cannot load {uri}: {err.message}") from None
+    weights = os.path.join(folder, "artifacts", "weights.pt")
+    if not os.path.exists(weights):
+        raise ValueError(f"init_from: {uri} is not a model of this project (no weights.pt)")
+    theirs = torch.load(weights, map_location="cpu", weights_only=True)
+    ours = net.state_dict()
+    problems = [f"{k}: {list(theirs[k].shape)} there, {list(v.shape)} here"
+                for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape]
+    problems += [f"{k}: only here" for k in ours if k not in theirs]
+    problems += [f"{k}: only there" for k in theirs if k not in ours]
+    if problems:
+        raise ValueError(f"init_from: {uri} does not fit this network; "
+                         + "; ".join(problems[:10])
+                         + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+    net.load_state_dict(theirs)
+
+
 def register(model_uri: str, name: str, run_id: str, val_loss: float,
              tags: dict[str, float]) -> tuple[str, bool]:
     """Register a new version, tag it with its metrics, and move @champion to it when

@@ -20,7 +20,7 @@ from models.pyfunc import log_price_model, output_names, price_columns, request_
 from pipeline import plots
 from pipeline.config import Config, add_arguments, from_args
 from pipeline.prepare import Prepared, log_dataset, prepare
-from pipeline.tracking import MODEL_URI_TAG, log_new_params, start_run
+from pipeline.tracking import MODEL_URI_TAG, load_initial_weights, log_new_params, start_run
 from pipeline.trainer import History, fit_streams, seed_everything
 
 
@@ -33,11 +33,20 @@ def model_spec(cfg: Config, prep: Prepared) -> dict:
             "features": prep.features, "outputs": output_names(d.target, d.horizon)}
 
 
+def new_network(cfg: Config, net_cfg: dict, n_in: int, n_out: int) -> torch.nn.Module:
+    """The network to train: seeded initial weights, or a logged model's (`init_from`),
+    on the configured device."""
+    seed_everything(cfg.train.seed)
+    net = build_model(net_cfg, n_in, n_out)
+    if cfg.train.init_from:
+        load_initial_weights(net, cfg.train.init_from)
+    return net.to(resolve_device(cfg.model.device))
+
+
 def train_model(cfg: Config, prep: Prepared, on_epoch=None) -> tuple[torch.nn.Module, History]:
-    device = resolve_device(cfg.model.device)
-    seed_everything(cfg.train.seed)  # the initial weights depend on the seed too
     spec = model_spec(cfg, prep)
-    net = build_model(spec["model"], len(prep.features), len(spec["outputs"])).to(device)
+    net = new_network(cfg, spec["model"], len(prep.features), len(spec["outputs"]))
+    device = next(net.parameters()).device
     history = fit_streams(net, prep.streams(device), cfg.train, cfg.data.lookback, on_epoch)
     return net.cpu(), history
 

@@ -201,3 +201,28 @@ def test_numerical_fault_fails_the_run_and_leaves_the_registry_alone(store):
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
     assert len(client.search_model_versions("name='prices-returns-h1'")) == 1
     assert client.get_model_version_by_alias("prices-returns-h1", "champion").run_id == good
+
+
+def test_warm_start_copies_the_weights_or_says_what_differs(store):
+    import torch
+
+    from models.networks import build_model
+    from pipeline.tracking import load_initial_weights
+
+    main(FAST)
+    uri = "models:/prices-returns-h1@champion"
+    champion = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    net = build_model(champion.spec["model"], 3, 1)
+    load_initial_weights(net, uri)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 champion.net.state_dict().values(), strict=True))
+    wider = build_model({**champion.spec["model"], "hidden": 16}, 3, 1)
+    with pytest.raises(ValueError, match=r"does not fit this network; cells.0.weight_ih_l0: "
+                                         r"\[32, 3\] there, \[64, 3\] here"):
+        load_initial_weights(wider, uri)
+    run_id = main([*FAST, "--init_from", uri, "--epochs", "1"])["run_id"]
+    assert MlflowClient().get_run(run_id).data.params["init_from"] == uri
+    with pytest.raises(ValueError, match="does not fit this network"):
+        main([*FAST, "--hidden", "16", "--init_from", uri])
+    with pytest.raises(ValueError, match="init_from: cannot load models:/nothing@champion"):
+        main([*FAST, "--init_from", "models:/nothing@champion"])
