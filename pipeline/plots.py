@@ -28,6 +28,19 @@ def loss_curves(epochs: list[dict]):
     return fig
 
 
+def gradient_horizon(norms, horizon: int, threshold: float):
+    """|d loss_T / d state_{T-1-k}| relative to k = 0, on a log scale."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.semilogy(np.arange(len(norms)), norms / norms[0])
+    ax.axhline(threshold, color="0.5", ls="--", lw=0.8, label=f"{threshold:.0%} of k = 0")
+    ax.axvline(horizon, color="C3", lw=0.8, label=f"memory horizon: {horizon} steps")
+    ax.set(xlabel="k (steps back)", ylabel="gradient norm / norm at k = 0",
+           title="How far back the gradient of the last loss reaches")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def confusion_matrix(matrix, classes: list[str]):
     """Counts, true class down, predicted class across."""
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * len(classes), 0.8 + 0.5 * len(classes)))

@@ -19,6 +19,7 @@ from models.networks import build_model, resolve_device
 from models.pyfunc import log_price_model, output_names, price_columns, request_row
 from pipeline import plots
 from pipeline.config import Config, add_arguments, from_args
+from pipeline.horizon import THRESHOLD, validation_horizon
 from pipeline.prepare import Prepared, log_dataset, prepare
 from pipeline.tracking import MODEL_URI_TAG, load_initial_weights, log_new_params, start_run
 from pipeline.trainer import History, fit_streams, seed_everything
@@ -72,6 +73,11 @@ def train_and_log(cfg: Config, prep: Prepared) -> tuple[torch.nn.Module, History
                         "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
     mlflow.set_tag("stop_reason", history.stop_reason)
     plots.log_figure(plots.loss_curves(history.epochs), "plots/loss_curves.png")
+    if cfg.model.cell != "mlp":  # the MLP has no state to measure
+        norms, reach = validation_horizon(net, prep.streams(), cfg.data.lookback)
+        mlflow.log_metric("memory_horizon", reach)
+        plots.log_figure(plots.gradient_horizon(norms, reach, THRESHOLD),
+                         "plots/memory_horizon.png")
     spec = model_spec(cfg, prep)
     with tempfile.TemporaryDirectory() as tmp:
         info = log_price_model(Path(tmp), net, spec, prep.x_norm, prep.y_norm,

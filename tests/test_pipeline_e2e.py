@@ -64,7 +64,9 @@ def test_main_logs_one_complete_run_and_registers_it(store):
     assert m["test_r2_oos_zero"] == pytest.approx(0.0)
     assert run.inputs.dataset_inputs[0].dataset.name == "prices"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert artifacts == {"plots/loss_curves.png", "plots/test_forecast.png"}
+    assert artifacts == {"plots/loss_curves.png", "plots/test_forecast.png",
+                         "plots/memory_horizon.png"}
+    assert 0 <= m["memory_horizon"] <= 15  # lookback 16: k = 0..15
     champion = client.get_model_version_by_alias("prices-returns-h1", "champion")
     assert champion.run_id == run.info.run_id
     assert float(champion.tags["val_loss"]) == pytest.approx(m["best_val_loss"])

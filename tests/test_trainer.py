@@ -152,3 +152,18 @@ def test_clipping_keeps_the_same_learning_rate_finite():
     hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
     assert len(hist.epochs) == 3
     assert all(np.isfinite([e["train_loss"], e["val_loss"]]).all() for e in hist.epochs)
+
+
+def test_memory_horizon_follows_the_recurrence():
+    from pipeline.horizon import memory_horizon, state_gradient_norms
+
+    torch.manual_seed(0)
+    x, y = torch.randn(1, 30, 2), torch.randn(1)
+    net = RecurrentRegressor(2, 1, cell="rnn", hidden=8)
+    norms = state_gradient_norms(net, x, y, 20)
+    assert norms.shape == (21,) and norms[0] > 0 and memory_horizon(norms) >= 1
+    with torch.no_grad():
+        net.cells[0].weight_hh_l0.zero_()  # no recurrence: nothing reaches back
+    norms = state_gradient_norms(net, x, y, 20)
+    assert norms[0] > 0 and (norms[1:] == 0).all() and memory_horizon(norms) == 0
+    assert memory_horizon(np.array([1.0, 0.5, 0.02, 0.011, 0.009, 0.012])) == 5
