@@ -57,6 +57,9 @@ def _problems(frame: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
             missing = missing & blank
         for i in np.flatnonzero(missing):
             rows.append((line[i], col, "missing value (NaN)"))
+        if col != "date":  # "inf" or an overflow such as "1e999" parses, but is no price
+            for i in np.flatnonzero(np.isinf(values.to_numpy(np.float64))):
+                rows.append((line[i], col, f"infinite value {given.iloc[i]!r}"))
         if col in PRICE_COLUMNS:
             for i in np.flatnonzero(values <= 0):
                 rows.append((line[i], col, f"non-positive price {values.iloc[i]!r}"))

@@ -12,6 +12,34 @@ import urllib.request
 from pathlib import Path
 
 
+class ServerURL(str):
+    """The server's base URL; `.pid` is the `mlflow models serve` process."""
+
+    pid: int
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants (uvicorn runs as a child)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines()
+                       if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,7 +59,8 @@ def serving(model_uri: str, cwd: Path, timeout: float = 120):
                                  model_uri, "--env-manager", "local", "-h", "127.0.0.1",
                                  "-p", str(port)], cwd=cwd, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+        url = ServerURL(f"http://127.0.0.1:{port}")
+        url.pid = proc.pid
         try:
             deadline = time.monotonic() + timeout
             while True:

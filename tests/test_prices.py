@@ -58,6 +58,8 @@ def _broken(tmp_path, line: int, column: str, value: str) -> Path:
     ("Adj Close", "0", "non-positive price"),
     ("Date", "31/31/2012", "cannot parse"),
     ("Volume", "-10", "negative volume"),
+    ("Close", "1e999", "infinite value '1e999'"),  # found by tests/test_properties.py
+    ("High", "inf", "infinite value 'inf'"),
 ])
 def test_bad_cell_names_file_line_and_column(tmp_path, column, value, problem):
     path = _broken(tmp_path, 57, column, value)

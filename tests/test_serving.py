@@ -205,3 +205,53 @@ def test_batch_predict_leaves_no_half_written_file(store, monkeypatch):
         predict.write_atomic(pd.DataFrame({"a": [1]}), out)
     assert out.read_text() == "previous results\n"
     assert [p.name for p in store.glob(".kept.csv.*")] == []
+
+
+def test_bounded_load_on_loopback(server, capsys):
+    """4 concurrent clients, 2,000 requests (3 good : 1 bad), on 127.0.0.1 only; stops
+    after 180 s in any case. Zero 5xx, every bad request a 400, memory flat."""
+    import concurrent.futures
+    import time
+
+    from mlflow_server import tree_rss_mib
+
+    frame, _ = read_price_csv(ROOT / "data" / "prices" / "SPY.csv")
+    rng = np.random.default_rng(0)
+    plans = []
+    for i in range(2_000):
+        start, n = int(rng.integers(0, len(frame) - 200)), int(rng.integers(17, 200))
+        row = request_row(frame.iloc[start:start + n], f"s{i}", COLUMNS)
+        kind = ["good", "good", "good", "bad"][i % 4]
+        if kind == "bad":
+            row["close"] = row["close"][:5] if i % 8 == 3 else [float("nan")] + row["close"][1:]
+        plans.append((kind, split_body(pd.DataFrame([row]),
+                                       mode="rolling" if i % 5 == 0 else "last")))
+    deadline = time.monotonic() + 180
+
+    def send(plan):
+        if time.monotonic() > deadline:
+            return plan[0], None, 0.0
+        t0 = time.perf_counter()
+        status, _ = post(server, plan[1])
+        return plan[0], status, time.perf_counter() - t0
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(send, plans[:200]))  # warm-up
+        rss_start = tree_rss_mib(server.pid)
+        t0 = time.perf_counter()
+        results = list(pool.map(send, plans))
+        wall = time.perf_counter() - t0
+    rss_end = tree_rss_mib(server.pid)
+    done = [r for r in results if r[1] is not None]
+    good = [s for k, s, _ in done if k == "good"]
+    bad = [s for k, s, _ in done if k == "bad"]
+    latency = np.array([t for *_, t in done]) * 1e3
+    with capsys.disabled():
+        print(f"\nload: {len(done)} requests ({len(good)} good, {len(bad)} bad) by 4 clients in "
+              f"{wall:.1f} s ({len(done) / wall:.0f}/s); latency p50 {np.median(latency):.1f} ms, "
+              f"p99 {np.percentile(latency, 99):.1f} ms; good: {good.count(200)} x 200, "
+              f"{sum(s >= 500 for s in good)} x 5xx; bad: {bad.count(400)} x 400; "
+              f"server RSS {rss_start:.0f} -> {rss_end:.0f} MiB")
+    assert len(done) == len(plans), "the 180 s bound cut the run short"
+    assert good.count(200) == len(good) and bad.count(400) == len(bad)
+    assert rss_end <= rss_start * 1.10 + 10, (rss_start, rss_end)
