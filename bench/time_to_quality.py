@@ -36,8 +36,9 @@ from pipeline.trainer import (
     make_optimizer,
     seed_everything,
     split_loss,
-    stream_updates,
+    tbptt_updates,
     train_epoch,
+    training_lanes,
     window_updates,
 )
 
@@ -60,11 +61,14 @@ def train_curve(cfg, prep, stateful: bool, budget: float, stop_below: float | No
     streams = prep.streams()
     gen = torch.Generator().manual_seed(cfg.train.seed)
     opt, _ = make_optimizer(net, cfg.train)
-    if not stateful:
+    if stateful:
+        lanes_x, lanes_y = training_lanes(streams, cfg.train.lanes)
+    else:
         train_x, train_y = gather_windows(streams, streams.anchors(TRAIN, 64), 64)
     clock, curve, done = 0.0, [], 0
     while clock < budget:
-        updates = iter(stream_updates(net, streams, cfg.train) if stateful else
+        updates = iter(tbptt_updates(net, lanes_x, lanes_y, cfg.train.k1, cfg.train.k2)
+                       if stateful else
                        window_updates(net, train_x, train_y, cfg.train.batch_size, gen))
         while clock < budget:
             first = next(updates, None)  # the epoch's end, or the next chunk of updates

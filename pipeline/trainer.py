@@ -115,20 +115,19 @@ def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k
         prev_end = end
 
 
-def stream_updates(model: nn.Module, streams: Streams, cfg: TrainConfig) -> Iterator:
-    """Truncated BPTT over every series' training stream (the prefix of the series
-    before validation), all series side by side in about `lanes` lanes."""
+def training_lanes(streams: Streams, lanes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every series' training stream (the prefix of the series before validation), all
+    series side by side in about `lanes` lanes, on the streams' device: x [B, T, F],
+    y [B, T, out]. Built once; every epoch of truncated BPTT walks the same lanes."""
     xs, ys = [], []
     for x, y, split in zip(streams.x, streams.y, streams.split, strict=True):
         train = np.flatnonzero(split == TRAIN)
         if len(train):
             xs.append(x[: train[-1] + 1].cpu().numpy())
             ys.append(y[: train[-1] + 1].cpu().numpy())
-    xl, yl = pack_lanes(xs, ys, cfg.lanes)
+    xl, yl = pack_lanes(xs, ys, lanes)
     device = streams.x[0].device
-    yield from tbptt_updates(model, torch.as_tensor(xl, device=device),
-                             torch.as_tensor(yl, device=device), cfg.k1, cfg.k2,
-                             cfg.input_noise)
+    return torch.as_tensor(xl, device=device), torch.as_tensor(yl, device=device)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -265,8 +264,10 @@ def fit_streams(model: nn.Module, streams: Streams, cfg: TrainConfig, lookback: 
     (truncated BPTT), validated on the validation split in the same mode."""
     stateful = cfg.bptt == "truncated"
     if stateful:
+        lanes_x, lanes_y = training_lanes(streams, cfg.lanes)
+
         def updates(gen):
-            return stream_updates(model, streams, cfg)
+            return tbptt_updates(model, lanes_x, lanes_y, cfg.k1, cfg.k2, cfg.input_noise)
     else:
         train_x, train_y = gather_windows(streams, streams.anchors(TRAIN, lookback), lookback)
 
