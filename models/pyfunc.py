@@ -20,7 +20,6 @@ Limits: at most MAX_ROWS series and MAX_PRICES prices per request.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -33,9 +32,9 @@ from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec
 
 from data_loaders.prices import price_features
 from data_loaders.sequences import Normaliser
+from models.artifacts import log_pyfunc, write_artifacts
 from models.networks import build_model, forecast_at
 
-PACKAGES = ("models", "data_loaders")  # shipped with the model as code_paths
 MODES = ("last", "rolling")
 MAX_ROWS = 1_000
 MAX_PRICES = 1_000_000
@@ -174,34 +173,10 @@ def signature(spec: dict) -> ModelSignature:
 
 def save_artifacts(folder: Path, net: torch.nn.Module, spec: dict, x_norm: Normaliser,
                    y_norm: Normaliser) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"weights": folder / "weights.pt", "config": folder / "model.json",
-             "normaliser": folder / "normaliser.json"}
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, paths["weights"])
-    paths["config"].write_text(json.dumps(spec, indent=2))
-    paths["normaliser"].write_text(json.dumps({"x": x_norm.to_dict(), "y": y_norm.to_dict()}))
-    return {k: str(v) for k, v in paths.items()}
+    return write_artifacts(folder, net, spec, {"x": x_norm.to_dict(), "y": y_norm.to_dict()})
 
 
 def log_price_model(folder: Path, net, spec: dict, x_norm, y_norm, example: pd.DataFrame):
     """Log the pyfunc into the active run; returns MLflow's ModelInfo."""
-    root = Path(__file__).resolve().parents[1]
     artifacts = save_artifacts(folder, net, spec, x_norm, y_norm)
-    # MLflow only warns when its own check of the example fails: fail here instead
-    PriceForecaster().load(artifacts).predict(None, example)
-    with warnings.catch_warnings():  # `step` is a count, never missing: an int column is right
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts=artifacts, code_paths=[str(root / p) for p in PACKAGES],
-            signature=signature(spec), input_example=example, pip_requirements=requirements())
-
-
-def requirements() -> list[str]:
-    """The serving dependencies, pinned as in pyproject.toml."""
-    import tomllib
-
-    root = Path(__file__).resolve().parents[1]
-    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [d for d in deps if d.split("==")[0] not in ("yfinance", "librosa", "matplotlib",
-                                                         "tqdm")]
+    return log_pyfunc(PriceForecaster, "pyfunc_entry.py", artifacts, signature(spec), example)

@@ -18,7 +18,6 @@ Limits: MAX_ROWS utterances per request, MAX_SECONDS of audio each.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -31,9 +30,9 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from data_loaders import audio
 from data_loaders.sequences import Normaliser
+from models.artifacts import log_pyfunc, write_artifacts
 from models.networks import build_model, logits, pad
 
-PACKAGES = ("models", "data_loaders")
 MAX_ROWS = 256
 MAX_SECONDS = 60.0
 
@@ -172,26 +171,8 @@ def log_speech_model(net: torch.nn.Module, spec: dict, norm: Normaliser | None,
     """Log the pyfunc into the active run, with a real file as the input example."""
     import tempfile
 
-    from models.pyfunc import requirements
-
-    root = Path(__file__).resolve().parents[1]
+    example = pd.DataFrame([{"audio": example_file.read_bytes(),
+                             "utterance_id": example_file.stem}])
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()},
-                   folder / "weights.pt")
-        (folder / "model.json").write_text(json.dumps(spec, indent=2))
-        (folder / "normaliser.json").write_text(json.dumps(norm.to_dict() if norm else {}))
-        example = pd.DataFrame([{"audio": example_file.read_bytes(),
-                                 "utterance_id": example_file.stem}])
-        artifacts = {k: str(folder / f) for k, f in (("weights", "weights.pt"),
-                                                     ("config", "model.json"),
-                                                     ("normaliser", "normaliser.json"))}
-        # MLflow only warns when its own check of the example fails: fail here instead
-        SpeechModel().load(artifacts).predict(None, example)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
-            return mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("speech_entry.py")),
-                artifacts=artifacts, code_paths=[str(root / p) for p in PACKAGES],
-                signature=signature(spec), input_example=example,
-                pip_requirements=requirements())
+        artifacts = write_artifacts(Path(tmp), net, spec, norm.to_dict() if norm else {})
+        return log_pyfunc(SpeechModel, "speech_entry.py", artifacts, signature(spec), example)
