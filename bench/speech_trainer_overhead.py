@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from bench.common import pin_allocator, result
+from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model, last_step, logits
 from pipeline.config import build_config
-from pipeline.speech import TRAIN, VAL, model_spec, prepare_speech, split_tensors, utterance_updates
+from pipeline.speech import model_spec, prepare_speech, split_tensors, utterance_updates
 from pipeline.trainer import fit
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_loaders.sequences import TEST, TRAIN, VAL
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 FEATURES = ("logmel", "mfcc")
 SPLITS = ("index", "random", "speaker")
@@ -151,7 +153,7 @@ def discover(root: str | Path) -> list[Utterance]:
 def split_utterances(utts: list[Utterance], how: str, val_frac: float = 0.1,
                      test_frac: float = 0.2, test_index: int = 5,
                      seed: int = 0) -> np.ndarray:
-    """Split per utterance (0 train, 1 val, 2 test):
+    """Split per utterance (TRAIN, VAL or TEST, as in data_loaders.sequences):
     - index: take index < test_index is test (FSDD's own split: 0-4); validation a
       seeded val_frac of the rest;
     - random: seeded fractions;
@@ -160,7 +162,7 @@ def split_utterances(utts: list[Utterance], how: str, val_frac: float = 0.1,
         raise ValueError(f"split must be one of {SPLITS}, got {how!r}")
     rng = np.random.default_rng(seed)
     n = len(utts)
-    split = np.zeros(n, np.int8)
+    split = np.full(n, TRAIN, np.int8)
     if how == "speaker":
         speakers = sorted({u.speaker for u in utts if u.speaker is not None})
         if len(speakers) < 3 or any(u.speaker is None for u in utts):
@@ -169,16 +171,17 @@ def split_utterances(utts: list[Utterance], how: str, val_frac: float = 0.1,
         order = [speakers[i] for i in rng.permutation(len(speakers))]
         n_test = max(1, round(test_frac * len(speakers)))
         n_val = max(1, round(val_frac * len(speakers)))
-        role = {s: 2 for s in order[:n_test]} | {s: 1 for s in order[n_test:n_test + n_val]}
-        return np.array([role.get(u.speaker, 0) for u in utts], np.int8)
+        role = ({s: TEST for s in order[:n_test]}
+                | {s: VAL for s in order[n_test:n_test + n_val]})
+        return np.array([role.get(u.speaker, TRAIN) for u in utts], np.int8)
     if how == "index":
         if any(u.index is None for u in utts):
             raise AudioError("split=index needs a take index in every file name")
-        split[[u.index < test_index for u in utts]] = 2
+        split[[u.index < test_index for u in utts]] = TEST
     else:
-        split[rng.permutation(n)[: round(test_frac * n)]] = 2
-    rest = np.flatnonzero(split == 0)
-    split[rng.permutation(rest)[: round(val_frac * len(rest))]] = 1
+        split[rng.permutation(n)[: round(test_frac * n)]] = TEST
+    rest = np.flatnonzero(split == TRAIN)
+    split[rng.permutation(rest)[: round(val_frac * len(rest))]] = VAL
     return split
 
 

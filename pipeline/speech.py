@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from data_loaders import audio
-from data_loaders.sequences import Normaliser, pack_lanes
+from data_loaders.sequences import SPLIT_NAMES, TEST, TRAIN, VAL, Normaliser, pack_lanes
 from models.networks import last_step, logits, pad
 from pipeline import plots
 from pipeline.config import Config
@@ -33,8 +33,6 @@ from pipeline.prepare import resolve
 from pipeline.tracking import MODEL_URI_TAG, log_dataset, log_new_params, start_run
 from pipeline.train import new_network
 from pipeline.trainer import History, add_noise, fit, masked_l1, seed_everything, tbptt_updates
-
-TRAIN, VAL, TEST = 0, 1, 2
 
 
 @dataclass
@@ -53,7 +51,7 @@ class SpeechData:
                              "speaker": [u.speaker for u in self.utts],
                              "index": [u.index for u in self.utts],
                              "frames": [len(x) for x in self.x],
-                             "split": [("train", "val", "test")[s] for s in self.split]})
+                             "split": [SPLIT_NAMES[s] for s in self.split]})
 
 
 def prepare_speech(cfg: Config) -> SpeechData:
@@ -248,7 +246,7 @@ def run(cfg: Config) -> dict:
 
     data = prepare_speech(cfg)
     counts = ", ".join(f"{name} {int((data.split == s).sum())}"
-                       for s, name in ((TRAIN, "train"), (VAL, "val"), (TEST, "test")))
+                       for s, name in SPLIT_NAMES.items())
     print(f"{len(data.utts)} utterances, {len(data.classes)} classes ({counts}); "
           f"{len(data.bad)} bad files skipped")
     with start_run(cfg, run_name=f"speech-{cfg.speech.task}-{cfg.model.cell}") as active:
