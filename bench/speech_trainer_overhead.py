@@ -33,7 +33,8 @@ def ours(net, cfg, train, val, epoch: int) -> float:
     cfg.train.seed = epoch
     t0 = time.perf_counter()
     fit(net, cfg.train,
-        lambda gen: utterance_updates(net, xt, lt, yt, cfg.train.batch_size, gen),
+        lambda gen, cursor: utterance_updates(net, xt, lt, yt, cfg.train.batch_size, gen,
+                                              cursor=cursor),
         lambda: nn.functional.cross_entropy(logits(net, xv, lv), yv).item(),
         nn.functional.cross_entropy,
         on_epoch=lambda m: mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"},

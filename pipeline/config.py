@@ -91,6 +91,8 @@ class TrainConfig:
     input_noise: float = 0.0  # std of Gaussian noise added to normalised inputs in training
     seed: int = 0
     init_from: str = ""  # warm start: models:/NAME@ALIAS, models:/NAME/N or runs:/ID/model
+    checkpoint_every: int = 1  # epochs between checkpoints (and on SIGTERM/SIGINT); 0: on signals
+    checkpoint_dir: str = "checkpoints"  # one folder per run: latest.pt and best.pt
 
 
 @dataclass
@@ -99,6 +101,7 @@ class TrackingConfig:
     registered_model: str = ""  # empty: prices-{target}-h{horizon}
     register: bool = True  # register the model and move @champion when it is better
     preset: str = ""  # YAML file of parameters, applied under explicit ones
+    resume_run_id: str = ""  # continue this run from its latest checkpoint, with its params
 
 
 @dataclass
@@ -148,8 +151,8 @@ class Config:
         for name in ("lr", "gamma"):
             if not self.get(name) > 0:
                 raise ValueError(f"{name} must be > 0, got {self.get(name)!r}")
-        for name in ("dropout", "clip", "patience", "target_loss", "input_noise",
-                     "weight_decay", "momentum"):
+        for name in ("checkpoint_every", "dropout", "clip", "patience", "target_loss",
+                     "input_noise", "weight_decay", "momentum"):
             if self.get(name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {self.get(name)!r}")
         if not 0 <= m.dropout < 1:

@@ -12,14 +12,14 @@ from pipeline.config import add_arguments, from_args
 from pipeline.evaluate import evaluate, format_table, log_evaluation
 from pipeline.prepare import prepare
 from pipeline.register import register_run
-from pipeline.tracking import start_run
+from pipeline.tracking import resume_config, start_run
 from pipeline.train import train_and_log
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
-    cfg = from_args(parser.parse_args(argv))
+    cfg = resume_config(from_args(parser.parse_args(argv)))
     if cfg.data.domain == "speech":
         from pipeline import speech
 

@@ -30,9 +30,25 @@ from models.networks import last_step, logits, pad
 from pipeline import plots
 from pipeline.config import Config
 from pipeline.prepare import resolve
-from pipeline.tracking import MODEL_URI_TAG, log_dataset, log_new_params, start_run
+from pipeline.tracking import (
+    MODEL_URI_TAG,
+    epoch_logger,
+    log_dataset,
+    log_new_params,
+    run_checkpoints,
+    start_run,
+)
 from pipeline.train import new_network
-from pipeline.trainer import History, add_noise, fit, masked_l1, seed_everything, tbptt_updates
+from pipeline.trainer import (
+    Cursor,
+    History,
+    add_noise,
+    batches,
+    fit,
+    masked_l1,
+    seed_everything,
+    tbptt_updates,
+)
 
 
 @dataclass
@@ -76,13 +92,11 @@ def prepare_speech(cfg: Config) -> SpeechData:
 
 def utterance_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
                       y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                      noise: float = 0.0, at_last: bool = True):
+                      noise: float = 0.0, at_last: bool = True, cursor: Cursor | None = None):
     """Full BPTT per utterance: shuffled batches, trimmed to their longest member.
     at_last: the output at each utterance's last frame against y [N] (classify);
     otherwise every frame against y [N, T, F], NaN (padding) carrying no loss."""
-    order = torch.randperm(len(x), generator=generator)
-    for i in range(0, len(x), batch_size):
-        idx = order[i:i + batch_size]
+    for idx in batches(len(x), batch_size, generator, cursor):
         steps = int(lengths[idx].max())
         out, _ = model(add_noise(x[idx, :steps], noise))
         yield (last_step(out, lengths[idx]), y[idx]) if at_last else (out, y[idx, :steps])
@@ -112,7 +126,8 @@ def split_tensors(data: SpeechData, which: int):
     return x, lengths, torch.as_tensor(data.y[idx])
 
 
-def train_classifier(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.Module, History]:
+def train_classifier(cfg: Config, data: SpeechData, on_epoch=None,
+                     checkpoints=None) -> tuple[nn.Module, History]:
     net = new_network(cfg, model_spec(cfg, data)["model"], cfg.audio.dim, len(data.classes))
     device = next(net.parameters()).device
     (xt, lt, yt), (xv, lv, yv) = (split_tensors(data, s) for s in (TRAIN, VAL))
@@ -122,13 +137,15 @@ def train_classifier(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.M
         return nn.functional.cross_entropy(logits(net, xv, lv), yv).item()
 
     def log(m: dict) -> None:
-        m["val_accuracy"] = float((logits(net, xv, lv).argmax(1) == yv).float().mean())
+        if "val_accuracy" not in m:  # epochs of a resumed checkpoint have theirs
+            m["val_accuracy"] = float((logits(net, xv, lv).argmax(1) == yv).float().mean())
         if on_epoch:
             on_epoch(m)
 
-    hist = fit(net, cfg.train, lambda gen: utterance_updates(
-        net, xt, lt, yt, cfg.train.batch_size, gen, cfg.train.input_noise), val_loss,
-        nn.functional.cross_entropy, log)
+    hist = fit(net, cfg.train, lambda gen, cursor: utterance_updates(
+        net, xt, lt, yt, cfg.train.batch_size, gen, cfg.train.input_noise, cursor=cursor),
+        val_loss, nn.functional.cross_entropy, log, checkpoints=checkpoints,
+        resume=bool(cfg.tracking.resume_run_id))
     return net.cpu(), hist
 
 
@@ -141,11 +158,9 @@ def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
     net = nn.Sequential(nn.Linear(pooled.shape[1], cfg.model.hidden), nn.Tanh(),
                         nn.Linear(cfg.model.hidden, len(data.classes)))
 
-    def updates(gen):
-        order = sel[TRAIN][torch.randperm(len(sel[TRAIN]), generator=gen)]
-        for i in range(0, len(order), cfg.train.batch_size):
-            idx = order[i:i + cfg.train.batch_size]
-            yield net(pooled[idx]), y[idx]
+    def updates(gen, cursor):
+        for idx in batches(len(sel[TRAIN]), cfg.train.batch_size, gen, cursor):
+            yield net(pooled[sel[TRAIN][idx]]), y[sel[TRAIN][idx]]
 
     def val_loss():
         with torch.no_grad():
@@ -189,7 +204,8 @@ def forecast_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return masked_l1(model(x)[0], y).item()
 
 
-def train_forecaster(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.Module, History]:
+def train_forecaster(cfg: Config, data: SpeechData, on_epoch=None,
+                     checkpoints=None) -> tuple[nn.Module, History]:
     t, shift = cfg.train, cfg.speech.shift
     net = new_network(cfg, model_spec(cfg, data)["model"], cfg.audio.dim, cfg.audio.dim)
     device = next(net.parameters()).device
@@ -200,14 +216,15 @@ def train_forecaster(cfg: Config, data: SpeechData, on_epoch=None) -> tuple[nn.M
         sx, sy = forecast_stream(data, shift)
         xl, yl = (torch.as_tensor(a, device=device) for a in pack_lanes([sx], [sy], t.lanes))
 
-        def updates(gen):
-            return tbptt_updates(net, xl, yl, t.k1, t.k2, t.input_noise)
+        def updates(gen, cursor):
+            return tbptt_updates(net, xl, yl, t.k1, t.k2, t.input_noise, cursor)
     else:
-        def updates(gen):
+        def updates(gen, cursor):
             return utterance_updates(net, xt, lt, yt, t.batch_size, gen, t.input_noise,
-                                     at_last=False)
+                                     at_last=False, cursor=cursor)
 
-    hist = fit(net, t, updates, lambda: forecast_l1(net, xv, yv), masked_l1, on_epoch)
+    hist = fit(net, t, updates, lambda: forecast_l1(net, xv, yv), masked_l1, on_epoch,
+               checkpoints=checkpoints, resume=bool(cfg.tracking.resume_run_id))
     return net.cpu(), hist
 
 
@@ -251,13 +268,14 @@ def run(cfg: Config) -> dict:
           f"{len(data.bad)} bad files skipped")
     with start_run(cfg, run_name=f"speech-{cfg.speech.task}-{cfg.model.cell}") as active:
         log_new_params(cfg.params())
-        log_dataset(data.table(), cfg.data.path(), "audio")
-        mlflow.log_metric("bad_files", len(data.bad))
-        if data.bad:
-            mlflow.log_text("\n".join(f"{p}: {why}" for p, why in data.bad), "data/bad_files.txt")
+        if not cfg.tracking.resume_run_id:  # a resumed run has these
+            log_dataset(data.table(), cfg.data.path(), "audio")
+            mlflow.log_metric("bad_files", len(data.bad))
+            if data.bad:
+                mlflow.log_text("\n".join(f"{p}: {why}" for p, why in data.bad),
+                                "data/bad_files.txt")
         train = train_classifier if cfg.speech.task == "classify" else train_forecaster
-        net, hist = train(cfg, data, lambda m: mlflow.log_metrics(
-            {k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"]))
+        net, hist = train(cfg, data, epoch_logger(active.info.run_id), run_checkpoints(cfg))
         mlflow.log_metrics({"best_val_loss": hist.best_val_loss, "best_epoch": hist.best_epoch})
         plots.log_figure(plots.loss_curves(hist.epochs), "plots/loss_curves.png")
         if cfg.speech.task == "classify":

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.config import ROOT, Config
+from pipeline.checkpoint import Checkpoints
+from pipeline.config import ROOT, Config, from_params
+from pipeline.trainer import Interrupted
 
 CHAMPION = "champion"
 MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
@@ -28,13 +32,71 @@ def tracking_uri() -> str:
 
 
 @contextlib.contextmanager
-def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = None):
-    """An active run in the config's experiment (or the run `mlflow run` started)."""
+def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = None,
+              nested: bool = False):
+    """An active run in the config's experiment (or the run `mlflow run` started, or
+    the run being resumed). Training stopped by SIGTERM/SIGINT ends it KILLED and exits
+    with 128 + the signal's number, after saying how to resume."""
     mlflow.set_tracking_uri(tracking_uri())
-    if not run_id and not os.environ.get("MLFLOW_RUN_ID"):
+    run_id = run_id or cfg.tracking.resume_run_id or None
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id and not launcher and not nested:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
-        yield run
+    if cfg.tracking.resume_run_id and launcher and launcher != run_id:
+        # `mlflow run` opened a new run; the training goes on in the resumed one
+        MlflowClient().set_tag(launcher, "mlflow.note.content",
+                               f"This launch resumed run {run_id}; its results are there.")
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                          nested=nested) as run:
+        try:
+            yield run
+        except Interrupted as stop:
+            mlflow.end_run("KILLED")
+            print(f"\n{stop}\nresume with: mlflow run . --env-manager local "
+                  f"-P resume_run_id={run.info.run_id}", file=sys.stderr)
+            raise SystemExit(128 + stop.signum) from None
+
+
+def resume_config(cfg: Config) -> Config:
+    """With resume_run_id set: the config that run was started with (its params)."""
+    run_id = cfg.tracking.resume_run_id
+    if not run_id:
+        return cfg
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"resume_run_id: no run {run_id!r} in {tracking_uri()}") from None
+    if run.info.status == "FINISHED":
+        raise ValueError(f"resume_run_id: run {run_id} has finished; nothing to resume")
+    resumed = from_params(run.data.params)
+    resumed.tracking.resume_run_id = run_id
+    return resumed
+
+
+def run_checkpoints(cfg: Config) -> Checkpoints:
+    """The active run's checkpoint folder, `checkpoint_dir` (relative to the working
+    directory) / RUN_ID, kept in the run's `checkpoint_dir` tag for a resumed run."""
+    run = mlflow.active_run()
+    folder = run.data.tags.get("checkpoint_dir") if cfg.tracking.resume_run_id else None
+    if not folder:
+        folder = str(Path(cfg.train.checkpoint_dir).resolve() / run.info.run_id)
+        mlflow.set_tag("checkpoint_dir", folder)
+    return Checkpoints(folder, cfg.train.checkpoint_every)
+
+
+def epoch_logger(run_id: str):
+    """Logs an epoch's metrics at step = epoch, unless the run has that step already
+    (a resumed run offers again the epochs of its checkpoint)."""
+    done = {m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")}
+
+    def log(metrics: dict) -> None:
+        if metrics["epoch"] not in done:
+            mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"},
+                               step=metrics["epoch"])
+            done.add(metrics["epoch"])
+
+    return log
 
 
 def log_dataset(frame, source: str, name: str) -> None:

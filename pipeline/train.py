@@ -18,10 +18,19 @@ import torch
 from models.networks import build_model, resolve_device
 from models.pyfunc import log_price_model, output_names, price_columns, request_row
 from pipeline import plots
+from pipeline.checkpoint import Checkpoints
 from pipeline.config import Config, add_arguments, from_args
 from pipeline.horizon import THRESHOLD, validation_horizon
 from pipeline.prepare import Prepared, log_dataset, prepare
-from pipeline.tracking import MODEL_URI_TAG, load_initial_weights, log_new_params, start_run
+from pipeline.tracking import (
+    MODEL_URI_TAG,
+    epoch_logger,
+    load_initial_weights,
+    log_new_params,
+    resume_config,
+    run_checkpoints,
+    start_run,
+)
 from pipeline.trainer import History, fit_streams, seed_everything
 
 
@@ -44,11 +53,13 @@ def new_network(cfg: Config, net_cfg: dict, n_in: int, n_out: int) -> torch.nn.M
     return net.to(resolve_device(cfg.model.device))
 
 
-def train_model(cfg: Config, prep: Prepared, on_epoch=None) -> tuple[torch.nn.Module, History]:
+def train_model(cfg: Config, prep: Prepared, on_epoch=None,
+                checkpoints: Checkpoints | None = None) -> tuple[torch.nn.Module, History]:
     spec = model_spec(cfg, prep)
     net = new_network(cfg, spec["model"], len(prep.features), len(spec["outputs"]))
     device = next(net.parameters()).device
-    history = fit_streams(net, prep.streams(device), cfg.train, cfg.data.lookback, on_epoch)
+    history = fit_streams(net, prep.streams(device), cfg.train, cfg.data.lookback, on_epoch,
+                          checkpoints=checkpoints, resume=bool(cfg.tracking.resume_run_id))
     return net.cpu(), history
 
 
@@ -60,15 +71,13 @@ def example_input(prep: Prepared, spec: dict) -> pd.DataFrame:
 
 
 def train_and_log(cfg: Config, prep: Prepared) -> tuple[torch.nn.Module, History, str]:
-    """Inside an active run: params, dataset, per-epoch metrics, plot, model.
+    """Inside an active run: params, dataset, per-epoch metrics, checkpoints, plot, model.
     Returns the network, its history and the logged model's URI."""
     log_new_params(cfg.params())
-    log_dataset(prep)
-
-    def log_epoch(m: dict) -> None:
-        mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
-
-    net, history = train_model(cfg, prep, log_epoch)
+    if not cfg.tracking.resume_run_id:  # a resumed run has its dataset
+        log_dataset(prep)
+    run_id = mlflow.active_run().info.run_id
+    net, history = train_model(cfg, prep, epoch_logger(run_id), run_checkpoints(cfg))
     mlflow.log_metrics({"best_val_loss": history.best_val_loss,
                         "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
     mlflow.set_tag("stop_reason", history.stop_reason)
@@ -89,7 +98,7 @@ def train_and_log(cfg: Config, prep: Prepared) -> tuple[torch.nn.Module, History
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
-    cfg = from_args(parser.parse_args(argv))
+    cfg = resume_config(from_args(parser.parse_args(argv)))
     prep = prepare(cfg)
     with start_run(cfg, run_name=f"{cfg.model.cell}-{cfg.train.bptt}") as run:
         _, history, _ = train_and_log(cfg, prep)

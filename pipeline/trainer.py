@@ -2,17 +2,22 @@
 
 Both modes are generators of (prediction, target) pairs, one pair per update;
 `train_epoch` turns any such generator into optimiser steps, so the loop
-(loss, backward, clip, step) is written once.
+(loss, backward, clip, step) is written once. A `Cursor` says where an epoch
+stands, so `fit` can checkpoint between any two updates and resume there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +25,33 @@ from torch import nn
 
 from data_loaders.sequences import TRAIN, VAL, pack_lanes, windows
 from models.networks import forecast_at
+from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
 from pipeline.config import TrainConfig
 
 
 class NumericalFault(FloatingPointError):
     """A non-finite loss or gradient; training stops before the weights are touched."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT during training; raised after the checkpoint is written."""
+
+    def __init__(self, signum: int, path=None):
+        self.signum, self.path = signum, path
+        super().__init__(f"training stopped by {signal.Signals(signum).name}"
+                         + (f"; checkpoint {path}" if path else ""))
+
+
+@dataclass
+class Cursor:
+    """Where training stands inside an epoch: what a mid-epoch checkpoint must keep."""
+
+    update: int = 0  # updates done in this epoch
+    state: Any = None  # truncated BPTT: the carried hidden state the next update starts from
+    shuffle: torch.Tensor | None = None  # the shuffling generator's state at the epoch start
+    loss_sum: float = 0.0
+    norm_sum: float = 0.0
+    count: int = 0
 
 
 @dataclass
@@ -48,14 +75,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def map_state(state, fn):
+    """fn applied to every tensor of a carried state (LSTM (h, c) tuples, layer lists)."""
+    if state is None or isinstance(state, torch.Tensor):
+        return None if state is None else fn(state)
+    return type(state)(map_state(s, fn) for s in state)
+
+
 def repackage(state):
-    """Detach a carried state from its history (recursing into LSTM (h, c) tuples and
-    per-layer lists), so the next update's backward pass stops here."""
-    if state is None:
-        return None
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    return type(state)(repackage(s) for s in state)
+    """Detach a carried state from its history, so the next update's backward pass
+    stops here."""
+    return map_state(state, torch.Tensor.detach)
 
 
 def add_noise(x: torch.Tensor, std: float) -> torch.Tensor:
@@ -74,19 +104,27 @@ def gather_windows(streams: Streams, anchors: list[np.ndarray], lookback: int):
     return torch.cat(xs), torch.cat(ys)
 
 
+def batches(n: int, batch_size: int, generator: torch.Generator,
+            cursor: Cursor | None = None) -> Iterator[torch.Tensor]:
+    """Shuffled minibatch indices over n samples, from the cursor's update on."""
+    order = torch.randperm(n, generator=generator)
+    start = cursor.update * batch_size if cursor else 0
+    for i in range(start, n, batch_size):
+        yield order[i:i + batch_size]
+
+
 def window_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                   generator: torch.Generator, noise: float = 0.0) -> Iterator:
+                   generator: torch.Generator, noise: float = 0.0,
+                   cursor: Cursor | None = None) -> Iterator:
     """Full BPTT: shuffled minibatches of windows [B, L, F], each started from a zero
     state; the loss is on the last step, and backpropagates to the first."""
-    order = torch.randperm(len(x), generator=generator)
-    for i in range(0, len(x), batch_size):
-        idx = order[i:i + batch_size]
+    for idx in batches(len(x), batch_size, generator, cursor):
         out, _ = model(add_noise(x[idx], noise))
         yield out[:, -1], y[idx]
 
 
 def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k2: int,
-                  noise: float = 0.0) -> Iterator:
+                  noise: float = 0.0, cursor: Cursor | None = None) -> Iterator:
     """Truncated BPTT(k1, k2) along lanes x [B, T, F], y [B, T, out].
 
     Every k1 steps, one update: the loss on those k1 new steps, backpropagated
@@ -98,19 +136,24 @@ def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k
                   s           s'         e        loss on [e-k1, e); the state at
                   |  carried  |  k1 new  |        s' (detached) starts the next
                                                   update's window [s', e+k1)
+
+    With a cursor, the walk starts at update `cursor.update` from `cursor.state`, and
+    leaves in `cursor.state` the state each next update starts from.
     """
+    cursor = cursor or Cursor()
     steps = x.shape[1]
     ends = list(range(k1, steps + 1, k1)) + ([steps] if steps % k1 else [])
     starts = [max(0, e - k2) for e in ends]
-    state, prev_end = None, 0
-    for i, end in enumerate(ends):
-        start = starts[i]
+    first = cursor.update
+    state, prev_end = cursor.state, ends[first - 1] if first else 0
+    for i in range(first, len(ends)):
+        start, end = starts[i], ends[i]
         resume = starts[i + 1] if i + 1 < len(ends) else end
         xs = add_noise(x[:, start:end], noise)
         out_a, mid = model(xs[:, : resume - start], state) if resume > start else (None, state)
         out_b, last = model(xs[:, resume - start:], mid) if end > resume else (None, mid)
         out = out_b if out_a is None else out_a if out_b is None else torch.cat([out_a, out_b], 1)
-        state = repackage(mid if resume < end else last)
+        state = cursor.state = repackage(mid if resume < end else last)
         yield out[:, prev_end - start:], y[:, prev_end:end]
         prev_end = end
 
@@ -143,33 +186,39 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Optimizer,
-                clip: float, loss_fn: Callable = masked_mse) -> dict:
-    """One optimiser step per (prediction, target) pair. Returns the mean training loss
-    and the mean gradient norm before clipping."""
+                clip: float, loss_fn: Callable = masked_mse, cursor: Cursor | None = None,
+                stop: Callable[[], int] = lambda: 0) -> dict:
+    """One optimiser step per (prediction, target) pair, counted and summed in the
+    cursor. Returns the epoch's mean training loss and mean gradient norm before
+    clipping. `stop()` is asked after every update; a signal number from it raises
+    Interrupted, the cursor standing just after that update."""
+    cursor = cursor or Cursor()
     model.train()
-    loss_sum = norm_sum = 0.0
-    count = steps = 0
     for pred, target in updates:
         loss = loss_fn(pred, target)
         if not torch.isfinite(loss):
-            raise NumericalFault(f"non-finite loss ({loss.item()}) at update {steps}")
+            raise NumericalFault(f"non-finite loss ({loss.item()}) at update {cursor.update}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clipping bounds the step when a rare window makes the gradient explode
         # (common in RNNs); the pre-clip norm is returned so it can be watched.
         norm = nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
         if not torch.isfinite(norm):
-            raise NumericalFault(f"non-finite gradient norm ({norm.item()}) at update {steps}")
+            raise NumericalFault(f"non-finite gradient norm ({norm.item()}) at update "
+                                 f"{cursor.update}")
         optimizer.step()
         n = int((~torch.isnan(target)).sum()) if target.is_floating_point() else len(target)
-        loss_sum += loss.item() * n
-        norm_sum += norm.item()
-        count += n
-        steps += 1
-    if steps == 0:
+        cursor.loss_sum += loss.item() * n
+        cursor.norm_sum += norm.item()
+        cursor.count += n
+        cursor.update += 1
+        if signum := stop():
+            raise Interrupted(signum)
+    if cursor.update == 0:
         raise ValueError("no training updates: the training split is empty "
                          "(too little data for lookback, lanes or val/test fractions)")
-    return {"train_loss": loss_sum / count, "grad_norm": norm_sum / steps}
+    return {"train_loss": cursor.loss_sum / cursor.count,
+            "grad_norm": cursor.norm_sum / cursor.update}
 
 
 def split_loss(model: nn.Module, streams: Streams, which: int, stateful: bool,
@@ -205,74 +254,176 @@ class History:
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = math.inf
-    stop_reason: str = "epochs"
+    stale: int = 0  # epochs since the best one, for early stopping
+    stop_reason: str = ""  # why training stopped early; "epochs" once all have run
 
 
-def fit(model: nn.Module, cfg: TrainConfig, updates: Callable[[torch.Generator], Iterator],
-        val_loss: Callable[[], float], loss_fn: Callable = masked_mse,
-        on_epoch: Callable[[dict], None] | None = None, progress: bool | None = None) -> History:
-    """The training loop: per epoch the updates of `updates(generator)`, then
+@contextlib.contextmanager
+def stop_signals(enabled: bool):
+    """While training, SIGTERM and SIGINT only set a flag, read between updates, so the
+    trainer can write a checkpoint before it stops. Yields a function giving the
+    caught signal's number (0: none)."""
+    caught: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: 0
+        return
+    previous = {s: signal.signal(s, lambda signum, _: caught.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: caught[0] if caught else 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@dataclass
+class Training:
+    """Everything a training run changes as it goes, and its checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    hist: History = field(default_factory=History)
+    best_weights: dict | None = None
+    epoch: int = 0  # epochs done
+    cursor: Cursor = field(default_factory=Cursor)
+
+    def checkpoint(self) -> dict:
+        return {"epoch": self.epoch, "cursor": asdict(self.cursor),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "rng": rng_states(self.generator), "history": asdict(self.hist),
+                "best_weights": self.best_weights}
+
+    def restore(self, ckpt: dict) -> None:
+        device = next(self.model.parameters()).device
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_states(ckpt["rng"], self.generator)
+        self.hist, self.best_weights = History(**ckpt["history"]), ckpt["best_weights"]
+        self.epoch, self.cursor = ckpt["epoch"], Cursor(**ckpt["cursor"])
+        self.cursor.state = map_state(self.cursor.state, lambda t: t.to(device))
+
+    def end_epoch(self, metrics: dict, cfg: TrainConfig) -> bool:
+        """Record an epoch; step the schedule; early stopping. True when it improved."""
+        hist, val = self.hist, metrics["val_loss"]
+        hist.epochs.append(metrics)
+        if self.scheduler is not None:
+            self.scheduler.step(val) if cfg.schedule == "plateau" else self.scheduler.step()
+        improved = val < hist.best_val_loss
+        if improved:
+            hist.best_val_loss, hist.best_epoch, hist.stale = val, metrics["epoch"], 0
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+        else:
+            hist.stale += 1
+        if cfg.patience and hist.stale >= cfg.patience:
+            hist.stop_reason = f"no validation gain for {cfg.patience} epochs"
+        elif cfg.target_loss and metrics["train_loss"] <= cfg.target_loss:
+            hist.stop_reason = f"training loss reached {cfg.target_loss}"
+        self.epoch, self.cursor = self.epoch + 1, Cursor()
+        return improved
+
+
+def fault_message(fault: NumericalFault, epoch: int, cfg: TrainConfig) -> str:
+    return (f"training stopped: {fault} of epoch {epoch}. Likely cause: "
+            + (f"clipping is off (clip=0) and lr={cfg.lr} is too high; set clip > 0 or "
+               "lower lr" if not cfg.clip else
+               f"lr={cfg.lr} is too high even with clip={cfg.clip}; lower lr"))
+
+
+def fit(model: nn.Module, cfg: TrainConfig,
+        updates: Callable[[torch.Generator, Cursor], Iterator], val_loss: Callable[[], float],
+        loss_fn: Callable = masked_mse, on_epoch: Callable[[dict], None] | None = None,
+        progress: bool | None = None, checkpoints: Checkpoints | None = None,
+        resume: bool = False) -> History:
+    """The training loop: per epoch the updates of `updates(generator, cursor)`, then
     `val_loss()`; schedules, early stopping, and the weights of the best validation
-    epoch restored at the end. `on_epoch` gets each epoch's metrics (the MLflow logger)."""
+    epoch restored at the end. `on_epoch` gets each epoch's metrics (the MLflow logger).
+
+    With `checkpoints`: `latest` every `checkpoints.every` epochs and, on SIGTERM or
+    SIGINT, between two updates (then Interrupted is raised); `best` whenever
+    validation improves. `resume` starts from `latest`, and first hands `on_epoch`
+    the epochs already done (a logger skips those it has)."""
     from tqdm.auto import tqdm
 
     seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    optimizer, scheduler = make_optimizer(model, cfg)
-    hist, best_state, stale = History(), None, 0
-    bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch",
-               disable=None if progress is None else not progress)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        try:
-            stats = train_epoch(model, updates(gen), optimizer, cfg.clip, loss_fn)
-        except NumericalFault as fault:
-            raise NumericalFault(
-                f"training stopped: {fault} of epoch {epoch}. Likely cause: "
-                + (f"clipping is off (clip=0) and lr={cfg.lr} is too high; set clip > 0 or "
-                   "lower lr" if not cfg.clip else
-                   f"lr={cfg.lr} is too high even with clip={cfg.clip}; lower lr")) from None
-        val = val_loss()
-        metrics = {"epoch": epoch, **stats, "val_loss": val,
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-        hist.epochs.append(metrics)
-        if on_epoch:
+    run = Training(model, *make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed))
+    if resume:
+        run.restore(checkpoints.load(LATEST))
+    on_epoch = on_epoch or (lambda m: None)
+    for metrics in run.hist.epochs:
+        on_epoch(metrics)
+    with stop_signals(checkpoints is not None) as stop:
+        bar = tqdm(range(run.epoch, cfg.epochs), desc="epochs", unit="epoch",
+                   initial=run.epoch, total=cfg.epochs,
+                   disable=None if progress is None else not progress)
+        for epoch in bar:
+            if run.hist.stop_reason:
+                break
+            _start_epoch(run)
+            t0 = time.perf_counter()
+            try:
+                stats = train_epoch(model, updates(run.generator, run.cursor), run.optimizer,
+                                    cfg.clip, loss_fn, run.cursor, stop)
+            except NumericalFault as fault:
+                raise NumericalFault(fault_message(fault, epoch, cfg)) from None
+            except Interrupted as stopped:
+                path = checkpoints.save(LATEST, run.checkpoint())
+                raise Interrupted(stopped.signum, path) from None
+            metrics = {"epoch": epoch, **stats, "val_loss": val_loss(),
+                       "lr": run.optimizer.param_groups[0]["lr"],
+                       "epoch_seconds": time.perf_counter() - t0}
+            improved = run.end_epoch(metrics, cfg)
             on_epoch(metrics)
-        bar.set_postfix(train=f"{stats['train_loss']:.4f}", val=f"{val:.4f}")
-        if scheduler is not None:
-            scheduler.step(val) if cfg.schedule == "plateau" else scheduler.step()
-        if val < hist.best_val_loss:
-            hist.best_val_loss, hist.best_epoch, stale = val, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        if cfg.patience and stale >= cfg.patience:
-            hist.stop_reason = f"no validation gain for {cfg.patience} epochs"
-            break
-        if cfg.target_loss and stats["train_loss"] <= cfg.target_loss:
-            hist.stop_reason = f"training loss reached {cfg.target_loss}"
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return hist
+            bar.set_postfix(train=f"{stats['train_loss']:.4f}", val=f"{metrics['val_loss']:.4f}")
+            if checkpoints:
+                _save_epoch(checkpoints, run, improved, stop())
+    if run.best_weights is not None:
+        model.load_state_dict(run.best_weights)
+    run.hist.stop_reason = run.hist.stop_reason or "epochs"
+    return run.hist
+
+
+def _start_epoch(run: Training) -> None:
+    """A new epoch remembers the shuffling generator's state; one resumed mid-epoch
+    rewinds it, so the epoch's shuffle is drawn again, the same."""
+    if run.cursor.update == 0:
+        run.cursor.shuffle = run.generator.get_state()
+    else:
+        run.generator.set_state(run.cursor.shuffle)
+
+
+def _save_epoch(checkpoints: Checkpoints, run: Training, improved: bool, signum: int) -> None:
+    if improved:
+        checkpoints.save(BEST, {"epoch": run.hist.best_epoch, "val_loss": run.hist.best_val_loss,
+                                "model": run.best_weights})
+    if checkpoints.due(run.epoch) or signum or run.hist.stop_reason:
+        path = checkpoints.save(LATEST, run.checkpoint())
+        if signum:
+            raise Interrupted(signum, path)
 
 
 def fit_streams(model: nn.Module, streams: Streams, cfg: TrainConfig, lookback: int,
-                on_epoch: Callable[[dict], None] | None = None,
-                progress: bool | None = None) -> History:
+                on_epoch: Callable[[dict], None] | None = None, progress: bool | None = None,
+                checkpoints: Checkpoints | None = None, resume: bool = False) -> History:
     """Train on price streams: windows of `lookback` steps (full BPTT) or lanes
     (truncated BPTT), validated on the validation split in the same mode."""
     stateful = cfg.bptt == "truncated"
     if stateful:
         lanes_x, lanes_y = training_lanes(streams, cfg.lanes)
 
-        def updates(gen):
-            return tbptt_updates(model, lanes_x, lanes_y, cfg.k1, cfg.k2, cfg.input_noise)
+        def updates(gen, cursor):
+            return tbptt_updates(model, lanes_x, lanes_y, cfg.k1, cfg.k2, cfg.input_noise,
+                                 cursor)
     else:
         train_x, train_y = gather_windows(streams, streams.anchors(TRAIN, lookback), lookback)
 
-        def updates(gen):
-            return window_updates(model, train_x, train_y, cfg.batch_size, gen, cfg.input_noise)
+        def updates(gen, cursor):
+            return window_updates(model, train_x, train_y, cfg.batch_size, gen,
+                                  cfg.input_noise, cursor)
 
     return fit(model, cfg, updates, lambda: split_loss(model, streams, VAL, stateful, lookback),
-               on_epoch=on_epoch, progress=progress)
+               on_epoch=on_epoch, progress=progress, checkpoints=checkpoints, resume=resume)

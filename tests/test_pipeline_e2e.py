@@ -228,3 +228,25 @@ def test_warm_start_copies_the_weights_or_says_what_differs(store):
         main([*FAST, "--hidden", "16", "--init_from", uri])
     with pytest.raises(ValueError, match="init_from: cannot load models:/nothing@champion"):
         main([*FAST, "--init_from", "models:/nothing@champion"])
+
+
+def test_sigterm_ends_the_run_killed_and_says_how_to_resume(store, monkeypatch, capsys):
+    import signal
+
+    from pipeline import train
+    from pipeline.trainer import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted(signal.SIGTERM, store / "latest.pt")
+
+    monkeypatch.setattr(train, "fit_streams", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        main(FAST)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    run = mlflow.search_runs(experiment_names=["prices"], output_format="list")[0]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["checkpoint_dir"] == str(store / "checkpoints" / run.info.run_id)
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and f"-P resume_run_id={run.info.run_id}" in err
+    with pytest.raises(ValueError, match="resume_run_id: no run 'nope'"):
+        main(["--resume_run_id", "nope"])

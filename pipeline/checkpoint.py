@@ -1,0 +1,79 @@
+"""Training checkpoints: `latest.pt` (everything needed to resume) and `best.pt` (the
+weights of the best validation epoch), kept apart in one folder per MLflow run.
+
+Each file is written to a temporary name in the same folder, flushed to disk and
+then renamed over the old one, so a kill during the write leaves the previous
+checkpoint intact. Files hold only tensors and plain Python values and are read
+with `weights_only=True`: loading a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LATEST, BEST = "latest.pt", "best.pt"
+
+
+class Checkpoints:
+    """The checkpoint folder of one run; `every`: epochs between `latest` checkpoints
+    (0: only on SIGTERM/SIGINT)."""
+
+    def __init__(self, folder: str | Path, every: int = 1):
+        self.folder, self.every = Path(folder), every
+
+    def due(self, epochs_done: int) -> bool:
+        return self.every > 0 and epochs_done % self.every == 0
+
+    def save(self, name: str, payload: dict) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load(self, name: str = LATEST) -> dict:
+        path = self.folder / name
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint {path}: nothing to resume (was the run "
+                                    "trained with checkpoint_every > 0 on this machine?)")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_states(generator: torch.Generator) -> dict:
+    """Every random stream training draws from: Python's, NumPy's, torch's global one
+    (dropout, input noise) and the shuffling generator."""
+    np_state = np.random.get_state(legacy=False)
+    return {"python": random.getstate(),
+            "numpy": {"key": torch.as_tensor(np_state["state"]["key"].astype(np.int64)),
+                      "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"],
+                      "gauss": np_state["gauss"]},
+            "torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+
+
+def set_rng_states(states: dict, generator: torch.Generator) -> None:
+    random.setstate(_tuples(states["python"]))
+    n = states["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": n["has_gauss"],
+                         "gauss": n["gauss"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]}})
+    torch.set_rng_state(states["torch"])
+    generator.set_state(states["shuffle"])
+
+
+def _tuples(value):
+    """random.setstate wants the nested tuples random.getstate gave."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
