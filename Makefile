@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 # mlflow starts uvicorn and `python` by bare name: the venv's bin/ must come first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo test test-fast lint bench clean
+# The MLflow UI test drives Debian's Chromium through chromedriver; root installs it,
+# anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser demo test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +20,16 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 # Trains on the bundled real prices, logs to ./mlflow.db, registers prices-returns-h1.
 demo: setup
 	$(BIN)/mlflow run . --env-manager local --experiment-name prices -P epochs=10
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -40,4 +49,4 @@ bench: setup
 	$(BIN)/python -m bench.speech_trainer_overhead
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts .pytest_cache
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints test-artifacts .pytest_cache

@@ -30,8 +30,9 @@ def _tensors(state) -> list[torch.Tensor]:
 
 
 def state_gradient_norms(net: RecurrentRegressor, x: torch.Tensor, target: torch.Tensor,
-                         max_k: int) -> np.ndarray:
-    """x [1, T, F], target [out] -> norms [K+1] of d loss_T / d state_{T-1-k}."""
+                         max_k: int, loss_fn=nn.functional.mse_loss) -> np.ndarray:
+    """x [1, T, F], target [out] -> norms [K+1] of d loss_T / d state_{T-1-k}, the loss
+    being loss_fn(prediction at the last step [out], target)."""
     net.eval()  # no dropout; batch norm on its running statistics
     steps = x.shape[1]
     k_max = min(max_k, steps - 1)
@@ -46,7 +47,7 @@ def state_gradient_norms(net: RecurrentRegressor, x: torch.Tensor, target: torch
         # The last prediction from the returned top-layer state itself (in eval mode the
         # same value as the output sequence's last step), so k = 0 has a gradient path.
         top = state[-1][0] if isinstance(state[-1], tuple) else state[-1]  # [1, 1, H]
-        loss = nn.functional.mse_loss(net.head(top[0, 0]), target)
+        loss = loss_fn(net.head(top[0, 0]), target)
         flat = [t for s in states for t in s]
         grads = torch.autograd.grad(loss, flat, allow_unused=True)
     per_step, i = [], 0

@@ -64,3 +64,25 @@ def forecast_vs_actual(dates, actual, model, baseline, baseline_name: str, title
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig
+
+
+def sweep_comparison(table, curves: dict[str, list[float]]):
+    """Left: every run's validation loss per epoch; right: best validation loss per run
+    (best at the top), its memory horizon written beside the bar when there is one."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.9 + 0.35 * max(len(table), 4)))
+    for name, curve in curves.items():
+        left.plot(range(len(curve)), curve, marker=".", label=name)
+    left.set(xlabel="epoch", ylabel="validation loss", title="Validation loss per epoch")
+    left.legend(fontsize=7)
+    done = table.dropna(subset=["best_val_loss"])[::-1]
+    right.barh(done["run_name"], done["best_val_loss"], color="C0")
+    lo = done["best_val_loss"].min()
+    right.set_xlim(lo - 0.1 * (done["best_val_loss"].max() - lo + 1e-12), None)
+    if "memory_horizon" in done:
+        for y, (loss, reach) in enumerate(zip(done["best_val_loss"], done["memory_horizon"],
+                                              strict=True)):
+            if reach == reach:  # not NaN
+                right.text(loss, y, f" horizon {reach:.0f}", va="center", fontsize=7)
+    right.set(xlabel="best validation loss", title="Runs, best first")
+    fig.tight_layout()
+    return fig

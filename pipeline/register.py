@@ -15,7 +15,7 @@ from pipeline.config import from_params
 from pipeline.tracking import logged_model_uri, register, tracking_uri
 
 MODEL_METRICS = [f"test_{k}" for k in ("rmse", "mae", "dir_acc", "r2_oos", "dm_pvalue",
-                                       "accuracy", "macro_f1")]
+                                       "accuracy", "macro_f1", "l1")]
 
 
 def register_run(run_id: str, name: str) -> tuple[str, bool]:

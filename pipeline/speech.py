@@ -29,6 +29,7 @@ from data_loaders.sequences import SPLIT_NAMES, TEST, TRAIN, VAL, Normaliser, pa
 from models.networks import last_step, logits, pad
 from pipeline import plots
 from pipeline.config import Config
+from pipeline.horizon import THRESHOLD, memory_horizon, state_gradient_norms
 from pipeline.prepare import resolve
 from pipeline.tracking import (
     MODEL_URI_TAG,
@@ -235,6 +236,32 @@ def evaluate_forecaster(net: nn.Module, cfg: Config, data: SpeechData) -> dict:
             "copy_last": {"l1": masked_l1(x, y).item()}}
 
 
+def speech_horizon(net: nn.Module, cfg: Config, data: SpeechData, utterances: int = 16,
+                   max_k: int = 50) -> tuple[np.ndarray, int]:
+    """The memory horizon on up to `utterances` validation utterances: the gradient of
+    the loss at the last frame (classify: against the label; forecast: against the
+    frame `shift` ahead) with respect to the state k frames back. K is at most the
+    median utterance length less one, so most utterances reach it; shorter ones are
+    left out."""
+    classify = cfg.speech.task == "classify"
+    shift = 0 if classify else cfg.speech.shift
+    idx = np.flatnonzero(data.split == VAL)
+    steps = np.array([len(data.x[i]) - shift for i in idx])
+    k = int(min(max_k, np.median(steps) - 1))
+    usable = idx[steps > k]
+    curves = []
+    for i in usable[np.linspace(0, len(usable) - 1, min(utterances, len(usable))).astype(int)]:
+        x = torch.as_tensor(data.x[i], dtype=torch.float32)
+        if classify:
+            curves.append(state_gradient_norms(net, x[None], torch.tensor(data.y[i]), k,
+                                               nn.functional.cross_entropy))
+        else:
+            curves.append(state_gradient_norms(net, x[None, :-shift], x[-1], k,
+                                               nn.functional.l1_loss))
+    mean = np.mean(curves, axis=0)
+    return mean, memory_horizon(mean)
+
+
 def model_spec(cfg: Config, data: SpeechData) -> dict:
     m = cfg.model
     net = {k: getattr(m, k) for k in ("cell", "hidden", "layers", "dropout", "norm", "init")}
@@ -255,8 +282,9 @@ def evaluate(net: nn.Module, cfg: Config, data: SpeechData) -> tuple[dict, np.nd
     return table, confusion(pred, true, n)
 
 
-def run(cfg: Config) -> dict:
-    """The `main` entry point for domain=speech: one run, one registered version."""
+def run(cfg: Config, run_name: str | None = None, nested: bool = False) -> dict:
+    """The `main` entry point for domain=speech: one run, one registered version (none
+    when register=false or the run is a sweep's child)."""
     from models.speech_pyfunc import log_speech_model
     from pipeline.evaluate import format_table, test_metrics
     from pipeline.register import register_run
@@ -266,7 +294,8 @@ def run(cfg: Config) -> dict:
                        for s, name in SPLIT_NAMES.items())
     print(f"{len(data.utts)} utterances, {len(data.classes)} classes ({counts}); "
           f"{len(data.bad)} bad files skipped")
-    with start_run(cfg, run_name=f"speech-{cfg.speech.task}-{cfg.model.cell}") as active:
+    name = run_name or f"speech-{cfg.speech.task}-{cfg.model.cell}"
+    with start_run(cfg, name, nested=nested) as active:
         log_new_params(cfg.params())
         if not cfg.tracking.resume_run_id:  # a resumed run has these
             log_dataset(data.table(), cfg.data.path(), "audio")
@@ -278,6 +307,10 @@ def run(cfg: Config) -> dict:
         net, hist = train(cfg, data, epoch_logger(active.info.run_id), run_checkpoints(cfg))
         mlflow.log_metrics({"best_val_loss": hist.best_val_loss, "best_epoch": hist.best_epoch})
         plots.log_figure(plots.loss_curves(hist.epochs), "plots/loss_curves.png")
+        norms, reach = speech_horizon(net, cfg, data)
+        mlflow.log_metric("memory_horizon", reach)
+        plots.log_figure(plots.gradient_horizon(norms, reach, THRESHOLD),
+                         "plots/memory_horizon.png")
         if cfg.speech.task == "classify":
             table, matrix = evaluate(net, cfg, data)
             plots.log_figure(plots.confusion_matrix(matrix, data.classes), "plots/confusion.png")
@@ -287,6 +320,6 @@ def run(cfg: Config) -> dict:
         info = log_speech_model(net, model_spec(cfg, data), data.norm, data.utts[0].path)
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     print(format_table(table))
-    if cfg.tracking.register:
+    if cfg.tracking.register and not nested:
         register_run(active.info.run_id, cfg.model_name())
     return {"run_id": active.info.run_id, "table": table, "history": hist}

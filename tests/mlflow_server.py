@@ -1,4 +1,5 @@
-"""A real `mlflow models serve` on 127.0.0.1 and a free port, for end-to-end tests."""
+"""Real `mlflow models serve` and `mlflow server` on 127.0.0.1 and a free port, for
+end-to-end tests."""
 
 import contextlib
 import json
@@ -47,16 +48,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(model_uri: str, cwd: Path, timeout: float = 120):
-    """Start the server (one OpenMP thread: it shares 2 cores with the test), poll
-    /ping until it answers, yield its URL, and stop it."""
+def running(args: list[str], ping: str, cwd: Path, timeout: float = 120):
+    """Start `mlflow ARGS -h 127.0.0.1 -p PORT` (one OpenMP thread: it shares 2 cores with
+    the test), poll `ping` until it answers, yield its URL, and stop it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
     env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "OMP_NUM_THREADS": "1"}
     log_path = cwd / f"server-{port}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                                 model_uri, "--env-manager", "local", "-h", "127.0.0.1",
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args, "-h", "127.0.0.1",
                                  "-p", str(port)], cwd=cwd, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         url = ServerURL(f"http://127.0.0.1:{port}")
@@ -65,7 +65,7 @@ def serving(model_uri: str, cwd: Path, timeout: float = 120):
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
+                    with urllib.request.urlopen(f"{url}{ping}", timeout=2) as resp:
                         if resp.status == 200:
                             break
                 except OSError:
@@ -80,6 +80,18 @@ def serving(model_uri: str, cwd: Path, timeout: float = 120):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def serving(model_uri: str, cwd: Path, timeout: float = 120):
+    """`mlflow models serve` of a model (REST scoring)."""
+    return running(["models", "serve", "-m", model_uri, "--env-manager", "local"], "/ping",
+                   cwd, timeout)
+
+
+def tracking_server(store_uri: str, cwd: Path, timeout: float = 120):
+    """`mlflow server` (the UI and tracking API) on a test's store, one worker."""
+    return running(["server", "--backend-store-uri", store_uri, "--workers", "1"], "/health",
+                   cwd, timeout)
 
 
 def post(url: str, body, content_type: str = "application/json") -> tuple[int, str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import trainer
 from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
 from pipeline.trainer import Interrupted, fit_streams
 from tests.test_trainer import new_net, small
@@ -49,12 +50,10 @@ def test_rng_states_round_trip(tmp_path):
     assert torch.equal(expected[2], again[2]) and torch.equal(expected[3], again[3])
 
 
-def _counting(monkeypatch, count: list, sigterm_at: int = 0):
-    """fit's updates counted in count[0] over the whole run; SIGTERM is sent to this
-    process as update `sigterm_at` is handed out."""
-    import pipeline.trainer as trainer
-
-    real_fit = trainer.fit
+def counting(monkeypatch, count: list, sigterm_at: int = 0, module=trainer):
+    """The `fit` of `module` with its updates counted in count[0] over the whole run;
+    SIGTERM is sent to this process as update `sigterm_at` is handed out."""
+    real_fit = module.fit
 
     def wrap(updates):
         def counted(gen, cursor):
@@ -65,7 +64,7 @@ def _counting(monkeypatch, count: list, sigterm_at: int = 0):
                 yield pair
         return counted
 
-    monkeypatch.setattr(trainer, "fit", lambda model, c, updates, *a, **k: real_fit(
+    monkeypatch.setattr(module, "fit", lambda model, c, updates, *a, **k: real_fit(
         model, c, wrap(updates), *a, **k))
 
 
@@ -74,13 +73,13 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(bptt, tmp_path, mo
     cfg, prep = small(bptt=bptt, **RESUMABLE)
     plain, count = new_net(cfg, prep), [0]
     with monkeypatch.context() as m:
-        _counting(m, count)
+        counting(m, count)
         whole = fit_streams(plain, prep.streams(), cfg.train, 16, progress=False)
     per_epoch = count[0] // cfg.train.epochs
     assert per_epoch > 4
 
     ckpt = Checkpoints(tmp_path, every=2)
-    _counting(monkeypatch, [0], sigterm_at=2 * per_epoch + per_epoch // 2)  # inside epoch 2
+    counting(monkeypatch, [0], sigterm_at=2 * per_epoch + per_epoch // 2)  # inside epoch 2
     with pytest.raises(Interrupted, match="SIGTERM") as stopped:
         fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False,
                     checkpoints=ckpt)

@@ -78,7 +78,8 @@ def test_speech_run_is_logged_registered_and_serves_audio(store, small_fsdd):
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
     assert run.data.params["domain"] == "speech" and run.data.params["n_mels"] == "40"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == \
-        {"plots/loss_curves.png", "plots/confusion.png"}
+        {"plots/loss_curves.png", "plots/confusion.png", "plots/memory_horizon.png"}
+    assert 0 <= m["memory_horizon"] <= 50
     assert run.inputs.dataset_inputs[0].dataset.name == "audio"
     model = mlflow.pyfunc.load_model("models:/speech-classify@champion")
 
@@ -183,6 +184,7 @@ def test_forecast_run_and_served_error_and_embedding(store, small_fsdd, bptt):
                            "--k1", "10", "--k2", "20", "--lanes", "8"))
     m = MlflowClient().get_run(out["run_id"]).data.metrics
     assert m["test_l1"] > 0 and m["test_l1_copy_last"] > 0
+    assert 0 <= m["memory_horizon"] <= 50
     model = mlflow.pyfunc.load_model("models:/speech-forecast@champion")
     files = sorted(small_fsdd.glob("1_nicolas_[0-3].wav"))
     batch = pd.DataFrame({"audio": [f.read_bytes() for f in files]})
@@ -192,3 +194,28 @@ def test_forecast_run_and_served_error_and_embedding(store, small_fsdd, bptt):
     alone = model.predict(batch.iloc[:1])  # padding in the batch changes nothing
     assert alone.l1[0] == pytest.approx(got.l1[0], abs=1e-6)
     assert np.allclose(alone.embedding[0], got.embedding[0], atol=1e-6)
+
+
+def test_speech_run_stopped_by_sigterm_resumes_to_the_same_result(store, small_fsdd,
+                                                                   monkeypatch):
+    from pipeline import speech
+    from tests.test_checkpoint import counting
+
+    args = speech_args(small_fsdd, store, "--epochs", "3", "--batch_size", "8",
+                       "--dropout", "0.1", "--layers", "2")
+    count = [0]
+    with monkeypatch.context() as m:
+        counting(m, count, module=speech)
+        whole = main(args)
+    with monkeypatch.context() as m:
+        counting(m, [0], sigterm_at=count[0] // 2, module=speech)
+        with pytest.raises(SystemExit):
+            main(args)
+    stopped = mlflow.search_runs(experiment_names=["prices"], filter_string="status = 'KILLED'",
+                                 output_format="list")[0].info.run_id
+    resumed = main(["--resume_run_id", stopped])
+    assert resumed["run_id"] == stopped
+    assert resumed["table"] == whole["table"]
+    client = MlflowClient()
+    assert ([m.value for m in client.get_metric_history(stopped, "val_accuracy")]
+            == [m.value for m in client.get_metric_history(whole["run_id"], "val_accuracy")])

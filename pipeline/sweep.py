@@ -1,0 +1,154 @@
+"""Entry point `sweep`: a grid of configurations, each a child run under one parent run.
+
+    python -m pipeline.sweep --grid "cell=rnn,lstm,gru; bptt=full,truncated; k2=50,100"
+    mlflow run . -e sweep --env-manager local -P grid="cell=rnn,gru; bptt=full,truncated"
+
+Every other parameter is the base config that each point of the grid changes.
+Truncated-BPTT settings (k1, k2, lanes) mean nothing for full BPTT, so those
+points are run once. Children are named by their grid values (`gru-truncated-
+k2=100`), log the same metrics as any run, and are not registered: register the
+best with `mlflow run . -e register -P run_id=...`. The parent logs the comparison
+table (`sweep/comparison.csv`), the plot `plots/sweep.png`, and tags `best_run_id`.
+A child that fails (say a numerical fault) is marked FAILED and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from pipeline import plots
+from pipeline.config import DEFAULTS, Config, add_arguments, build_config, from_args
+from pipeline.register import MODEL_METRICS
+from pipeline.tracking import log_new_params, start_run
+
+GRID = "cell=rnn,lstm,gru; bptt=full,truncated"
+TRUNCATED_ONLY = ("k1", "k2", "lanes")
+SUMMARY = ("best_val_loss", "best_epoch", "epochs_run", "memory_horizon")
+
+
+def parse_grid(grid: str) -> dict[str, list[str]]:
+    """"a=1,2; b=x,y" -> {"a": ["1", "2"], "b": ["x", "y"]}."""
+    axes = {}
+    for part in filter(None, (p.strip() for p in grid.split(";"))):
+        name, sep, values = part.partition("=")
+        name = name.strip()
+        if not sep or name not in DEFAULTS:
+            raise ValueError(f"grid: {part!r} should be NAME=V1,V2,... with NAME a parameter "
+                             f"(like cell=rnn,gru)")
+        if name in ("resume_run_id", "preset", "experiment"):
+            raise ValueError(f"grid: {name} cannot vary within a sweep")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not vals or name in axes:
+            raise ValueError(f"grid: {name} needs values, once (got {part!r})")
+        axes[name] = vals
+    if not axes:
+        raise ValueError(f"grid: no parameters to vary in {grid!r}")
+    return axes
+
+
+def points(base: dict, axes: dict[str, list[str]]) -> list[tuple[str, dict, Config]]:
+    """(run name, grid values, config) per distinct point, every config checked first."""
+    out, seen = [], set()
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values, strict=True))
+        name = "-".join(f"{k}={v}" if _numeric(v) else v for k, v in point.items())
+        try:
+            cfg = build_config({**base, **point, "register": "false"})
+        except ValueError as err:
+            raise ValueError(f"grid point {name}: {err}") from None
+        if cfg.train.bptt == "full":
+            point = {k: v for k, v in point.items() if k not in TRUNCATED_ONLY}
+            name = "-".join(f"{k}={v}" if _numeric(v) else v for k, v in point.items())
+        if tuple(point.items()) not in seen:
+            seen.add(tuple(point.items()))
+            out.append((name, point, cfg))
+    return out
+
+
+def _numeric(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def run_sweep(base: Config, grid: str = GRID) -> pd.DataFrame:
+    """The parent run and one child per grid point; returns the comparison table."""
+    from pipeline.main import run
+
+    if base.tracking.resume_run_id:
+        raise ValueError("resume_run_id: a sweep cannot be resumed as a whole; resume a "
+                         "child run by its run_id with the main entry point")
+    overrides = {k: v for k, v in base.flat().items() if v != DEFAULTS[k]}
+    todo = points(overrides, parse_grid(grid))
+    rows, curves = [], {}
+    with start_run(base, run_name=f"sweep {grid}") as parent:
+        log_new_params({**base.params(), "grid": grid})
+        mlflow.set_tag("sweep_points", str(len(todo)))
+        for i, (name, point, cfg) in enumerate(todo, 1):
+            print(f"\n[{i}/{len(todo)}] {name}")
+            row = {"run_name": name, **point}
+            try:
+                row["run_id"] = run(copy.deepcopy(cfg), run_name=name, nested=True)["run_id"]
+                row["status"] = "FINISHED"
+            except Exception as err:  # noqa: BLE001 - one bad point must not end the sweep
+                print(f"{name} failed: {err}")
+                row.update(status="FAILED", error=str(err).splitlines()[0])
+            if "run_id" in row:
+                row.update(_final_metrics(row["run_id"]))
+                curves[name] = _val_curve(row["run_id"])
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        first = ["run_name", *[a for a in parse_grid(grid) if a in table], "status"]
+        table = _log_comparison(table[first + [c for c in table if c not in first]], curves)
+    print(f"\nsweep {parent.info.run_id}: {len(todo)} runs")
+    print(table.drop(columns=["run_id"], errors="ignore").to_string(index=False,
+                                                                   float_format="%.6g"))
+    return table
+
+
+def _final_metrics(run_id: str) -> dict:
+    """The run's summary and the model's own test metrics (not the baselines')."""
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    return {k: metrics[k] for k in (*SUMMARY, *MODEL_METRICS) if k in metrics}
+
+
+def _val_curve(run_id: str) -> list[float]:
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, "val_loss"),
+                                    key=lambda m: m.step)]
+
+
+def _log_comparison(table: pd.DataFrame, curves: dict) -> pd.DataFrame:
+    if "best_val_loss" not in table:
+        raise RuntimeError("every run of the sweep failed:\n" + table.to_string(index=False))
+    table = table.sort_values("best_val_loss", na_position="last").reset_index(drop=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "comparison.csv"
+        table.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), "sweep")
+    plots.log_figure(plots.sweep_comparison(table, curves), "plots/sweep.png")
+    best = table.iloc[0]
+    mlflow.log_metric("best_val_loss", best["best_val_loss"])
+    mlflow.set_tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"]})
+    return table
+
+
+def main(argv=None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default=GRID, help=f"default: {GRID!r}")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_sweep(from_args(args), args.grid)
+
+
+if __name__ == "__main__":
+    main()
