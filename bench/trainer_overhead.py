@@ -1,6 +1,7 @@
-"""Trainer overhead: our full-BPTT epoch (fit_streams(), MLflow logging included) against a
-bare PyTorch loop doing the same work on the same windows: the same nn.LSTM and
-head, Adam, gradient clipping, and one validation pass per epoch.
+"""Trainer overhead: our full-BPTT epoch (fit_streams(), MLflow logging and a checkpoint
+per epoch included) against a bare PyTorch loop doing the same work on the same
+windows: the same nn.LSTM and head, Adam, gradient clipping, and one validation
+pass per epoch.
 
     python -m bench.trainer_overhead [--epochs 10]
 
@@ -22,6 +23,7 @@ from torch import nn
 from bench.common import pin_allocator, result
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model
+from pipeline.checkpoint import Checkpoints
 from pipeline.config import build_config
 from pipeline.prepare import prepare
 from pipeline.train import model_spec
@@ -31,14 +33,16 @@ CONFIG = {"cell": "lstm", "hidden": 32, "lookback": 64, "batch_size": 64, "epoch
           "patience": 0}
 
 
-def ours(net, prep, cfg, seed: int) -> float:
-    """One epoch of fit_streams() inside an open run, logging its metrics as the pipeline does
-    (opening and closing the run is a per-run cost, not a per-epoch one)."""
+def ours(net, prep, cfg, seed: int, checkpoints: Checkpoints) -> float:
+    """One epoch of fit_streams() inside an open run, logging its metrics and writing its
+    checkpoints as the pipeline does (opening and closing the run is a per-run cost, not
+    a per-epoch one)."""
     cfg.train.seed = seed
     t0 = time.perf_counter()
     fit_streams(net, prep.streams(), cfg.train, cfg.data.lookback,
         on_epoch=lambda m: mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"},
-                                              step=seed), progress=False)
+                                              step=seed), progress=False,
+        checkpoints=checkpoints)
     return time.perf_counter() - t0
 
 
@@ -79,11 +83,12 @@ def main() -> None:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
         mlflow.set_experiment("bench")
         mlflow.start_run()
-        ours(net, prep, cfg, 0)  # warm-up: first-call costs (MLflow tables, allocator)
+        ckpt = Checkpoints(f"{tmp}/checkpoints")
+        ours(net, prep, cfg, 0, ckpt)  # warm-up: first-call costs (MLflow tables, allocator)
         bare(net, train_x, train_y, val_x, val_y, 0, 64)
         ratios = []
         for epoch in range(args.epochs):
-            t_ours = ours(net, prep, cfg, epoch)
+            t_ours = ours(net, prep, cfg, epoch, ckpt)
             t_bare = bare(net, train_x, train_y, val_x, val_y, epoch, 64)
             ratios.append(t_bare / t_ours)
             print(f"epoch {epoch}: ours {len(train_x) / t_ours:8.0f} windows/s, "

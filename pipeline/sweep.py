@@ -73,6 +73,14 @@ def points(base: dict, axes: dict[str, list[str]]) -> list[tuple[str, dict, Conf
     return out
 
 
+def run_points(base: Config, grid: str) -> list[tuple[str, dict, Config]]:
+    """The points of `grid` over a resolved base config."""
+    # Without the base's preset (its values are in the base already), a grid value equal
+    # to a built-in default (cell=lstm) is applied, not taken for "unset" under the preset.
+    overrides = {k: v for k, v in base.flat().items() if v != DEFAULTS[k] and k != "preset"}
+    return points(overrides, parse_grid(grid))
+
+
 def _numeric(value: str) -> bool:
     try:
         float(value)
@@ -88,8 +96,7 @@ def run_sweep(base: Config, grid: str = GRID) -> pd.DataFrame:
     if base.tracking.resume_run_id:
         raise ValueError("resume_run_id: a sweep cannot be resumed as a whole; resume a "
                          "child run by its run_id with the main entry point")
-    overrides = {k: v for k, v in base.flat().items() if v != DEFAULTS[k]}
-    todo = points(overrides, parse_grid(grid))
+    todo = run_points(base, grid)
     rows, curves = [], {}
     with start_run(base, run_name=f"sweep {grid}") as parent:
         log_new_params({**base.params(), "grid": grid})

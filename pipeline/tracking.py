@@ -52,8 +52,9 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
             yield run
         except Interrupted as stop:
             mlflow.end_run("KILLED")
-            print(f"\n{stop}\nresume with: mlflow run . --env-manager local "
-                  f"-P resume_run_id={run.info.run_id}", file=sys.stderr)
+            print(f"\n{stop}\nresume with: mlflow run . --env-manager local -P resume_run_id="
+                  f"{run.info.run_id} (or python -m pipeline.main --resume_run_id "
+                  f"{run.info.run_id})", file=sys.stderr)
             raise SystemExit(128 + stop.signum) from None
 
 

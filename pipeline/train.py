@@ -2,7 +2,9 @@
 
 Reads: the price data named by the config (see `prepare`). Writes: an MLflow run
 with the resolved config as params, one `log_metrics` per epoch (train_loss,
-val_loss, grad_norm, lr, epoch_seconds), the loss-curve plot and the `model`.
+val_loss, grad_norm, lr, epoch_seconds), the loss-curve and memory-horizon plots
+and the `model`; checkpoints in `checkpoint_dir`/RUN_ID. With resume_run_id it
+continues that run from its latest checkpoint.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.sweep import parse_grid, points
+from pipeline.config import build_config
+from pipeline.sweep import parse_grid, points, run_points
 from tests.mlflow_server import tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,11 @@ def test_points_skip_truncated_settings_for_full_bptt_and_check_every_config():
     assert all(not cfg.tracking.register for _, _, cfg in todo)
     assert todo[2][2].train.k2 == 40 and todo[2][1] == {"cell": "rnn", "bptt": "truncated",
                                                         "k2": "40"}
+    # a grid value equal to the built-in default still wins over the preset's value
+    preset = build_config({"preset": "presets/volatility-tbptt.yaml"})
+    todo = run_points(preset, "cell=lstm,gru; bptt=full")
+    assert [(c.model.cell, c.train.bptt, c.data.target) for _, _, c in todo] == [
+        ("lstm", "full", "volatility"), ("gru", "full", "volatility")]
     with pytest.raises(ValueError, match="grid point rnn-truncated-k2=10: k2 must be >= k1"):
         points({"k1": "20"}, parse_grid("cell=rnn; bptt=truncated; k2=10,40"))
 
