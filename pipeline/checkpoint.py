@@ -54,14 +54,15 @@ class Checkpoints:
 
 
 def rng_states(generator: torch.Generator) -> dict:
-    """Every random stream training draws from: Python's, NumPy's, torch's global one
-    (dropout, input noise) and the shuffling generator."""
+    """Every random stream training draws from: Python's, NumPy's, torch's global ones
+    (dropout, input noise; CPU and CUDA) and the shuffling generator."""
     np_state = np.random.get_state(legacy=False)
     return {"python": random.getstate(),
             "numpy": {"key": torch.as_tensor(np_state["state"]["key"].astype(np.int64)),
                       "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"],
                       "gauss": np_state["gauss"]},
-            "torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+            "torch": torch.get_rng_state(), "shuffle": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_states(states: dict, generator: torch.Generator) -> None:
@@ -72,6 +73,8 @@ def set_rng_states(states: dict, generator: torch.Generator) -> None:
                          "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]}})
     torch.set_rng_state(states["torch"])
     generator.set_state(states["shuffle"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _tuples(value):

@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 
 from pipeline import plots
 from pipeline.config import DEFAULTS, Config, add_arguments, build_config, from_args
+from pipeline.main import run
 from pipeline.register import MODEL_METRICS
 from pipeline.tracking import log_new_params, start_run
 
@@ -54,31 +55,31 @@ def parse_grid(grid: str) -> dict[str, list[str]]:
     return axes
 
 
-def points(base: dict, axes: dict[str, list[str]]) -> list[tuple[str, dict, Config]]:
-    """(run name, grid values, config) per distinct point, every config checked first."""
+def points(base: Config, grid: str) -> list[tuple[str, dict, Config]]:
+    """(run name, grid values, config) per distinct point of `grid` over a resolved base
+    config, every config checked before any trains."""
+    # Without the base's preset (its values are in the base already), a grid value equal
+    # to a built-in default (cell=lstm) is applied, not taken for "unset" under the preset.
+    base = {k: v for k, v in base.flat().items() if v != DEFAULTS[k] and k != "preset"}
+    axes = parse_grid(grid)
     out, seen = [], set()
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values, strict=True))
-        name = "-".join(f"{k}={v}" if _numeric(v) else v for k, v in point.items())
         try:
             cfg = build_config({**base, **point, "register": "false"})
         except ValueError as err:
-            raise ValueError(f"grid point {name}: {err}") from None
+            raise ValueError(f"grid point {_name(point)}: {err}") from None
         if cfg.train.bptt == "full":
             point = {k: v for k, v in point.items() if k not in TRUNCATED_ONLY}
-            name = "-".join(f"{k}={v}" if _numeric(v) else v for k, v in point.items())
         if tuple(point.items()) not in seen:
             seen.add(tuple(point.items()))
-            out.append((name, point, cfg))
+            out.append((_name(point), point, cfg))
     return out
 
 
-def run_points(base: Config, grid: str) -> list[tuple[str, dict, Config]]:
-    """The points of `grid` over a resolved base config."""
-    # Without the base's preset (its values are in the base already), a grid value equal
-    # to a built-in default (cell=lstm) is applied, not taken for "unset" under the preset.
-    overrides = {k: v for k, v in base.flat().items() if v != DEFAULTS[k] and k != "preset"}
-    return points(overrides, parse_grid(grid))
+def _name(point: dict) -> str:
+    """gru-truncated-k2=100: words as they are, numbers with their parameter's name."""
+    return "-".join(f"{k}={v}" if _numeric(v) else v for k, v in point.items())
 
 
 def _numeric(value: str) -> bool:
@@ -91,12 +92,10 @@ def _numeric(value: str) -> bool:
 
 def run_sweep(base: Config, grid: str = GRID) -> pd.DataFrame:
     """The parent run and one child per grid point; returns the comparison table."""
-    from pipeline.main import run
-
     if base.tracking.resume_run_id:
         raise ValueError("resume_run_id: a sweep cannot be resumed as a whole; resume a "
                          "child run by its run_id with the main entry point")
-    todo = run_points(base, grid)
+    todo = points(base, grid)
     rows, curves = [], {}
     with start_run(base, run_name=f"sweep {grid}") as parent:
         log_new_params({**base.params(), "grid": grid})
@@ -109,18 +108,27 @@ def run_sweep(base: Config, grid: str = GRID) -> pd.DataFrame:
                 row["status"] = "FINISHED"
             except Exception as err:  # noqa: BLE001 - one bad point must not end the sweep
                 print(f"{name} failed: {err}")
-                row.update(status="FAILED", error=str(err).splitlines()[0])
-            if "run_id" in row:
+                row.update(status="FAILED", error=str(err).splitlines()[0],
+                           run_id=_child_id(parent.info.run_id, name))
+            if row["run_id"]:
                 row.update(_final_metrics(row["run_id"]))
                 curves[name] = _val_curve(row["run_id"])
             rows.append(row)
         table = pd.DataFrame(rows)
-        first = ["run_name", *[a for a in parse_grid(grid) if a in table], "status"]
+        first = ["run_name", *dict.fromkeys(k for _, p, _ in todo for k in p), "status"]
         table = _log_comparison(table[first + [c for c in table if c not in first]], curves)
     print(f"\nsweep {parent.info.run_id}: {len(todo)} runs")
     print(table.drop(columns=["run_id"], errors="ignore").to_string(index=False,
                                                                    float_format="%.6g"))
     return table
+
+
+def _child_id(parent_id: str, name: str) -> str | None:
+    """The run a failed point left (None when it failed before its run started)."""
+    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
+                              f"attributes.run_name = '{name}'", search_all_experiments=True,
+                              output_format="list")
+    return runs[0].info.run_id if runs else None
 
 
 def _final_metrics(run_id: str) -> dict:

@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import build_config
-from pipeline.sweep import parse_grid, points, run_points
+from pipeline.sweep import parse_grid, points, run_sweep
 from tests.mlflow_server import tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_grid_parsing_and_errors():
 
 
 def test_points_skip_truncated_settings_for_full_bptt_and_check_every_config():
-    todo = points({"k1": "20"}, parse_grid(GRID))
+    todo = points(build_config({"k1": 20}), GRID)
     names = [name for name, _, _ in todo]
     assert names == ["rnn-full", "rnn-truncated-k2=20", "rnn-truncated-k2=40",
                      "gru-full", "gru-truncated-k2=20", "gru-truncated-k2=40"]
@@ -47,11 +47,31 @@ def test_points_skip_truncated_settings_for_full_bptt_and_check_every_config():
                                                         "k2": "40"}
     # a grid value equal to the built-in default still wins over the preset's value
     preset = build_config({"preset": "presets/volatility-tbptt.yaml"})
-    todo = run_points(preset, "cell=lstm,gru; bptt=full")
+    todo = points(preset, "cell=lstm,gru; bptt=full")
     assert [(c.model.cell, c.train.bptt, c.data.target) for _, _, c in todo] == [
         ("lstm", "full", "volatility"), ("gru", "full", "volatility")]
     with pytest.raises(ValueError, match="grid point rnn-truncated-k2=10: k2 must be >= k1"):
-        points({"k1": "20"}, parse_grid("cell=rnn; bptt=truncated; k2=10,40"))
+        points(build_config({"k1": 20}), "cell=rnn; bptt=truncated; k2=10,40")
+
+
+@pytest.mark.slow
+def test_a_failing_point_is_marked_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    base = build_config({"data": "data/prices/SPY.csv", "epochs": 2, "hidden": 8,
+                         "lookback": 16, "optimizer": "sgd", "momentum": 0, "clip": 0,
+                         "experiment": "faults"})
+    try:
+        table = run_sweep(base, "lr=0.001,10")  # lr=10 without clipping overflows
+    finally:
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    assert table.run_name.tolist() == ["lr=0.001", "lr=10"]
+    assert table.status.tolist() == ["FINISHED", "FAILED"]
+    assert "non-finite" in table.error[1] and table.best_val_loss.notna()[0]
+    mlflow.set_tracking_uri(uri)
+    failed = MlflowClient().get_run(table.run_id[1])
+    assert failed.info.status == "FAILED" and failed.info.run_name == "lr=10"
 
 
 @pytest.fixture(scope="module")
