@@ -91,7 +91,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(bptt, via, e
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # it never got to end it
-    assert len(_history(run_id)["val_loss"]) == done  # killed inside epoch `done`
+    # killed inside epoch `done` (or, rarely, between logging it and checkpointing it)
+    assert len(_history(run_id)["val_loss"]) in (done, done + 1)
     resumed = (_train(["--resume_run_id", run_id], env, tmp_path) if via == "train"
                else _mlflow_run_train(run_id, env, tmp_path))
     out = resumed.communicate(timeout=300)[0]
