@@ -237,17 +237,19 @@ def evaluate_forecaster(net: nn.Module, cfg: Config, data: SpeechData) -> dict:
 
 
 def speech_horizon(net: nn.Module, cfg: Config, data: SpeechData, utterances: int = 16,
-                   max_k: int = 50) -> tuple[np.ndarray, int]:
+                   max_k: int = 50) -> tuple[np.ndarray, int] | None:
     """The memory horizon on up to `utterances` validation utterances: the gradient of
     the loss at the last frame (classify: against the label; forecast: against the
     frame `shift` ahead) with respect to the state k frames back. K is at most the
     median utterance length less one, so most utterances reach it; shorter ones are
-    left out."""
+    left out. None when utterances are too short for k >= 1 (a large `shift`)."""
     classify = cfg.speech.task == "classify"
     shift = 0 if classify else cfg.speech.shift
     idx = np.flatnonzero(data.split == VAL)
     steps = np.array([len(data.x[i]) - shift for i in idx])
     k = int(min(max_k, np.median(steps) - 1))
+    if k < 1:
+        return None
     usable = idx[steps > k]
     curves = []
     for i in usable[np.linspace(0, len(usable) - 1, min(utterances, len(usable))).astype(int)]:
@@ -307,10 +309,10 @@ def run(cfg: Config, run_name: str | None = None, nested: bool = False) -> dict:
         net, hist = train(cfg, data, epoch_logger(active.info.run_id), run_checkpoints(cfg))
         mlflow.log_metrics({"best_val_loss": hist.best_val_loss, "best_epoch": hist.best_epoch})
         plots.log_figure(plots.loss_curves(hist.epochs), "plots/loss_curves.png")
-        norms, reach = speech_horizon(net, cfg, data)
-        mlflow.log_metric("memory_horizon", reach)
-        plots.log_figure(plots.gradient_horizon(norms, reach, THRESHOLD),
-                         "plots/memory_horizon.png")
+        if horizon := speech_horizon(net, cfg, data):
+            mlflow.log_metric("memory_horizon", horizon[1])
+            plots.log_figure(plots.gradient_horizon(*horizon, THRESHOLD),
+                             "plots/memory_horizon.png")
         if cfg.speech.task == "classify":
             table, matrix = evaluate(net, cfg, data)
             plots.log_figure(plots.confusion_matrix(matrix, data.classes), "plots/confusion.png")

@@ -219,3 +219,26 @@ def test_speech_run_stopped_by_sigterm_resumes_to_the_same_result(store, small_f
     client = MlflowClient()
     assert ([m.value for m in client.get_metric_history(stopped, "val_accuracy")]
             == [m.value for m in client.get_metric_history(whole["run_id"], "val_accuracy")])
+
+
+def test_speech_memory_horizon_reaches_back_and_skips_too_short_utterances():
+    from models.networks import build_model
+    from pipeline.config import build_config
+    from pipeline.speech import SpeechData, speech_horizon
+
+    rng = np.random.default_rng(0)
+    data = SpeechData(utts=[], x=[rng.standard_normal((n, 8)).astype("float32")
+                                  for n in (20, 18, 25, 9, 20)],
+                      y=np.array([0, 1, 0, 1, 0]), split=np.array([0, 1, 1, 1, 2]),
+                      classes=["a", "b"], norm=None, bad=[])
+    torch.manual_seed(0)
+    spec = {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
+            "init": "orthogonal", "lookback": 1}
+    classify = build_config({"domain": "speech"})
+    norms, reach = speech_horizon(build_model(spec, 8, 2), classify, data)
+    assert len(norms) == 18 and 1 <= reach <= 17  # k up to the median length (18) less one
+    forecast = build_config({"domain": "speech", "task": "forecast", "shift": 3})
+    norms, _ = speech_horizon(build_model(spec, 8, 8), forecast, data)
+    assert len(norms) == 15  # the last 3 frames have no target
+    too_far = build_config({"domain": "speech", "task": "forecast", "shift": 30})
+    assert speech_horizon(build_model(spec, 8, 8), too_far, data) is None
