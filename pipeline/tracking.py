@@ -56,6 +56,10 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
                   f"{run.info.run_id} (or python -m pipeline.main --resume_run_id "
                   f"{run.info.run_id})", file=sys.stderr)
             raise SystemExit(128 + stop.signum) from None
+        except SystemExit as stop:  # a nested run (a sweep's child) was interrupted
+            if isinstance(stop.code, int) and stop.code > 128:
+                mlflow.end_run("KILLED")
+            raise
 
 
 def resume_config(cfg: Config) -> Config:

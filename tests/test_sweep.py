@@ -74,6 +74,38 @@ def test_a_failing_point_is_marked_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert failed.info.status == "FAILED" and failed.info.run_name == "lr=10"
 
 
+@pytest.mark.slow
+def test_sigterm_in_a_child_kills_it_and_the_parent(tmp_path, monkeypatch):
+    from pipeline import sweep, trainer
+    from tests.test_checkpoint import counting
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    calls = []
+
+    def second_interrupted(cfg, **kwargs):
+        calls.append(cfg.model.cell)
+        if len(calls) == 2:
+            counting(monkeypatch, [0], sigterm_at=3, module=trainer)
+        return run(cfg, **kwargs)
+
+    run = sweep.run
+    monkeypatch.setattr(sweep, "run", second_interrupted)
+    base = build_config({"data": "data/prices/SPY.csv", "epochs": 2, "hidden": 8,
+                         "lookback": 16, "experiment": "stopped"})
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_sweep(base, "cell=rnn,gru,lstm")
+    finally:
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    assert stopped.value.code == 128 + 15 and calls == ["rnn", "gru"]
+    mlflow.set_tracking_uri(uri)
+    status = {r.info.run_name: r.info.status for r in mlflow.search_runs(
+        experiment_names=["stopped"], output_format="list")}
+    assert status == {"rnn": "FINISHED", "gru": "KILLED", "sweep cell=rnn,gru,lstm": "KILLED"}
+
+
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
     """One sweep through `mlflow run . -e sweep`, in a store of its own."""
