@@ -240,6 +240,7 @@ def _coerce(part, name: str, value):
 
 DEFAULTS = Config().flat()
 PREDICT_DEFAULTS = {f.name: f.default for f in fields(PredictConfig)}
+SWEEP_GRID = "cell=rnn,lstm,gru; bptt=full,truncated"  # the sweep entry point's `grid`
 
 
 def build_config(overrides: dict | None = None) -> Config:

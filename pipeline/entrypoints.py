@@ -9,8 +9,7 @@ import copy
 
 import yaml
 
-from pipeline.config import PREDICT_DEFAULTS, DataConfig, mlproject_parameters
-from pipeline.sweep import GRID
+from pipeline.config import PREDICT_DEFAULTS, SWEEP_GRID, DataConfig, mlproject_parameters
 
 DATA = set(DataConfig.__dataclass_fields__) | {"experiment", "preset"}
 RUN_ID = {"run_id": {"type": "string"}}
@@ -23,7 +22,7 @@ ENTRY_POINTS = {
     "evaluate": ("pipeline.evaluate", set(), RUN_ID),
     "register": ("pipeline.register", {"registered_model"}, RUN_ID),
     "predict": ("pipeline.predict", set(), mlproject_parameters(defaults=PREDICT_DEFAULTS)),
-    "sweep": ("pipeline.sweep", None, {"grid": {"type": "string", "default": GRID}}),
+    "sweep": ("pipeline.sweep", None, {"grid": {"type": "string", "default": SWEEP_GRID}}),
 }
 
 

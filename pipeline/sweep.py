@@ -26,11 +26,11 @@ from mlflow import MlflowClient
 
 from pipeline import plots
 from pipeline.config import DEFAULTS, Config, add_arguments, build_config, from_args
+from pipeline.config import SWEEP_GRID as GRID
 from pipeline.main import run
 from pipeline.register import MODEL_METRICS
 from pipeline.tracking import log_new_params, start_run
 
-GRID = "cell=rnn,lstm,gru; bptt=full,truncated"
 TRUNCATED_ONLY = ("k1", "k2", "lanes")
 SUMMARY = ("best_val_loss", "best_epoch", "epochs_run", "memory_horizon")
 
