@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from bench.common import long_history, pin_allocator, registered_model, result
-from models.pyfunc import request_row
+from models.price_model import request_row
 
 LOOKBACK, FORECASTS = 64, 10_000
 

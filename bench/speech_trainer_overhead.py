@@ -23,9 +23,9 @@ from torch import nn
 from bench.common import pin_allocator, result
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model, last_step, logits
+from pipeline import tasks
 from pipeline.config import build_config
-from pipeline.speech import model_spec, prepare_speech, split_tensors, utterance_updates
-from pipeline.trainer import fit
+from pipeline.trainer import fit, utterance_updates
 
 
 def ours(net, cfg, train, val, epoch: int) -> float:
@@ -35,7 +35,7 @@ def ours(net, cfg, train, val, epoch: int) -> float:
     fit(net, cfg.train,
         lambda gen, cursor: utterance_updates(net, xt, lt, yt, cfg.train.batch_size, gen,
                                               cursor=cursor),
-        lambda: nn.functional.cross_entropy(logits(net, xv, lv), yv).item(),
+        lambda: {"val_loss": nn.functional.cross_entropy(logits(net, xv, lv), yv).item()},
         nn.functional.cross_entropy,
         on_epoch=lambda m: mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"},
                                               step=epoch), progress=False)
@@ -67,11 +67,13 @@ def main() -> None:
     args = parser.parse_args()
     pin_allocator()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = build_config({"domain": "speech", "cell": "gru", "hidden": 64, "epochs": 1,
-                            "patience": 0, "feature_cache": f"{tmp}/cache"})
-        data = prepare_speech(cfg)
-        train, val = split_tensors(data, TRAIN), split_tensors(data, VAL)
-        net = build_model(model_spec(cfg, data)["model"], cfg.audio.dim, len(data.classes))
+        cfg = build_config({"task": "speech-classify", "cell": "gru", "hidden": 64,
+                            "epochs": 1, "patience": 0, "feature_cache": f"{tmp}/cache"})
+        task = tasks.load(cfg.task_name)
+        data = task.prepare(cfg)
+        train, val = data.padded(TRAIN), data.padded(VAL)
+        spec = task.network(cfg, data)
+        net = build_model(spec["model"], spec["n_in"], spec["n_out"])
         print(f"{len(train[0])} training utterances (padded to {train[0].shape[1]} frames), "
               f"GRU hidden 64, batch {cfg.train.batch_size}, Adam, clip 1.0")
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")

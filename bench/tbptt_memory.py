@@ -23,15 +23,15 @@ import torch
 
 from bench.common import pin_allocator, result
 from models.networks import RecurrentRegressor
+from pipeline import tasks
 from pipeline.config import build_config
-from pipeline.prepare import prepare
 from pipeline.trainer import tbptt_updates, train_epoch, window_updates
 
 HIDDEN, LANES, K2, WINDOWS = 64, 16, 100, 16
 
 
 def real_stream(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    prep = prepare(build_config({"target": "volatility", "horizon": 5}))
+    prep = tasks.load("prices").prepare(build_config({"target": "volatility", "horizon": 5}))
     x = np.concatenate([prep.x_norm.transform(x) for x in prep.x])
     y = np.nan_to_num(np.concatenate([prep.y_norm.transform(y) for y in prep.y]))
     reps = -(-steps // len(x))

@@ -28,9 +28,8 @@ import torch
 from bench.common import pin_allocator, result
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model
+from pipeline import tasks
 from pipeline.config import build_config
-from pipeline.prepare import prepare
-from pipeline.train import model_spec
 from pipeline.trainer import (
     gather_windows,
     make_optimizer,
@@ -56,8 +55,8 @@ def train_curve(cfg, prep, stateful: bool, budget: float, stop_below: float | No
     """[(training seconds, validation loss)] until the budget is spent (or the loss is
     below `stop_below`)."""
     seed_everything(cfg.train.seed)
-    spec = model_spec(cfg, prep)
-    net = build_model(spec["model"], len(prep.features), len(spec["outputs"]))
+    spec = tasks.load("prices").network(cfg, prep)
+    net = build_model(spec["model"], spec["n_in"], spec["n_out"])
     streams = prep.streams()
     gen = torch.Generator().manual_seed(cfg.train.seed)
     opt, _ = make_optimizer(net, cfg.train)
@@ -100,7 +99,7 @@ def main() -> None:
     ratios = []
     for seed in args.seeds:
         cfg = build_config({**CONFIG, "seed": seed})
-        prep = prepare(cfg)
+        prep = tasks.load("prices").prepare(cfg)
         streams = prep.streams()
         baseline = split_loss_of_zero(streams)  # the training mean is 0 once normalised
         windowed = train_curve(cfg, prep, stateful=False, budget=args.budget)

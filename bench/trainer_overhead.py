@@ -23,10 +23,9 @@ from torch import nn
 from bench.common import pin_allocator, result
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model
+from pipeline import tasks
 from pipeline.checkpoint import Checkpoints
 from pipeline.config import build_config
-from pipeline.prepare import prepare
-from pipeline.train import model_spec
 from pipeline.trainer import fit_streams, gather_windows
 
 CONFIG = {"cell": "lstm", "hidden": 32, "lookback": 64, "batch_size": 64, "epochs": 1,
@@ -39,7 +38,7 @@ def ours(net, prep, cfg, seed: int, checkpoints: Checkpoints) -> float:
     a per-epoch one)."""
     cfg.train.seed = seed
     t0 = time.perf_counter()
-    fit_streams(net, prep.streams(), cfg.train, cfg.data.lookback,
+    fit_streams(net, prep.streams(), cfg.train, cfg.task.lookback,
         on_epoch=lambda m: mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"},
                                               step=seed), progress=False,
         checkpoints=checkpoints)
@@ -71,12 +70,12 @@ def main() -> None:
     args = parser.parse_args()
     pin_allocator()
     cfg = build_config(CONFIG)
-    prep = prepare(cfg)
+    prep = tasks.load("prices").prepare(cfg)
     streams = prep.streams()
     train_x, train_y = gather_windows(streams, streams.anchors(TRAIN, 64), 64)
     val_x, val_y = gather_windows(streams, streams.anchors(VAL, 64), 64)
-    spec = model_spec(cfg, prep)
-    net = build_model(spec["model"], len(prep.features), len(spec["outputs"]))
+    spec = tasks.load("prices").network(cfg, prep)
+    net = build_model(spec["model"], spec["n_in"], spec["n_out"])
     print(f"{len(train_x)} training windows of 64 steps, {len(val_x)} validation windows; "
           f"LSTM hidden 32, batch 64, Adam, clip 1.0")
     with tempfile.TemporaryDirectory() as tmp:

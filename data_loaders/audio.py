@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from data_loaders.files import atomic_write
 from data_loaders.sequences import TEST, TRAIN, VAL
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -34,20 +33,27 @@ class AudioError(ValueError):
     """A bad audio file or layout; the message names the path."""
 
 
+def _setting(default, help: str, choices: tuple = ()):
+    """A feature setting with its meaning and allowed values (shown by --help)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class FeatureSettings:
-    sample_rate: int = 8000  # Hz; files at other rates are resampled
-    features: str = "logmel"  # logmel, or mfcc (with first and second deltas)
-    n_mels: int = 40
-    n_mfcc: int = 13
-    win_ms: float = 25.0
-    hop_ms: float = 10.0
-    min_ms: float = 100.0  # shorter utterances are reported as too short
-    silence_db: float = -50.0  # a peak below this (dB re full scale) is reported as silent
+    sample_rate: int = _setting(8000, "Hz; files at other rates are resampled")
+    features: str = _setting("logmel", "logmel, or mfcc (with first and second deltas)",
+                             FEATURES)
+    n_mels: int = _setting(40, "mel bands")
+    n_mfcc: int = _setting(13, "MFCC coefficients (before deltas)")
+    win_ms: float = _setting(25.0, "analysis window")
+    hop_ms: float = _setting(10.0, "hop between frames")
+    min_ms: float = _setting(100.0, "shorter files are reported as too short")
+    silence_db: float = _setting(-50.0, "files whose peak is below this (dBFS) are reported "
+                                        "as silent")
 
     def validate(self) -> FeatureSettings:
         if self.features not in FEATURES:
-            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
+            raise ValueError(f"features must be one of {list(FEATURES)}, got {self.features!r}")
         for name in ("sample_rate", "n_mels", "n_mfcc", "win_ms", "hop_ms"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -55,9 +61,13 @@ class FeatureSettings:
             raise ValueError(f"hop_ms ({self.hop_ms}) must not exceed win_ms ({self.win_ms})")
         return self
 
+    def settings(self) -> dict:
+        """The feature settings alone (a subclass may carry more fields)."""
+        return {f.name: getattr(self, f.name) for f in fields(FeatureSettings)}
+
     def key(self) -> str:
         """Names the cache folder: any change of setting gives a new one."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def dim(self) -> int:
@@ -199,15 +209,11 @@ class FeatureCache:
         return np.load(p) if p.exists() else None
 
     def put(self, digest: str, feats: np.ndarray) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp.npy")
-        os.close(fd)
-        try:
-            np.save(tmp, feats)
-            os.replace(tmp, self.path(digest))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save adds no ".npy" to it
+                np.save(f, feats)
+
+        atomic_write(self.path(digest), write)
 
 
 def utterance_features(data: bytes, name: str, s: FeatureSettings) -> np.ndarray:
@@ -224,20 +230,24 @@ def utterance_features(data: bytes, name: str, s: FeatureSettings) -> np.ndarray
 
 def load_features(utts: list[Utterance], s: FeatureSettings, cache_dir: str | Path | None,
                   skip_bad: bool = False, progress: bool | None = None):
-    """Features for each utterance, from the cache when it has them.
+    """Features for each utterance, from the cache when it has them. A bar at a
+    terminal; one line at the end either way.
 
     Returns (features, kept utterances, bad: [(path, problem)]). Bad files stop the
     run with their list unless `skip_bad`, in which case they are left out and
     returned for the caller to log."""
+    import time
+
     from tqdm.auto import tqdm
 
     cache = FeatureCache(cache_dir, s) if cache_dir else None
-    feats, kept, bad = [], [], []
+    feats, kept, bad, hits, t0 = [], [], [], 0, time.perf_counter()
     for u in tqdm(utts, desc="features", unit="file",
                   disable=None if progress is None else not progress):
         data = u.path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         x = cache.get(digest) if cache else None
+        hits += x is not None
         if x is None:
             try:
                 x = utterance_features(data, str(u.path), s)
@@ -248,12 +258,13 @@ def load_features(utts: list[Utterance], s: FeatureSettings, cache_dir: str | Pa
                 cache.put(digest, x)
         feats.append(x)
         kept.append(u)
+    print(f"features: {len(utts)} files ({hits} from the cache, {len(bad)} bad) in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
     if bad and not skip_bad:
-        listing = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise AudioError(f"{len(bad)} bad audio file(s):\n{listing}{more}\n"
-                         "Fix or remove them, or pass skip_bad=true to leave them out "
-                         "(the list is then logged)")
+        listing = "; ".join(f"{p}: {why}" for p, why in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise AudioError(f"{len(bad)} bad audio file(s): {listing}{more}. Fix or remove them, "
+                         "or pass skip_bad=true to leave them out (the list is then logged)")
     return feats, kept, bad
 
 

@@ -8,12 +8,12 @@ A price frame is indexed by date (sorted, unique) with float columns
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from data_loaders.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -208,18 +208,6 @@ def split_download(frame: pd.DataFrame, tickers: list[str]) -> dict[str, pd.Data
     return out
 
 
-def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, date_format="%Y-%m-%d")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def download_prices(tickers: list[str], start: str | None, end: str | None, interval: str,
                     cache_dir: str | Path, refresh: bool = False,
                     repair: str = "none") -> tuple[dict[str, pd.DataFrame], list]:
@@ -239,7 +227,8 @@ def download_prices(tickers: list[str], start: str | None, end: str | None, inte
                     f"tickers: no data for {ticker!r} from Yahoo (offline, or unknown ticker) and "
                     f"nothing cached at {cache_path(cache_dir, ticker, interval)}; "
                     "pass data=PATH to train on a Yahoo-style CSV file or folder instead")
-            _write_atomic(fetched[ticker], cache_path(cache_dir, ticker, interval))
+            atomic_write(cache_path(cache_dir, ticker, interval),
+                         lambda tmp, t=ticker: fetched[t].to_csv(tmp, date_format="%Y-%m-%d"))
     series, repairs = {}, []
     for ticker in tickers:
         frame, fixed = read_price_csv(cache_path(cache_dir, ticker, interval), repair)

@@ -1,13 +1,20 @@
 """Sequence tools shared by every source: the normaliser, chronological splits,
-windows for full BPTT and lanes for truncated BPTT."""
+windows for full BPTT, lanes for truncated BPTT, and the `Streams` training reads.
+
+Only NumPy is imported here (torch tensors are handled through their methods), so
+the command line can import the loaders without paying for torch or pandas.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
 TRAIN, VAL, TEST, UNUSED = 0, 1, 2, -1
 SPLIT_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}
@@ -46,6 +53,8 @@ def date_cutoffs(all_dates: list[np.ndarray], val_frac: float,
     """Validation and test start dates: the quantiles of the union of all series'
     dates, so every series is cut on the same calendar day (no look-ahead across
     series)."""
+    import pandas as pd
+
     dates = np.unique(np.concatenate(all_dates))
     n = len(dates)
     val_start = dates[int(np.floor(n * (1 - val_frac - test_frac)))]
@@ -71,6 +80,21 @@ def assign_splits(dates: np.ndarray, horizon: int, has_target: np.ndarray,
     purged = ok & (day_split[np.minimum(last, n - 1)] != day_split[np.minimum(first, n - 1)])
     split[purged] = UNUSED
     return split
+
+
+@dataclass
+class Streams:
+    """Normalised series for training: x[i] [T_i, F], y[i] [T_i, out] (NaN where there is
+    no target), split[i] [T_i] (the split of the sample anchored at each step)."""
+
+    x: list[torch.Tensor]
+    y: list[torch.Tensor]
+    split: list[np.ndarray]
+
+    def anchors(self, which: int, lookback: int = 1) -> list[np.ndarray]:
+        """Per series, the steps anchoring a `which` sample with a full lookback."""
+        return [np.flatnonzero((s == which) & (np.arange(len(s)) >= lookback - 1))
+                for s in self.split]
 
 
 def windows(x: torch.Tensor, lookback: int) -> torch.Tensor:

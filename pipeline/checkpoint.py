@@ -9,13 +9,13 @@ with `weights_only=True`: loading a checkpoint cannot run code.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from data_loaders.files import atomic_write
 
 LATEST, BEST = "latest.pt", "best.pt"
 
@@ -31,26 +31,19 @@ class Checkpoints:
         return self.every > 0 and epochs_done % self.every == 0
 
     def save(self, name: str, payload: dict) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(self.folder / name, lambda tmp: torch.save(payload, tmp),
+                            durable=True)
 
     def load(self, name: str = LATEST) -> dict:
         path = self.folder / name
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint {path}: nothing to resume (was the run "
                                     "trained with checkpoint_every > 0 on this machine?)")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:  # truncated or not a checkpoint
+            raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
+                             f"{err}); it is damaged: delete it to train afresh") from None
 
 
 def rng_states(generator: torch.Generator) -> dict:

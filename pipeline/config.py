@@ -1,227 +1,175 @@
 """The run configuration: one dataclass tree, the only place defaults are written.
 
-Every field has a plain, unique name (`epochs`, `lookback`, `k2`, ...) used
-alike by the command line, MLproject parameters, YAML presets and the params
-of the MLflow run. MLproject is generated from here (`python -m pipeline.config
---mlproject`) and a test checks the two agree.
+A run's config is the common parts (data, model, train, tracking) plus the part of
+its task (`task=prices`: pipeline/tasks/prices.py's Params, and so on). Every field
+has a plain name (`epochs`, `lookback`, `k2`, ...) used alike by the command line,
+`mlflow run -P`, YAML presets and the params of the MLflow run; its default, its
+meaning and its allowed values are written once, here or in the task's module.
+
+Resolution: defaults, then the preset's values, then the values given explicitly.
+Only NumPy-free standard modules are imported, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
+import difflib
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from data_loaders.audio import SPLITS, FeatureSettings
-from data_loaders.prices import REPAIRS, TARGETS
-from models.networks import CELLS, INITS, NORMS
+from pipeline import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "presets"
 
 
-DOMAINS = ("prices", "speech")
-SAMPLE_DATA = {"prices": "data/prices", "speech": "data/fsdd/recordings"}
-
-
-@dataclass
-class DataConfig:
-    domain: str = "prices"  # prices or speech
-    data: str = ""  # prices: CSV file or folder; speech: folder of audio; empty: bundled sample
-    tickers: str = ""  # comma-separated; when set, prices come from yfinance instead of data
-    start: str = ""  # first date (YYYY-MM-DD) to use; empty: from the beginning
-    end: str = ""  # last date to use; empty: to the end
-    interval: str = "1d"  # yfinance bar interval
-    cache_dir: str = "data/cache"  # yfinance cache: one CSV per ticker and interval
-    refresh: bool = False  # refetch tickers even when cached
-    repair: str = "none"  # bad CSV rows: none (error), drop, or ffill (logged either way)
-    target: str = "returns"  # returns (next H log returns) or volatility (realised, next H)
-    horizon: int = 1  # H, steps ahead
-    lookback: int = 64  # L, window length for full BPTT and the MLP; history a forecast needs
-    val_frac: float = 0.15  # share of the calendar (prices) or files (speech) for validation
-    test_frac: float = 0.15  # share of the calendar (the latest dates) or files for test
-
-    def path(self) -> str:
-        """`data`, or the bundled sample of the domain."""
-        return self.data or SAMPLE_DATA[self.domain]
+def param(default, help: str, choices: tuple = ()):
+    """A config field with its meaning and allowed values (shown by --help and the
+    README's table)."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
 
 
 @dataclass
-class SpeechConfig:
-    task: str = "classify"  # classify (utterance -> label) or forecast (frame `shift` ahead)
-    shift: int = 3  # forecast: predict the log-mel frame this many steps ahead
-    split: str = "index"  # index (take < test_index is test), random, or speaker
-    test_index: int = 5  # split=index: takes below this are test (FSDD's own split)
-    skip_bad: bool = False  # leave bad audio files out (logged) instead of stopping
-    feature_cache: str = "data/cache/features"  # empty: no cache
-    normalise: str = "global"  # global (mean/std of training frames) or utterance
+class DataParams:
+    task: str = param("prices", "the kind of problem (one module in pipeline/tasks)",
+                      tuple(tasks.TASKS))
+    data: str = param("", "input: prices, a Yahoo-style CSV file or folder of them; speech, "
+                          "a folder of audio files; empty: the task's bundled sample")
+    val_frac: float = param(0.15, "share for validation: of the calendar (prices) or of the "
+                                  "files (speech)")
+    test_frac: float = param(0.15, "share for test: the latest dates (prices) or the files "
+                                   "(speech, split=random or speaker)")
 
 
 @dataclass
-class ModelConfig:
-    cell: str = "lstm"  # rnn, lstm, gru, or mlp (feed-forward baseline)
-    hidden: int = 32
-    layers: int = 1
-    dropout: float = 0.0
-    norm: str = "none"  # between stacked layers: none, layer, batch (sequence-wise)
-    init: str = "orthogonal"  # orthogonal, xavier, gaussian, uniform, zeros
-    device: str = "auto"  # auto (cuda when present), cpu, cuda
+class ModelParams:
+    cell: str = param("lstm", "recurrent cell, or mlp (feed-forward baseline, prices only)",
+                      ("rnn", "lstm", "gru", "mlp"))
+    hidden: int = param(32, "hidden units per layer")
+    layers: int = param(1, "stacked layers")
+    dropout: float = param(0.0, "dropout between layers and before the head")
+    norm: str = param("none", "between stacked layers: sequence-wise batch norm or layer norm",
+                      ("none", "layer", "batch"))
+    init: str = param("orthogonal", "weight init",
+                      ("orthogonal", "xavier", "gaussian", "uniform", "zeros"))
+    device: str = param("auto", "auto: CUDA when present", ("auto", "cpu", "cuda"))
 
 
 @dataclass
-class TrainConfig:
-    bptt: str = "full"  # full (windows of L steps) or truncated (streams in lanes)
-    k1: int = 50  # truncated: steps between updates
-    k2: int = 50  # truncated: steps each update backpropagates (k2 >= k1)
-    lanes: int = 32  # truncated: parallel lanes, shared by the series by their length
-    batch_size: int = 64  # full: windows per update
-    epochs: int = 20
-    optimizer: str = "adam"  # adam or sgd
-    lr: float = 0.001
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    schedule: str = "none"  # none, step, plateau, cosine
-    step_size: int = 10  # step: epochs between decays
-    gamma: float = 0.5  # step and plateau: decay factor
-    clip: float = 1.0  # max gradient norm; 0 turns clipping off (the norm is still logged)
-    patience: int = 5  # early stopping: epochs without validation gain; 0 turns it off
-    target_loss: float = 0.0  # stop once the training loss reaches this; 0 turns it off
-    input_noise: float = 0.0  # std of Gaussian noise added to normalised inputs in training
-    seed: int = 0
-    init_from: str = ""  # warm start: models:/NAME@ALIAS, models:/NAME/N or runs:/ID/model
-    checkpoint_every: int = 1  # epochs between checkpoints (and on SIGTERM/SIGINT); 0: on signals
-    checkpoint_dir: str = "checkpoints"  # one folder per run: latest.pt and best.pt
+class TrainParams:
+    bptt: str = param("full", "full: each example from a zero state; truncated: streams in "
+                              "lanes, state carried", ("full", "truncated"))
+    k1: int = param(50, "truncated: steps between updates")
+    k2: int = param(50, "truncated: steps each update backpropagates (k2 >= k1)")
+    lanes: int = param(32, "truncated: parallel lanes, shared by the series by their length")
+    batch_size: int = param(64, "full: examples per update")
+    epochs: int = param(20, "most epochs to train")
+    optimizer: str = param("adam", "optimiser", ("adam", "sgd"))
+    lr: float = param(0.001, "learning rate")
+    momentum: float = param(0.9, "sgd only")
+    weight_decay: float = param(0.0, "L2 penalty")
+    schedule: str = param("none", "learning-rate schedule", ("none", "step", "plateau", "cosine"))
+    step_size: int = param(10, "step: epochs between decays")
+    gamma: float = param(0.5, "step and plateau: decay factor")
+    clip: float = param(1.0, "max gradient norm; 0 turns clipping off (the norm is still "
+                             "logged)")
+    patience: int = param(5, "early stopping: epochs without validation gain; 0 turns it off")
+    target_loss: float = param(0.0, "stop once the training loss reaches this; 0 turns it off")
+    input_noise: float = param(0.0, "std of Gaussian noise added to normalised inputs in "
+                                     "training")
+    seed: int = param(0, "seeds weights, shuffling, dropout and noise")
+    init_from: str = param("", "warm start from a logged model's weights (models:/NAME@ALIAS, "
+                               "models:/NAME/N, runs:/ID/model); the shapes must match")
+    checkpoint_every: int = param(1, "epochs between latest.pt checkpoints (one is also "
+                                     "written on SIGTERM/SIGINT); 0: on signals only")
+    checkpoint_dir: str = param("checkpoints", "checkpoints go to checkpoint_dir/RUN_ID/: "
+                                               "latest.pt and best.pt")
 
 
 @dataclass
-class TrackingConfig:
-    experiment: str = "prices"
-    registered_model: str = ""  # empty: prices-{target}-h{horizon}
-    register: bool = True  # register the model and move @champion when it is better
-    preset: str = ""  # YAML file of parameters, applied under explicit ones
-    resume_run_id: str = ""  # continue this run from its latest checkpoint, with its params
+class TrackingParams:
+    experiment: str = param("", "MLflow experiment (python -m only; mlflow run: "
+                                "--experiment-name); empty: the task's name")
+    registered_model: str = param("", "registry name; empty: the task's (prices-{target}-"
+                                      "h{horizon}, speech-classify, speech-forecast)")
+    register: bool = param(True, "register the model and move @champion when it is better")
+    preset: str = param("", "YAML file of parameters, or the name of one in presets/; "
+                            "applied under explicit ones")
+    resume_run_id: str = param("", "continue this run from its latest checkpoint, with the "
+                                   "params it was started with")
+
+
+COMMON = {"data": DataParams, "model": ModelParams, "train": TrainParams,
+          "tracking": TrackingParams}
 
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    speech: SpeechConfig = field(default_factory=SpeechConfig)
-    audio: FeatureSettings = field(default_factory=FeatureSettings)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """The common parts and `task`, the task's own Params. `base` is the folder that
+    relative paths are taken from (the working directory; for a logged run, the one
+    it ran in): not a param."""
+
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+    task: Any = None
+    base: Path = field(default_factory=Path.cwd)
+
+    @property
+    def task_name(self) -> str:
+        return self.data.task
+
+    def parts(self) -> dict[str, Any]:
+        """{part name: dataclass}: the common parts, then the task's, named after it."""
+        common = {"data": self.data, "model": self.model, "train": self.train,
+                  "tracking": self.tracking}
+        return common if self.task is None else {**common, self.task_name: self.task}
 
     def flat(self) -> dict:
         """{name: value} over the whole tree."""
-        return {f.name: getattr(part, f.name) for part in self._parts() for f in fields(part)}
+        return {f.name: getattr(part, f.name) for part in self.parts().values()
+                for f in fields(part)}
 
     def params(self) -> dict[str, str]:
-        """The run's params, written as MLproject writes them (booleans in lower case)."""
+        """The run's params: every field, booleans in lower case."""
         return {k: str(v).lower() if isinstance(v, bool) else str(v)
                 for k, v in self.flat().items()}
-
-    def _parts(self):
-        return [self.data, self.speech, self.audio, self.model, self.train, self.tracking]
-
-    def model_name(self) -> str:
-        if self.tracking.registered_model:
-            return self.tracking.registered_model
-        if self.data.domain == "speech":
-            return f"speech-{self.speech.task}"
-        return f"prices-{self.data.target}-h{self.data.horizon}"
-
-    def validate(self) -> Config:
-        d, m, t = self.data, self.model, self.train
-        _choice("domain", d.domain, DOMAINS)
-        _choice("target", d.target, TARGETS)
-        _choice("repair", d.repair, REPAIRS)
-        _choice("cell", m.cell, (*CELLS, "mlp"))
-        _choice("norm", m.norm, NORMS)
-        _choice("init", m.init, INITS)
-        _choice("device", m.device, ("auto", "cpu", "cuda"))
-        _choice("bptt", t.bptt, ("full", "truncated"))
-        _choice("optimizer", t.optimizer, ("adam", "sgd"))
-        _choice("schedule", t.schedule, ("none", "step", "plateau", "cosine"))
-        for name in ("horizon", "lookback", "hidden", "layers", "k1", "k2", "lanes",
-                     "batch_size", "epochs", "step_size"):
-            if self.get(name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {self.get(name)!r}")
-        for name in ("lr", "gamma"):
-            if not self.get(name) > 0:
-                raise ValueError(f"{name} must be > 0, got {self.get(name)!r}")
-        for name in ("checkpoint_every", "dropout", "clip", "patience", "target_loss",
-                     "input_noise", "weight_decay", "momentum"):
-            if self.get(name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {self.get(name)!r}")
-        if not 0 <= m.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {m.dropout!r}")
-        if not (0 < d.val_frac < 1 and 0 < d.test_frac < 1 and d.val_frac + d.test_frac < 0.9):
-            raise ValueError(f"val_frac and test_frac must be in (0, 1) and leave at least 10 % "
-                             f"for training, got {d.val_frac!r} and {d.test_frac!r}")
-        if t.k2 < t.k1:
-            raise ValueError(f"k2 must be >= k1 (each update backpropagates k2 >= k1 steps), "
-                             f"got k1={t.k1}, k2={t.k2}")
-        if t.bptt == "truncated" and m.cell == "mlp":
-            raise ValueError("bptt=truncated needs a recurrent cell (rnn, lstm, gru); "
-                             "the mlp has no state to carry")
-        if d.domain == "speech":
-            self._validate_speech()
-        return self
-
-    def _validate_speech(self) -> None:
-        sp = self.speech
-        _choice("task", sp.task, ("classify", "forecast"))
-        if sp.shift < 1:
-            raise ValueError(f"shift must be >= 1, got {sp.shift!r}")
-        _choice("split", sp.split, SPLITS)
-        _choice("normalise", sp.normalise, ("global", "utterance"))
-        if self.model.cell == "mlp":
-            raise ValueError("domain=speech needs a recurrent cell (rnn, lstm, gru); the MLP "
-                             "on mean-pooled features is trained as a baseline on every run")
-        if sp.task == "classify" and self.train.bptt != "full":
-            raise ValueError("task=classify trains by full BPTT over each utterance; "
-                             "use bptt=full")
-        self.audio.validate()
 
     def get(self, name: str):
         return self.flat()[name]
 
     def set(self, name: str, value) -> None:
-        for part in self._parts():
+        for part in self.parts().values():
             if name in {f.name for f in fields(part)}:
-                setattr(part, name, _coerce(part, name, value))
+                setattr(part, name, coerce(part, name, value))
                 return
-        raise ValueError(f"unknown parameter {name!r}; known: {sorted(self.flat())}")
+        raise ValueError(unknown_message(name, self.task_name, list(self.flat())))
+
+    def path(self, value: str) -> Path:
+        """A path from the config: relative ones are taken from `base`."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base / p
 
 
-@dataclass
-class PredictConfig:
-    """The `predict` step's parameters (batch forecasts, no training)."""
-
-    model_uri: str = "models:/prices-returns-h1@champion"  # or models:/NAME/VERSION, runs:/ID/model
-    input: str = "data/prices"  # CSV file, folder of CSV files, or Parquet file of prices
-    output: str = "predictions.csv"  # .csv or .parquet; written atomically
-    mode: str = "last"  # last (after the last price) or rolling (at every step)
-    repair: str = "none"  # bad rows in the input: none (error), drop, ffill
-
-    def validate(self) -> PredictConfig:
-        from models.pyfunc import MODES
-
-        _choice("mode", self.mode, MODES)
-        _choice("repair", self.repair, REPAIRS)
-        if Path(self.output).suffix not in (".csv", ".parquet"):
-            raise ValueError(f"output must end in .csv or .parquet, got {self.output!r}")
-        return self
+def unknown_message(name: str, task: str, known: list[str]) -> str:
+    """"unknown parameter 'lookbak'; closest: lookback", or which task has it."""
+    owners = [t for t in tasks.TASKS if t != task and name in task_fields(t)]
+    if owners:
+        return (f"{name} is a parameter of task {' and '.join(owners)}, not of task {task} "
+                f"(set task={owners[0]} to use it)")
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return (f"unknown parameter {name!r}; "
+            + (f"closest: {', '.join(close)}" if close else "see --help for the list"))
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+def task_fields(name: str) -> list[str]:
+    return [f.name for f in fields(tasks.load(name).Params)]
 
 
-def _coerce(part, name: str, value):
+def coerce(part, name: str, value):
+    """A value given as text (command line, MLproject, YAML) as the field's type."""
     kind = type(getattr(type(part)(), name))
     if kind is bool and isinstance(value, str):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -229,87 +177,129 @@ def _coerce(part, name: str, value):
         return value.lower() in ("true", "1", "yes")
     try:
         if kind is int and isinstance(value, str | float):
-            as_float = float(value)  # MLproject passes "20" or "20.0"
+            as_float = float(value)  # "20" or "20.0"
             if not as_float.is_integer():
                 raise ValueError
             return int(as_float)
+        if kind is str and value is None:  # an empty YAML value
+            return ""
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+        raise ValueError(f"{name} must be {'an' if kind is int else 'a'} {kind.__name__}, "
+                         f"got {value!r}") from None
 
 
-DEFAULTS = Config().flat()
-PREDICT_DEFAULTS = {f.name: f.default for f in fields(PredictConfig)}
-SWEEP_GRID = "cell=rnn,lstm,gru; bptt=full,truncated"  # the sweep entry point's `grid`
+def preset_values(preset: str, base: Path | None = None) -> dict:
+    """The parameters in a preset: a YAML file (relative to `base`) or a bundled one's
+    name (`volatility-tbptt` for presets/volatility-tbptt.yaml)."""
+    import yaml
+
+    path = Path(preset).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    if not path.exists() and (PRESETS / f"{preset}.yaml").exists():
+        path = PRESETS / f"{preset}.yaml"
+    if not path.is_file():
+        bundled = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise ValueError(f"preset: {preset} is not a file (bundled presets: {bundled})")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"preset: {path} is not valid YAML ({err})".replace("\n", " ")) from None
+    if not isinstance(values, dict):
+        raise ValueError(f"preset: {path} should hold NAME: VALUE lines")
+    return values
 
 
-def build_config(overrides: dict | None = None) -> Config:
-    """Defaults, then the values of the `preset` YAML file named in `overrides`, then the
-    other overrides. An override equal to the built-in default does not undo a preset
-    value: MLproject passes every parameter, so a default cannot be told apart from an
-    explicit choice there."""
+def build_config(overrides: dict | None = None, base: Path | None = None) -> Config:
+    """Defaults, then the values of the `preset` named in `overrides`, then the other
+    overrides (the values given explicitly). Relative paths are taken from `base` (the
+    working directory). The result is validated and resolved: `experiment` and
+    `registered_model` are filled in from the task when left empty."""
     overrides = dict(overrides or {})
-    cfg = Config()
-    preset = overrides.get("preset") or ""
-    if preset:
-        cfg.set("preset", preset)
-        path = Path(preset) if Path(preset).exists() else ROOT / preset
-        if not path.exists():
-            raise FileNotFoundError(f"preset: {preset} does not exist")
-        for name, value in (yaml.safe_load(path.read_text()) or {}).items():
-            cfg.set(name, value)
-    for name, value in overrides.items():
-        if name != "preset" and (not preset or _coerce_default(name, value) != DEFAULTS[name]):
-            cfg.set(name, value)
-    return cfg.validate()
+    cfg = Config(base=base or Path.cwd())
+    values = preset_values(overrides["preset"], cfg.base) if overrides.get("preset") else {}
+    values.update(overrides)
+    cfg.set("task", values.get("task", cfg.data.task))
+    task = tasks.load(cfg.task_name)
+    cfg.task = task.Params()
+    for name, value in values.items():
+        cfg.set(name, value)
+    validate(cfg)
+    task.validate(cfg)
+    cfg.tracking.experiment = cfg.tracking.experiment or cfg.task_name
+    cfg.tracking.registered_model = cfg.tracking.registered_model or task.model_name(cfg)
+    return cfg
 
 
-def from_params(params: dict[str, str]) -> Config:
-    """The config of a logged run. Its params are already resolved, so a preset is not
-    read again (its file may be gone). `mlflow run` logs values shell-quoted ('')."""
+def validate(cfg: Config) -> None:
+    """The common rules: allowed values, ranges, and how the parts fit together."""
+    for part in cfg.parts().values():
+        for f in fields(part):
+            choices = f.metadata.get("choices")
+            if choices and getattr(part, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {list(choices)}, "
+                                 f"got {getattr(part, f.name)!r}")
+    m, t, d = cfg.model, cfg.train, cfg.data
+    for name in ("hidden", "layers", "k1", "k2", "lanes", "batch_size", "epochs", "step_size"):
+        if cfg.get(name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {cfg.get(name)!r}")
+    for name in ("lr", "gamma"):
+        if not cfg.get(name) > 0:
+            raise ValueError(f"{name} must be > 0, got {cfg.get(name)!r}")
+    for name in ("checkpoint_every", "clip", "patience", "target_loss", "input_noise",
+                 "weight_decay", "momentum"):
+        if cfg.get(name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {cfg.get(name)!r}")
+    if not 0 <= m.dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {m.dropout!r}")
+    if not (0 < d.val_frac < 1 and 0 < d.test_frac < 1 and d.val_frac + d.test_frac < 0.9):
+        raise ValueError(f"val_frac and test_frac must be in (0, 1) and leave at least 10 % "
+                         f"for training, got {d.val_frac!r} and {d.test_frac!r}")
+    if t.k2 < t.k1:
+        raise ValueError(f"k2 must be >= k1 (each update backpropagates k2 >= k1 steps), "
+                         f"got k1={t.k1}, k2={t.k2}")
+    if t.bptt == "truncated" and m.cell == "mlp":
+        raise ValueError("bptt=truncated needs a recurrent cell (rnn, lstm, gru); "
+                         "the mlp has no state to carry")
+
+
+def from_params(params: dict[str, str], base: Path | None = None) -> Config:
+    """The config of a logged run. Its params are already resolved, so the preset is not
+    read again (its file may be gone). `mlflow run` logs values that need shell quoting
+    quoted ('a b'); they are read back unquoted."""
     def unquote(v: str) -> str:
         return shlex.split(v)[0] if len(v) >= 2 and v[0] == v[-1] == "'" else v
 
-    return build_config({k: unquote(v) for k, v in params.items()
-                         if k in DEFAULTS and k != "preset"})
+    cfg = build_config({k: unquote(v) for k, v in params.items() if k != "preset"}, base)
+    cfg.tracking.preset = unquote(params.get("preset", ""))
+    return cfg
 
 
-def _coerce_default(name: str, value):
-    probe = Config()
-    probe.set(name, value)
-    return probe.get(name)
+def table_rows() -> list[tuple[str, str, Any, str, tuple]]:
+    """(name, part, default, meaning, choices) of every parameter: the common parts and
+    each task's own, in the order --help shows them (for the README's table)."""
+    rows, seen = [], set()
+    parts = [*COMMON.items(), *((name, tasks.load(name).Params) for name in tasks.TASKS)]
+    for part, cls in parts:
+        for f in fields(cls):
+            if f.name not in seen:
+                seen.add(f.name)
+                rows.append((f.name, part, f.default, f.metadata["help"],
+                             f.metadata["choices"]))
+    return rows
 
 
-def add_arguments(parser: argparse.ArgumentParser, names=None) -> None:
-    """One --name option per config field (all of them, or `names`)."""
-    for name, default in DEFAULTS.items():
-        if names is None or name in names:
-            parser.add_argument(f"--{name}", default=argparse.SUPPRESS,
-                                help=f"default: {default!r}")
-
-
-def from_args(args: argparse.Namespace) -> Config:
-    given = {k: v for k, v in vars(args).items() if k in DEFAULTS}
-    return build_config(given)
-
-
-def mlproject_parameters(names=None, defaults: dict = DEFAULTS) -> dict:
-    """MLproject `parameters:` block for the given fields, defaults from the dataclasses."""
-    kinds = {bool: "string", int: "float", float: "float", str: "string"}
-    out = {}
-    for name, default in defaults.items():
-        if names is None or name in names:
-            value = str(default).lower() if isinstance(default, bool) else default
-            out[name] = {"type": kinds[type(default)], "default": value}
-    return out
+def readme_table() -> str:
+    """The README's configuration table (a test checks the README holds it)."""
+    lines = ["| parameter | part | default | meaning |", "|---|---|---|---|"]
+    for name, part, default, help, choices in table_rows():
+        shown = "(empty)" if default == "" else f"`{str(default).lower()}`" if isinstance(
+            default, bool) else f"`{default}`"
+        allowed = f" (`{'`, `'.join(choices)}`)" if choices else ""
+        lines.append(f"| `{name}` | {part} | {shown} | {help}{allowed} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] == ["--mlproject"]:
-        from pipeline.entrypoints import render_mlproject
-
-        print(render_mlproject(), end="")
-    else:
-        print(yaml.safe_dump(DEFAULTS, sort_keys=False), end="")
+    print(readme_table(), end="")

@@ -1,111 +1,69 @@
-"""Step `evaluate`: test metrics of a trained model beside the baselines'.
+"""Step `evaluate`: test metrics of a trained model beside its task's baselines.
 
 Reads: a run's `model` and its params (to rebuild the same data and splits).
-Writes into that run: test_{rmse,mae,dir_acc,r2_oos} for the model,
-test_{metric}_{baseline} for each baseline on the same samples, test_dm_pvalue
-(Diebold-Mariano against the best baseline), the table as `evaluation/test.json`
-and the plot `plots/test_forecast.png`.
+Writes into that run: `test_{metric}` for the model, `test_{metric}_{baseline}`
+for each baseline on the same samples (prices: rmse, mae, dir_acc, r2_oos and
+dm_pvalue; speech-classify: accuracy and macro_f1; speech-forecast: l1), the
+table as `evaluation/test.json`, the task's plots, and the tag `test_metrics`
+(the model's own metric names).
+
+    python -m pipeline.evaluate --run_id RUN_ID
+    mlflow run . -e evaluate --env-manager local -P run_id=RUN_ID
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
-import mlflow
-import numpy as np
-import pandas as pd
-import torch
-
-from data_loaders.sequences import TEST, TRAIN
-from models.networks import forecast_at
-from pipeline import metrics, plots
-from pipeline.config import Config, from_params
-from pipeline.prepare import Prepared, prepare
-from pipeline.tracking import logged_model_uri, start_run, tracking_uri
+from pipeline import cli, tasks
+from pipeline.config import param
 
 
-def test_forecasts(net: torch.nn.Module, cfg: Config, prep: Prepared) -> list[dict]:
-    """Per series: test anchors, actual targets, the model's and every baseline's forecasts."""
-    d = cfg.data
-    streams = prep.streams()
-    anchors = streams.anchors(TEST, d.lookback)
-    returns = [x[:, 0] for x in prep.x]
-    train_idx = [np.flatnonzero(s == TRAIN) for s in prep.split]
-    base = metrics.baseline_forecasts(returns, prep.y, train_idx, d.target, d.horizon)
-    out = []
-    for i, a in enumerate(anchors):
-        if not len(a):
-            continue
-        pred = forecast_at(net, streams.x[i], a, cfg.train.bptt == "truncated", d.lookback)
-        out.append({"name": prep.names[i], "dates": prep.dates[i][a], "actual": prep.y[i][a],
-                    "model": prep.y_norm.inverse_transform(pred.numpy()),
-                    "baselines": {k: v[i][a] for k, v in base.items()}})
-    if not out:
-        raise ValueError("the test split has no samples with a full lookback")
-    return out
+@dataclass
+class EvaluateParams:
+    run_id: str = param("", "the training run whose model to evaluate (required)")
 
 
-def evaluate(net: torch.nn.Module, cfg: Config, prep: Prepared) -> tuple[dict, list]:
-    per_series = test_forecasts(net, cfg, prep)
+def evaluate_and_log(net, cfg, task, data) -> dict:
+    """The task's evaluation of `net`, logged into the active run; returns its table."""
+    import mlflow
+    import pandas as pd
 
-    def cat(get):
-        return np.concatenate([get(s) for s in per_series])
+    from pipeline import plots
+    from pipeline.metrics import test_metrics
 
-    actual = cat(lambda s: s["actual"])
-    base = {k: cat(lambda s, k=k: s["baselines"][k]) for k in per_series[0]["baselines"]}
-    ref = base["persistence"] if cfg.data.target == "volatility" else np.zeros_like(actual)
-    table = metrics.compare(cat(lambda s: s["model"]), base, actual, ref, cfg.data.horizon)
-    return table, per_series
-
-
-def test_metrics(table: dict) -> dict:
-    """{method: {metric: value}} -> {test_metric: ...} for the model and
-    {test_metric_method: ...} for each baseline (numbers only)."""
-    flat = {}
-    for method, row in table.items():
-        suffix = "" if method == "model" else f"_{method}"
-        flat.update({f"test_{k}{suffix}": v for k, v in row.items()
-                     if isinstance(v, int | float)})
-    return flat
-
-
-def log_evaluation(table: dict, per_series: list) -> dict:
-    """Metrics, the table and the forecast plot into the active run; returns the metrics."""
-    flat = test_metrics(table)
-    mlflow.log_metrics(flat)
-    mlflow.set_tag("best_baseline", table["model"]["best_baseline"])
+    result = task.evaluate(net, cfg, data)
+    table = result.table
+    mlflow.log_metrics(test_metrics(table))
+    mlflow.set_tag("test_metrics", ",".join(test_metrics({"model": table["model"]})))
+    if "best_baseline" in table["model"]:
+        mlflow.set_tag("best_baseline", table["model"]["best_baseline"])
     mlflow.log_table(pd.DataFrame(table).T.reset_index(names="method"), "evaluation/test.json")
-    s = per_series[0]
-    best = table["model"]["best_baseline"]
-    fig = plots.forecast_vs_actual(s["dates"], s["actual"][:, 0], s["model"][:, 0],
-                                   s["baselines"][best][:, 0], best,
-                                   f"{s['name']}: test forecast vs actual (first output)")
-    plots.log_figure(fig, "plots/test_forecast.png")
-    return flat
+    for path, figure in result.figures.items():
+        plots.log_figure(figure, path)
+    return table
 
 
 def format_table(table: dict) -> str:
+    import pandas as pd
+
     frame = pd.DataFrame(table).T.drop(columns=["best_baseline"], errors="ignore")
     return frame.to_string(float_format=lambda v: f"{v:.6g}", na_rep="")
 
 
-def load_run(run_id: str) -> tuple[torch.nn.Module, Config]:
-    """The network of a run's logged model and the config it was trained with."""
-    model = mlflow.pyfunc.load_model(logged_model_uri(run_id)).unwrap_python_model()
-    return model.net, from_params(mlflow.get_run(run_id).data.params)
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run_id", required=True, help="run whose model to evaluate")
-    args = parser.parse_args(argv)
-    mlflow.set_tracking_uri(tracking_uri())
-    net, cfg = load_run(args.run_id)
-    table, per_series = evaluate(net, cfg, prepare(cfg))
-    with start_run(cfg, run_id=args.run_id):
-        log_evaluation(table, per_series)
+    run_id = cli.parse_params(argv, __doc__, EvaluateParams).run_id
+    if not run_id:
+        raise cli.UsageError("run_id is required: the training run whose model to evaluate")
+    from pipeline.tracking import load_served, logged_model_uri, run_config, start_run
+
+    cfg = run_config(run_id)
+    task = tasks.load(cfg.task_name)
+    net = load_served(logged_model_uri(run_id), "run_id").net
+    data = task.prepare(cfg)
+    with start_run(cfg, run_id=run_id):
+        table = evaluate_and_log(net, cfg, task, data)
     print(format_table(table))
 
-
 if __name__ == "__main__":
-    main()
+    cli.run(main)

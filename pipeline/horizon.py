@@ -3,17 +3,11 @@
 For the loss at the last step of a window, the norm of its gradient with respect
 to the recurrent state k steps back (every layer's h, and c for an LSTM), for
 k = 0..K, averaged over validation windows. The horizon is the largest k where
-that norm is still at least 1 % of its value at k = 0.
-
-    python -m pipeline.horizon [--epochs 5] [--lookback 100]
-
-trains rnn, lstm and gru on the same data (next-day returns, full BPTT on windows of
-`lookback`) and prints each one's horizon.
+that norm is still at least 1 % of its value at k = 0. Every training run logs it
+(`memory_horizon`); a sweep over `cell` compares it across cells.
 """
 
 from __future__ import annotations
-
-import argparse
 
 import numpy as np
 import torch
@@ -77,30 +71,3 @@ def validation_horizon(net: RecurrentRegressor, streams, lookback: int,
                                    pairs[i][1][pairs[i][2]].cpu(), lookback - 1) for i in pick]
     mean = np.mean(curves, axis=0)
     return mean, memory_horizon(mean)
-
-
-def main(argv=None) -> None:
-    from pipeline.config import build_config
-    from pipeline.prepare import prepare
-    from pipeline.train import train_model
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lookback", type=int, default=100)
-    args = parser.parse_args(argv)
-    print(f"next-day returns, all bundled tickers, full BPTT on windows of {args.lookback}, "
-          f"hidden 32, {args.epochs} epochs; horizon: largest k with |grad| >= "
-          f"{THRESHOLD:.0%} of k = 0")
-    for cell in ("rnn", "lstm", "gru"):
-        cfg = build_config({"cell": cell, "lookback": args.lookback, "epochs": args.epochs,
-                            "patience": 0})
-        prep = prepare(cfg)
-        net, _ = train_model(cfg, prep)
-        norms, horizon = validation_horizon(net, prep.streams(), args.lookback)
-        print(f"{cell:5s} memory horizon {horizon:3d} steps "
-              f"(|grad| at k=10: {norms[10] / norms[0]:.2%}, at k=50: "
-              f"{norms[min(50, len(norms) - 1)] / norms[0]:.2%} of k=0)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Forecast metrics and the baselines a model must beat, in raw target units.
+"""Metrics, and the baselines a forecast must beat, in raw target units.
 
 Baselines, each computed only from information available at the anchor step t
 (HAR's and the training mean's coefficients from the training split):
@@ -116,3 +116,33 @@ def compare(model_pred: np.ndarray, baselines: dict[str, np.ndarray], actual: np
                                                   baselines[best] - actual, horizon)
     table["model"]["best_baseline"] = best
     return table
+
+
+def classification_scores(pred: np.ndarray, true: np.ndarray, n_classes: int) -> dict:
+    """Accuracy and macro-F1 (the mean of per-class F1, F1 = 2TP / (2TP + FP + FN); a
+    class never predicted and never present is left out)."""
+    f1 = []
+    for c in range(n_classes):
+        tp = np.sum((pred == c) & (true == c))
+        fp, fn = np.sum((pred == c) & (true != c)), np.sum((pred != c) & (true == c))
+        if tp + fp + fn:
+            f1.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": float(np.mean(pred == true)), "macro_f1": float(np.mean(f1))}
+
+
+def confusion(pred: np.ndarray, true: np.ndarray, n: int) -> np.ndarray:
+    """Counts [n, n]: true class down, predicted class across."""
+    m = np.zeros((n, n), int)
+    np.add.at(m, (true, pred), 1)
+    return m
+
+
+def test_metrics(table: dict) -> dict:
+    """{method: {metric: value}} -> {test_metric: ...} for the model and
+    {test_metric_method: ...} for each baseline (numbers only)."""
+    flat = {}
+    for method, row in table.items():
+        suffix = "" if method == "model" else f"_{method}"
+        flat.update({f"test_{k}{suffix}": v for k, v in row.items()
+                     if isinstance(v, int | float)})
+    return flat

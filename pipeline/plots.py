@@ -17,12 +17,12 @@ def log_figure(fig, path: str) -> None:
     plt.close(fig)
 
 
-def loss_curves(epochs: list[dict]):
+def loss_curves(epochs: list[dict], loss_name: str = "MSE (normalised units)"):
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [e["epoch"] for e in epochs]
     ax.plot(x, [e["train_loss"] for e in epochs], label="train")
     ax.plot(x, [e["val_loss"] for e in epochs], label="validation")
-    ax.set(xlabel="epoch", ylabel="MSE (normalised units)", title="Loss per epoch")
+    ax.set(xlabel="epoch", ylabel=loss_name, title="Loss per epoch")
     ax.legend()
     fig.tight_layout()
     return fig

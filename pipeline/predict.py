@@ -1,78 +1,82 @@
-"""Step `predict`: batch forecasts from a logged or registered model, without a server.
+"""Step `predict`: batch predictions from a logged or registered model, without a server.
 
-Reads: prices (`input`: a Yahoo-style CSV file, a folder of them, or a Parquet
-file with an optional `series_id` column) and a model (`model_uri`:
-`models:/NAME@ALIAS`, `models:/NAME/VERSION` or `runs:/RUN_ID/model`).
-Writes: `output` (CSV, or Parquet by its suffix), one row per forecast, written
-to a temporary file and renamed into place, so a failure leaves no half file.
-The rows are exactly what the REST endpoint returns for the same prices.
+Reads: a model (`model_uri`: `models:/NAME@ALIAS`, `models:/NAME/VERSION` or
+`runs:/RUN_ID/model`) and the inputs its task takes (`input`): for prices a
+Yahoo-style CSV file, a folder of them, or a Parquet file (several series in a
+`series_id` column); for speech an audio file or a folder of them. Writes:
+`output` (CSV, or Parquet by its suffix), one row per prediction, written to a
+temporary file and renamed into place, so a failure leaves no half file. The rows
+are exactly what the REST endpoint returns for the same inputs.
+
+    python -m pipeline.predict --input data/prices --output predictions.csv --mode rolling
+    mlflow run . -e predict --env-manager local -P input=$PWD/data/prices -P output=$PWD/p.parquet
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
-import pandas as pd
+from pipeline import cli, tasks
+from pipeline.config import param
 
-from data_loaders.prices import read_prices
-from models.pyfunc import price_columns, request_row
-from pipeline.config import PREDICT_DEFAULTS, PredictConfig
-from pipeline.prepare import resolve
-from pipeline.tracking import tracking_uri
+ROWS_PER_CALL = 64  # request rows per predict call
 
 
-def predict_prices(model, series: dict[str, pd.DataFrame], mode: str, rows_per_call: int = 64,
-                   progress: bool | None = None) -> pd.DataFrame:
-    """Forecasts for every series, sent to the pyfunc `rows_per_call` series at a time."""
+@dataclass
+class PredictParams:
+    model_uri: str = param("models:/prices-returns-h1@champion",
+                           "the model: models:/NAME@ALIAS, models:/NAME/VERSION or "
+                           "runs:/RUN_ID/model")
+    input: str = param("", "what the model's task takes: prices (CSV file, folder, Parquet) "
+                           "or audio (file or folder); empty: the task's bundled sample")
+    output: str = param("predictions.csv", "a .csv or .parquet file, written atomically")
+    mode: str = param("last", "prices: last (after the last price) or rolling (at every "
+                              "step)", ("last", "rolling"))
+    repair: str = param("none", "prices: bad rows in the input: none (error), drop, ffill",
+                        ("none", "drop", "ffill"))
+
+
+def predict_rows(model, requests, params: dict | None = None, progress: bool | None = None):
+    """Predictions for every request row, sent to the pyfunc ROWS_PER_CALL at a time."""
+    import pandas as pd
     from tqdm.auto import tqdm
 
-    columns = price_columns(model.unwrap_python_model().spec)
-    rows = [request_row(frame, name, columns) for name, frame in series.items()]
     parts = []
-    with tqdm(total=len(rows), desc="series", unit="series",
+    with tqdm(total=len(requests), desc="rows", unit="row",
               disable=None if progress is None else not progress) as bar:
-        for i in range(0, len(rows), rows_per_call):
-            chunk = pd.DataFrame(rows[i:i + rows_per_call])
-            parts.append(model.predict(chunk, params={"mode": mode}))
+        for i in range(0, len(requests), ROWS_PER_CALL):
+            chunk = requests.iloc[i:i + ROWS_PER_CALL].reset_index(drop=True)
+            parts.append(model.predict(chunk, params=params or None))
             bar.update(len(chunk))
     return pd.concat(parts, ignore_index=True)
 
 
-def write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write next to `path` under a temporary name, then rename: readers see the old
-    file or the whole new one, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def write_table(frame, path) -> None:
+    from data_loaders.files import atomic_write
+
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False)
+                 if str(path).endswith(".parquet") else frame.to_csv(tmp, index=False))
 
 
-def main(argv=None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in PREDICT_DEFAULTS.items():
-        parser.add_argument(f"--{name}", default=default, help=f"default: {default!r}")
-    cfg = PredictConfig(**vars(parser.parse_args(argv))).validate()
-    mlflow.set_tracking_uri(tracking_uri())
-    series, repairs = read_prices(resolve(cfg.input), cfg.repair)
-    model = mlflow.pyfunc.load_model(cfg.model_uri)
-    out = predict_prices(model, series, cfg.mode)
-    write_atomic(out, Path(cfg.output))
-    print(f"{len(out)} forecasts for {len(series)} series -> {cfg.output}"
-          + (f" ({len(repairs)} repairs)" if repairs else ""))
+def main(argv=None):
+    p = cli.parse_params(argv, __doc__, PredictParams)
+    if Path(p.output).suffix not in (".csv", ".parquet"):
+        raise cli.UsageError(f"output must end in .csv or .parquet, got {p.output!r}")
+    from pipeline.tracking import load_model, note_launcher  # after parsing: fast --help
+
+    model = load_model(p.model_uri)
+    task = tasks.load(model.unwrap_python_model().spec["task"])
+    source = Path(p.input).expanduser().resolve() if p.input else task.sample
+    if not source.exists():
+        raise FileNotFoundError(f"input: {source} does not exist")
+    requests = task.requests(source, model.unwrap_python_model().spec, p.repair)
+    takes_mode = model.metadata.get_params_schema() is not None
+    out = predict_rows(model, requests, {"mode": p.mode} if takes_mode else None)
+    write_table(out, Path(p.output).expanduser().resolve())
+    note_launcher(f"This launch wrote {len(out)} predictions of {p.model_uri} to {p.output}.")
+    print(f"{len(out)} predictions for {len(requests)} inputs -> {p.output}")
     return out
 
-
 if __name__ == "__main__":
-    main()
+    cli.run(main)

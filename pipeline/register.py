@@ -1,45 +1,66 @@
 """Step `register`: add a run's model to the Model Registry.
 
-Reads: the run's `model`, its best_val_loss and test metrics. Writes: a new
-version of the registered model (tagged with those metrics); the alias
-`champion` moves to it only when its validation loss beats the champion's.
+Reads: the run's `model`, its params and metrics (and, when the name has a
+champion, the run's validation data to score both on). Writes: a new version of
+the registered model (default: the run's `registered_model` param), tagged with
+the model's test metrics and the comparison; the alias `champion` moves to it only
+when it beats the champion on the same validation samples (see pipeline/registry.py).
+
+    python -m pipeline.register --run_id RUN_ID
+    mlflow run . -e register --env-manager local -P run_id=RUN_ID
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
-import mlflow
-
-from pipeline.config import from_params
-from pipeline.tracking import logged_model_uri, register, tracking_uri
-
-MODEL_METRICS = [f"test_{k}" for k in ("rmse", "mae", "dir_acc", "r2_oos", "dm_pvalue",
-                                       "accuracy", "macro_f1", "l1")]
+from pipeline import cli, tasks
+from pipeline.config import param
 
 
-def register_run(run_id: str, name: str) -> tuple[str, bool]:
+@dataclass
+class RegisterParams:
+    run_id: str = param("", "the training run whose model to register (required)")
+    registered_model: str = param("", "registry name; empty: the run's registered_model param")
+
+
+def register_run(run_id: str, cfg, data=None) -> tuple[str, bool]:
+    """Register the run's model under cfg.tracking.registered_model; `data`, the run's
+    prepared data when at hand (otherwise prepared again if a comparison needs it)."""
+    import mlflow
+
+    from pipeline import registry
+    from pipeline.tracking import load_served, logged_model_uri
+
+    task = tasks.load(cfg.task_name)
     run = mlflow.get_run(run_id)
-    m = run.data.metrics
-    if "best_val_loss" not in m:
-        raise ValueError(f"run_id: run {run_id} has no best_val_loss; was it a training run?")
-    tags = {k: m[k] for k in MODEL_METRICS if k in m}
-    version, promoted = register(logged_model_uri(run_id), name, run_id, m["best_val_loss"], tags)
-    verdict = "now @champion" if promoted else "champion unchanged (it has a lower val_loss)"
-    print(f"registered {name} version {version}: {verdict}")
+    if "best_val_loss" not in run.data.metrics:
+        raise ValueError(f"run_id: run {run_id} has no trained model (no best_val_loss); "
+                         "was it a training run that finished?")
+    metrics = run.data.metrics
+    names = [n for n in run.data.tags.get("test_metrics", "").split(",") if n in metrics]
+    uri = logged_model_uri(run_id)
+    version, promoted, why = registry.register(
+        task, cfg, run_id, uri, load_served(uri, "run_id"),
+        lambda: data if data is not None else task.prepare(cfg),
+        {n: metrics[n] for n in (*names, "best_val_loss")})
+    name = cfg.tracking.registered_model
+    print(f"registered {name} version {version}: "
+          + ("now @champion" if promoted else "champion unchanged") + f" ({why})")
     return version, promoted
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run_id", required=True)
-    parser.add_argument("--registered_model", default="",
-                        help="name in the registry; default prices-{target}-h{horizon}")
-    args = parser.parse_args(argv)
-    mlflow.set_tracking_uri(tracking_uri())
-    cfg = from_params(mlflow.get_run(args.run_id).data.params)
-    register_run(args.run_id, args.registered_model or cfg.model_name())
+    p = cli.parse_params(argv, __doc__, RegisterParams)
+    if not p.run_id:
+        raise cli.UsageError("run_id is required: the training run whose model to register")
+    from pipeline.tracking import note_launcher, run_config  # after parsing: fast --help
 
+    cfg = run_config(p.run_id)
+    cfg.tracking.registered_model = p.registered_model or cfg.tracking.registered_model
+    note_launcher(f"This launch registered run {p.run_id}'s model as "
+                  f"{cfg.tracking.registered_model}.")
+    register_run(p.run_id, cfg)
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,8 +1,13 @@
-"""MLflow set-up and the Model Registry rules.
+"""MLflow set-up: where runs go, the run a step works in, and a run's config.
 
 With MLFLOW_TRACKING_URI unset, runs go to embedded SQLite in the project folder
 (`mlflow.db`), MLflow 3's default, never the deprecated file store; with it
 set (say a shared server on PostgreSQL), there.
+
+Under `mlflow run`, MLflow opens the run (in the experiment of --experiment-name)
+and logs the -P values before our code starts; the step works in that run and
+logs the rest of the resolved config. With `python -m`, the step opens the run in
+the config's experiment (the task's name by default).
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.checkpoint import Checkpoints
 from pipeline.config import ROOT, Config, from_params
-from pipeline.trainer import Interrupted
+from pipeline.signals import Interrupted
 
-CHAMPION = "champion"
 MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
+WORKDIR_TAG = "workdir"  # the folder the run's relative paths are taken from
 # MLflow's per-file download bars drown the training output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -31,21 +35,45 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
 
 
+def launcher_run_id() -> str | None:
+    """The run `mlflow run` opened for this launch, if it launched us."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def note_launcher(message: str) -> None:
+    """Under `mlflow run`, when the work lands in another run (evaluate, register,
+    resume), say so on the run it opened."""
+    launcher = launcher_run_id()
+    if launcher:
+        MlflowClient().set_tag(launcher, "mlflow.note.content", message)
+
+
+def adopt_launcher_experiment(cfg: Config) -> None:
+    """Under `mlflow run`, the experiment is the one MLflow put the run in; an
+    `experiment` param cannot move it."""
+    launcher = MlflowClient().get_run(launcher_run_id())
+    if "experiment" in launcher.data.params:
+        raise ValueError("experiment: under mlflow run, choose the experiment with "
+                         "--experiment-name; the experiment param is for python -m")
+    cfg.tracking.experiment = MlflowClient().get_experiment(
+        launcher.info.experiment_id).name
+
+
 @contextlib.contextmanager
 def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = None,
               nested: bool = False):
-    """An active run in the config's experiment (or the run `mlflow run` started, or
-    the run being resumed). Training stopped by SIGTERM/SIGINT ends it KILLED and exits
-    with 128 + the signal's number, after saying how to resume."""
+    """The active run: `run_id` or the one being resumed; else, under `mlflow run`, the
+    run it opened; else a new run in the config's experiment. Training stopped by
+    SIGTERM/SIGINT ends it KILLED and exits with 128 + the signal's number, after
+    saying how to resume."""
     mlflow.set_tracking_uri(tracking_uri())
     run_id = run_id or cfg.tracking.resume_run_id or None
-    launcher = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id and not launcher and not nested:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
-    if cfg.tracking.resume_run_id and launcher and launcher != run_id:
-        # `mlflow run` opened a new run; the training goes on in the resumed one
-        MlflowClient().set_tag(launcher, "mlflow.note.content",
-                               f"This launch resumed run {run_id}; its results are there.")
+    if run_id:
+        note_launcher(f"This launch worked in run {run_id}; its results are there.")
+    elif launcher_run_id() and not nested:
+        adopt_launcher_experiment(cfg)
+    elif not nested:
+        mlflow.set_experiment(cfg.tracking.experiment)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
                           nested=nested) as run:
         try:
@@ -62,30 +90,55 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
             raise
 
 
+def log_config(cfg: Config, extra: dict[str, str] | None = None) -> None:
+    """The resolved config (and a step's `extra` params) as the active run's params,
+    and where its relative paths are taken from. Params `mlflow run` logged already
+    (the -P values, with the same meaning) are left as they are: MLflow refuses to
+    log a param twice."""
+    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    logged = run.data.params
+    params = {**cfg.params(), **(extra or {})}
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    if WORKDIR_TAG not in run.data.tags:
+        mlflow.set_tag(WORKDIR_TAG, str(cfg.base))
+
+
+def run_config(run_id: str, what: str = "run_id") -> Config:
+    """The config a logged run was trained with; relative paths from where it ran.
+    Errors name the parameter `what` that gave the run id."""
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"{what}: no run {run_id!r} in {tracking_uri()}") from None
+    if "task" not in run.data.params:
+        raise ValueError(f"{what}: run {run_id} has no task param; it is not a training run "
+                         "of this project (or was logged by an older version)")
+    base = run.data.tags.get(WORKDIR_TAG)
+    return from_params(run.data.params, Path(base) if base else None)
+
+
 def resume_config(cfg: Config) -> Config:
     """With resume_run_id set: the config that run was started with (its params)."""
     run_id = cfg.tracking.resume_run_id
     if not run_id:
         return cfg
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise ValueError(f"resume_run_id: no run {run_id!r} in {tracking_uri()}") from None
-    if run.info.status == "FINISHED":
+    resumed = run_config(run_id, "resume_run_id")
+    if MlflowClient().get_run(run_id).info.status == "FINISHED":
         raise ValueError(f"resume_run_id: run {run_id} has finished; nothing to resume")
-    resumed = from_params(run.data.params)
     resumed.tracking.resume_run_id = run_id
     return resumed
 
 
-def run_checkpoints(cfg: Config) -> Checkpoints:
-    """The active run's checkpoint folder, `checkpoint_dir` (relative to the working
-    directory) / RUN_ID, kept in the run's `checkpoint_dir` tag for a resumed run."""
+def run_checkpoints(cfg: Config):
+    """The active run's checkpoint folder, `checkpoint_dir` / RUN_ID, kept in the run's
+    `checkpoint_dir` tag for a resumed run."""
+    from pipeline.checkpoint import Checkpoints
+
     run = mlflow.active_run()
     folder = run.data.tags.get("checkpoint_dir") if cfg.tracking.resume_run_id else None
     if not folder:
-        folder = str(Path(cfg.train.checkpoint_dir).resolve() / run.info.run_id)
+        folder = str(cfg.path(cfg.train.checkpoint_dir).resolve() / run.info.run_id)
         mlflow.set_tag("checkpoint_dir", folder)
     return Checkpoints(folder, cfg.train.checkpoint_every)
 
@@ -105,7 +158,7 @@ def epoch_logger(run_id: str):
 
 
 def log_dataset(frame, source: str, name: str) -> None:
-    """The run's input dataset (a pandas frame) with where it came from."""
+    """The run's input dataset (a pandas frame) with the local path it was read from."""
     with warnings.catch_warnings():  # MLflow registers its local source twice and says so,
         warnings.filterwarnings("ignore", "The specified dataset source")
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")  # counts
@@ -113,16 +166,29 @@ def log_dataset(frame, source: str, name: str) -> None:
         mlflow.log_input(dataset, context="training")
 
 
-def log_new_params(params: dict) -> None:
-    """Log params the active run does not have yet: `mlflow run` logs the MLproject
-    parameters itself, and MLflow refuses to log a param twice."""
-    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-
-
 def logged_model_uri(run_id: str) -> str:
-    run = mlflow.get_run(run_id)
-    return run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
+    """The URI of the model a training run logged."""
+    uri = mlflow.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not uri:
+        raise ValueError(f"run_id: run {run_id} has no logged model; give the run of a "
+                         "train or main step (that finished training)")
+    return uri
+
+
+def load_model(uri: str, what: str = "model_uri"):
+    """The pyfunc at `uri`; an error names the parameter `what` and the store."""
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as err:
+        message = err.message if isinstance(err, MlflowException) else str(err)
+        raise ValueError(f"{what}: cannot load {uri} from {tracking_uri()}: "
+                         f"{message.splitlines()[0]}") from None
+
+
+def load_served(uri: str, what: str = "model_uri"):
+    """The served model at `uri`, unwrapped (its own predict, `spec` and `net`)."""
+    return load_model(uri, what).unwrap_python_model()
 
 
 def load_initial_weights(net, uri: str) -> None:
@@ -148,26 +214,3 @@ def load_initial_weights(net, uri: str) -> None:
                          + "; ".join(problems[:10])
                          + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
     net.load_state_dict(theirs)
-
-
-def register(model_uri: str, name: str, run_id: str, val_loss: float,
-             tags: dict[str, float]) -> tuple[str, bool]:
-    """Register a new version, tag it with its metrics, and move @champion to it when
-    its validation loss beats the current champion's. Returns (version, promoted)."""
-    client = MlflowClient()
-    version = str(mlflow.register_model(model_uri, name).version)
-    for key, value in {**tags, "val_loss": val_loss, "run_id": run_id}.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    current = champion_val_loss(name)
-    promoted = current is None or val_loss < current
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return version, promoted
-
-
-def champion_val_loss(name: str) -> float | None:
-    try:
-        champ = MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    return float(champ.tags["val_loss"])

@@ -8,38 +8,29 @@ stands, so `fit` can checkpoint between any two updates and resume there.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from data_loaders.sequences import TRAIN, VAL, pack_lanes, windows
-from models.networks import forecast_at
+from data_loaders.sequences import TRAIN, VAL, Streams, pack_lanes, windows
+from models.networks import forecast_at, last_step
 from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
-from pipeline.config import TrainConfig
+from pipeline.signals import Interrupted, stop_signals
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainParams
 
 
 class NumericalFault(FloatingPointError):
     """A non-finite loss or gradient; training stops before the weights are touched."""
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGINT during training; raised after the checkpoint is written."""
-
-    def __init__(self, signum: int, path=None):
-        self.signum, self.path = signum, path
-        super().__init__(f"training stopped by {signal.Signals(signum).name}"
-                         + (f"; checkpoint {path}" if path else ""))
 
 
 @dataclass
@@ -52,21 +43,6 @@ class Cursor:
     loss_sum: float = 0.0
     norm_sum: float = 0.0
     count: int = 0
-
-
-@dataclass
-class Streams:
-    """Normalised series for training: x[i] [T_i, F], y[i] [T_i, out] (NaN where there is
-    no target), split[i] [T_i] (the split of the sample anchored at each step)."""
-
-    x: list[torch.Tensor]
-    y: list[torch.Tensor]
-    split: list[np.ndarray]
-
-    def anchors(self, which: int, lookback: int = 1) -> list[np.ndarray]:
-        """Per series, the steps anchoring a `which` sample with a full lookback."""
-        return [np.flatnonzero((s == which) & (np.arange(len(s)) >= lookback - 1))
-                for s in self.split]
 
 
 def seed_everything(seed: int) -> None:
@@ -121,6 +97,19 @@ def window_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     for idx in batches(len(x), batch_size, generator, cursor):
         out, _ = model(add_noise(x[idx], noise))
         yield out[:, -1], y[idx]
+
+
+def utterance_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
+                      y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                      noise: float = 0.0, at_last: bool = True, cursor: Cursor | None = None):
+    """Full BPTT over padded sequences x [N, T, F] (each from a zero state): shuffled
+    batches, trimmed to their longest member. at_last: the output at each sequence's
+    last step against y [N] (classification); otherwise every step against
+    y [N, T, F], NaN (padding) carrying no loss."""
+    for idx in batches(len(x), batch_size, generator, cursor):
+        steps = int(lengths[idx].max())
+        out, _ = model(add_noise(x[idx, :steps], noise))
+        yield (last_step(out, lengths[idx]), y[idx]) if at_last else (out, y[idx, :steps])
 
 
 def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k2: int,
@@ -233,7 +222,7 @@ def split_loss(model: nn.Module, streams: Streams, which: int, stateful: bool,
     return torch.cat(errs).mean().item()
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig):
+def make_optimizer(model: nn.Module, cfg: TrainParams):
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
@@ -256,24 +245,6 @@ class History:
     best_val_loss: float = math.inf
     stale: int = 0  # epochs since the best one, for early stopping
     stop_reason: str = ""  # why training stopped early; "epochs" once all have run
-
-
-@contextlib.contextmanager
-def stop_signals(enabled: bool):
-    """While training, SIGTERM and SIGINT only set a flag, read between updates, so the
-    trainer can write a checkpoint before it stops. Yields a function giving the
-    caught signal's number (0: none)."""
-    caught: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield lambda: 0
-        return
-    previous = {s: signal.signal(s, lambda signum, _: caught.append(signum))
-                for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield lambda: caught[0] if caught else 0
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 @dataclass
@@ -307,7 +278,7 @@ class Training:
         self.epoch, self.cursor = ckpt["epoch"], Cursor(**ckpt["cursor"])
         self.cursor.state = map_state(self.cursor.state, lambda t: t.to(device))
 
-    def end_epoch(self, metrics: dict, cfg: TrainConfig) -> bool:
+    def end_epoch(self, metrics: dict, cfg: TrainParams) -> bool:
         """Record an epoch; step the schedule; early stopping. True when it improved."""
         hist, val = self.hist, metrics["val_loss"]
         hist.epochs.append(metrics)
@@ -327,28 +298,55 @@ class Training:
         return improved
 
 
-def fault_message(fault: NumericalFault, epoch: int, cfg: TrainConfig) -> str:
+def fault_message(fault: NumericalFault, epoch: int, cfg: TrainParams) -> str:
     return (f"training stopped: {fault} of epoch {epoch}. Likely cause: "
             + (f"clipping is off (clip=0) and lr={cfg.lr} is too high; set clip > 0 or "
                "lower lr" if not cfg.clip else
                f"lr={cfg.lr} is too high even with clip={cfg.clip}; lower lr"))
 
 
-def fit(model: nn.Module, cfg: TrainConfig,
-        updates: Callable[[torch.Generator, Cursor], Iterator], val_loss: Callable[[], float],
+class EpochProgress:
+    """At a terminal a bar; elsewhere (a log file, CI) one line per epoch, so progress
+    shows either way. `enabled=False` shows nothing."""
+
+    def __init__(self, start: int, total: int, enabled: bool | None = None):
+        import sys
+
+        from tqdm.auto import tqdm
+
+        tty = sys.stderr.isatty() if enabled is None else enabled
+        self.total, self.lines = total, enabled is None and not tty
+        self.bar = tqdm(total=total, initial=start, desc="epochs", unit="epoch",
+                        disable=not tty)
+
+    def update(self, metrics: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(train=f"{metrics['train_loss']:.4f}",
+                             val=f"{metrics['val_loss']:.4f}")
+        if self.lines:
+            shown = "  ".join(f"{k} {v:.5g}" for k, v in metrics.items()
+                              if k.endswith(("_loss", "_accuracy")))
+            print(f"epoch {metrics['epoch'] + 1}/{self.total}  {shown}  "
+                  f"{metrics['epoch_seconds']:.1f} s", flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def fit(model: nn.Module, cfg: TrainParams,
+        updates: Callable[[torch.Generator, Cursor], Iterator], validate: Callable[[], dict],
         loss_fn: Callable = masked_mse, on_epoch: Callable[[dict], None] | None = None,
         progress: bool | None = None, checkpoints: Checkpoints | None = None,
         resume: bool = False) -> History:
     """The training loop: per epoch the updates of `updates(generator, cursor)`, then
-    `val_loss()`; schedules, early stopping, and the weights of the best validation
-    epoch restored at the end. `on_epoch` gets each epoch's metrics (the MLflow logger).
+    `validate()` ({"val_loss": ..., and any other validation metrics}); schedules,
+    early stopping on val_loss, and the weights of the best validation epoch restored
+    at the end. `on_epoch` gets each epoch's metrics (the MLflow logger).
 
     With `checkpoints`: `latest` every `checkpoints.every` epochs and, on SIGTERM or
     SIGINT, between two updates (then Interrupted is raised); `best` whenever
     validation improves. `resume` starts from `latest`, and first hands `on_epoch`
     the epochs already done (a logger skips those it has)."""
-    from tqdm.auto import tqdm
-
     seed_everything(cfg.seed)
     run = Training(model, *make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed))
     if resume:
@@ -356,11 +354,9 @@ def fit(model: nn.Module, cfg: TrainConfig,
     on_epoch = on_epoch or (lambda m: None)
     for metrics in run.hist.epochs:
         on_epoch(metrics)
+    bar = EpochProgress(run.epoch, cfg.epochs, progress)
     with stop_signals(checkpoints is not None) as stop:
-        bar = tqdm(range(run.epoch, cfg.epochs), desc="epochs", unit="epoch",
-                   initial=run.epoch, total=cfg.epochs,
-                   disable=None if progress is None else not progress)
-        for epoch in bar:
+        for epoch in range(run.epoch, cfg.epochs):
             if run.hist.stop_reason:
                 break
             _start_epoch(run)
@@ -373,14 +369,15 @@ def fit(model: nn.Module, cfg: TrainConfig,
             except Interrupted as stopped:
                 path = checkpoints.save(LATEST, run.checkpoint())
                 raise Interrupted(stopped.signum, path) from None
-            metrics = {"epoch": epoch, **stats, "val_loss": val_loss(),
+            metrics = {"epoch": epoch, **stats, **validate(),
                        "lr": run.optimizer.param_groups[0]["lr"],
                        "epoch_seconds": time.perf_counter() - t0}
             improved = run.end_epoch(metrics, cfg)
             on_epoch(metrics)
-            bar.set_postfix(train=f"{stats['train_loss']:.4f}", val=f"{metrics['val_loss']:.4f}")
+            bar.update(metrics)
             if checkpoints:
                 _save_epoch(checkpoints, run, improved, stop())
+    bar.close()
     if run.best_weights is not None:
         model.load_state_dict(run.best_weights)
     run.hist.stop_reason = run.hist.stop_reason or "epochs"
@@ -406,11 +403,9 @@ def _save_epoch(checkpoints: Checkpoints, run: Training, improved: bool, signum:
             raise Interrupted(signum, path)
 
 
-def fit_streams(model: nn.Module, streams: Streams, cfg: TrainConfig, lookback: int,
-                on_epoch: Callable[[dict], None] | None = None, progress: bool | None = None,
-                checkpoints: Checkpoints | None = None, resume: bool = False) -> History:
-    """Train on price streams: windows of `lookback` steps (full BPTT) or lanes
-    (truncated BPTT), validated on the validation split in the same mode."""
+def stream_objective(model: nn.Module, streams: Streams, cfg: TrainParams, lookback: int):
+    """Price streams: `updates` over windows of `lookback` steps (full BPTT) or over
+    lanes (truncated BPTT), and `validate`, the validation MSE in the same mode."""
     stateful = cfg.bptt == "truncated"
     if stateful:
         lanes_x, lanes_y = training_lanes(streams, cfg.lanes)
@@ -425,5 +420,16 @@ def fit_streams(model: nn.Module, streams: Streams, cfg: TrainConfig, lookback: 
             return window_updates(model, train_x, train_y, cfg.batch_size, gen,
                                   cfg.input_noise, cursor)
 
-    return fit(model, cfg, updates, lambda: split_loss(model, streams, VAL, stateful, lookback),
-               on_epoch=on_epoch, progress=progress, checkpoints=checkpoints, resume=resume)
+    def validate() -> dict:
+        return {"val_loss": split_loss(model, streams, VAL, stateful, lookback)}
+
+    return updates, validate
+
+
+def fit_streams(model: nn.Module, streams: Streams, cfg: TrainParams, lookback: int,
+                on_epoch: Callable[[dict], None] | None = None, progress: bool | None = None,
+                checkpoints: Checkpoints | None = None, resume: bool = False) -> History:
+    """Train on price streams (see `stream_objective`)."""
+    updates, validate = stream_objective(model, streams, cfg, lookback)
+    return fit(model, cfg, updates, validate, on_epoch=on_epoch, progress=progress,
+               checkpoints=checkpoints, resume=resume)

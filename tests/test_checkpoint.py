@@ -13,7 +13,8 @@ import torch
 
 from pipeline import trainer
 from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
-from pipeline.trainer import Interrupted, fit_streams
+from pipeline.signals import Interrupted
+from pipeline.trainer import fit_streams
 from tests.test_trainer import new_net, small
 
 RESUMABLE = {"epochs": 4, "patience": 0, "dropout": 0.1, "layers": 2, "input_noise": 0.05,

@@ -1,60 +1,120 @@
-"""The config: validation messages, presets, and names that stay unique."""
+"""The config: validation messages, presets, task parts, and names that stay unique."""
+
+from dataclasses import fields
 
 import pytest
 
-from pipeline.config import DEFAULTS, Config, build_config, from_params
+from pipeline import tasks
+from pipeline.config import COMMON, PRESETS, build_config, from_params
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"cell": "transformer"}, "cell must be one of .* got 'transformer'"),
     ({"k1": 80, "k2": 40}, "k2 must be >= k1 .* got k1=80, k2=40"),
-    ({"horizon": 0}, "horizon must be >= 1, got 0"),
+    ({"horizon": 0}, "horizon and lookback must be >= 1, got horizon=0"),
     ({"lr": "-1"}, r"lr must be > 0, got -1.0"),
-    ({"epochs": "2.5"}, "epochs must be a int, got '2.5'"),
+    ({"epochs": "2.5"}, "epochs must be an int, got '2.5'"),
     ({"register": "maybe"}, "register must be true or false, got 'maybe'"),
     ({"bptt": "truncated", "cell": "mlp"}, "needs a recurrent cell"),
     ({"val_frac": 0.5, "test_frac": 0.45}, "leave at least 10 %"),
-    ({"lookbak": 3}, "unknown parameter 'lookbak'"),
+    ({"lookbak": 3}, "unknown parameter 'lookbak'; closest: lookback"),
+    ({"shift": 3}, "shift is a parameter of task speech-forecast, not of task prices"),
+    ({"task": "speech-classify", "lookback": 3}, "lookback is a parameter of task prices"),
+    ({"task": "video"}, r"task must be one of \['prices', 'speech-classify', 'speech-forecast'\]"),
+    ({"task": "speech-classify", "bptt": "truncated"}, "use bptt=full"),
+    ({"task": "speech-classify", "cell": "mlp"}, "needs a recurrent cell"),
+    ({"task": "speech-classify", "split": "by-day"}, "split must be one of"),
+    ({"task": "speech-forecast", "features": "spectrum"}, "features must be one of"),
+    ({"task": "speech-forecast", "shift": 0}, "shift must be >= 1"),
+    ({"preset": "no-such-preset"}, "preset: no-such-preset is not a file .*volatility-tbptt"),
 ])
 def test_bad_values_are_named_and_quoted(overrides, message):
     with pytest.raises(ValueError, match=message):
         build_config(overrides)
 
 
-def test_mlproject_strings_are_coerced():
+def test_text_values_are_coerced():
     cfg = build_config({"epochs": "20.0", "lr": "0.01", "refresh": "true", "hidden": "16"})
-    assert (cfg.train.epochs, cfg.train.lr, cfg.data.refresh, cfg.model.hidden) == \
+    assert (cfg.train.epochs, cfg.train.lr, cfg.task.refresh, cfg.model.hidden) == \
         (20, 0.01, True, 16)
 
 
-def test_preset_under_explicit_values(tmp_path):
+def test_each_task_has_only_its_own_parameters_and_defaults_resolved():
+    common = {f.name for cls in COMMON.values() for f in fields(cls)}
+    for name in tasks.TASKS:
+        cfg = build_config({"task": name})
+        own = {f.name for f in fields(tasks.load(name).Params)}
+        assert set(cfg.flat()) == common | own
+        assert cfg.tracking.experiment == name
+    assert build_config({"target": "volatility", "horizon": 5}).tracking.registered_model == \
+        "prices-volatility-h5"
+    assert build_config({"task": "speech-forecast"}).tracking.registered_model == \
+        "speech-forecast"
+    assert "lookback" not in build_config({"task": "speech-classify"}).flat()
+
+
+def test_preset_under_explicit_values_even_when_they_equal_the_default(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("cell: gru\nhidden: 64\nepochs: 7\n")
-    # epochs=20 is the default, as MLproject always passes it: it does not undo the preset
+    # epochs=20 is the built-in default, given explicitly: it wins over the preset
     cfg = build_config({"preset": str(preset), "hidden": "16", "epochs": "20"})
-    assert (cfg.model.cell, cfg.model.hidden, cfg.train.epochs) == ("gru", 16, 7)
+    assert (cfg.model.cell, cfg.model.hidden, cfg.train.epochs) == ("gru", 16, 20)
+
+
+def test_a_preset_chooses_its_task_and_is_found_by_name():
+    cfg = build_config({"preset": "speech-fsdd"})
+    assert cfg.task_name == "speech-classify" and cfg.model.cell == "gru"
+    assert cfg.tracking.preset == "speech-fsdd"
+    assert build_config({"preset": "speech-fsdd", "task": "speech-forecast"}).task_name == \
+        "speech-forecast"
 
 
 def test_bundled_presets_are_valid():
-    from pathlib import Path
-
-    presets = sorted(Path("presets").glob("*.yaml"))
-    assert presets
+    presets = sorted(PRESETS.glob("*.yaml"))
+    assert len(presets) >= 4
     for p in presets:
         build_config({"preset": str(p)})
+        build_config({"preset": p.stem})
 
 
-def test_field_names_are_unique_across_the_tree():
-    names = [f for part in Config()._parts() for f in part.__dataclass_fields__]
-    assert len(names) == len(set(names)) == len(DEFAULTS)
+def test_field_names_are_unique_across_the_common_parts_and_every_task():
+    for name in tasks.TASKS:
+        names = [f.name for cls in (*COMMON.values(), tasks.load(name).Params)
+                 for f in fields(cls)]
+        assert len(names) == len(set(names)), name
 
 
-def test_params_round_trip_including_mlflow_run_quoting():
-    cfg = build_config({"cell": "gru", "tickers": "SPY,AAPL", "refresh": True})
+def test_choices_agree_with_the_modules_that_use_them():
+    """The config lists allowed values without importing torch or pandas; these are the
+    lists the networks and loaders act on."""
+    from data_loaders import audio, prices
+    from models import networks
+    from models.price_model import MODES
+    from pipeline.predict import PredictParams
+
+    def choices(cls, name):
+        return next(f.metadata["choices"] for f in fields(cls) if f.name == name)
+
+    model, price = COMMON["model"], tasks.load("prices").Params
+    assert set(choices(model, "cell")) == {*networks.CELLS, "mlp"}
+    assert choices(model, "norm") == networks.NORMS and choices(model, "init") == networks.INITS
+    assert choices(price, "repair") == prices.REPAIRS == choices(PredictParams, "repair")
+    assert choices(price, "target") == prices.TARGETS
+    assert choices(PredictParams, "mode") == MODES
+    speech = tasks.load("speech-classify").Params
+    assert choices(speech, "split") == audio.SPLITS and choices(speech, "features") == \
+        audio.FEATURES
+
+
+def test_params_round_trip_including_mlflow_run_quoting(tmp_path):
+    cfg = build_config({"tickers": "SPY,AAPL", "refresh": True, "data": "my prices.csv"},
+                       base=tmp_path)
     params = cfg.params()
-    assert params["refresh"] == "true"
-    params["start"] = "''"  # how `mlflow run` logs an empty string
-    assert from_params(params).flat() == cfg.flat()
+    assert params["refresh"] == "true" and params["data"] == "my prices.csv"
+    params["data"] = "'my prices.csv'"  # how `mlflow run` logs a value that needs quoting
+    params["start"] = "''"
+    again = from_params(params, base=tmp_path)
+    assert again.flat() == cfg.flat() and again.path(again.data.data) == tmp_path / "my prices.csv"
 
 
 def test_a_logged_run_does_not_need_its_preset_file(tmp_path):
@@ -63,4 +123,15 @@ def test_a_logged_run_does_not_need_its_preset_file(tmp_path):
     params = build_config({"preset": str(preset)}).params()
     preset.unlink()
     cfg = from_params(params)
-    assert (cfg.model.cell, cfg.model.hidden) == ("gru", 64)
+    assert (cfg.model.cell, cfg.model.hidden, cfg.tracking.preset) == ("gru", 64, str(preset))
+
+
+def test_readme_table_lists_every_parameter_of_every_task():
+    from pipeline.config import readme_table
+
+    table = readme_table()
+    for name in tasks.TASKS:
+        for f in fields(tasks.load(name).Params):
+            assert f"| `{f.name}` |" in table
+    assert "| `shift` | speech-forecast | `3` |" in table
+    assert "| `split` | speech-classify |" in table  # shared speech params: listed once

@@ -3,10 +3,7 @@
 Every test has its own SQLite store and artifact folder under tmp_path.
 """
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -17,26 +14,15 @@ from mlflow import MlflowClient
 
 from data_loaders.sequences import TEST
 from models.networks import forecast_at
-from models.pyfunc import request_row
-from pipeline import evaluate, prepare, register, tracking
-from pipeline.config import DEFAULTS, from_params
+from models.price_model import request_row
+from pipeline import evaluate, prepare, register, tasks, tracking
+from pipeline.config import build_config
 from pipeline.main import main
+from tests.conftest import PRICES, ROOT, SPY, mlflow_run
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--data", "data/prices/SPY.csv", "--epochs", "2", "--hidden", "8", "--lookback", "16",
-        "--lanes", "4", "--k1", "20", "--k2", "40"]
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # new experiments put their artifacts under the cwd
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    # mlflow.set_experiment exports the id; it must not leak into the next test's store
-    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        os.environ.pop(name, None)
+FAST = ["--data", SPY, "--epochs", "2", "--hidden", "8", "--lookback", "16", "--lanes", "4",
+        "--k1", "20", "--k2", "40"]
+pytestmark = pytest.mark.slow  # every test here trains real models
 
 
 def test_tracking_defaults_to_sqlite_in_the_project(monkeypatch):
@@ -50,8 +36,10 @@ def test_main_logs_one_complete_run_and_registers_it(store):
     out = main(FAST)
     client = MlflowClient()
     run = client.get_run(out["run_id"])
-    assert set(DEFAULTS) <= set(run.data.params)
-    assert run.data.params["cell"] == "lstm" and run.data.params["val_start"]
+    cfg = build_config({k[2:]: v for k, v in zip(FAST[::2], FAST[1::2], strict=True)})
+    assert run.data.params == cfg.params()  # exactly the resolved config, nothing else
+    assert run.data.tags["val_start"] and run.data.tags["series"] == "SPY"
+    assert run.data.tags["workdir"] == str(store)
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]
     for name in ("train_loss", "grad_norm", "lr", "epoch_seconds"):
@@ -69,7 +57,8 @@ def test_main_logs_one_complete_run_and_registers_it(store):
     assert 0 <= m["memory_horizon"] <= 15  # lookback 16: k = 0..15
     champion = client.get_model_version_by_alias("prices-returns-h1", "champion")
     assert champion.run_id == run.info.run_id
-    assert float(champion.tags["val_loss"]) == pytest.approx(m["best_val_loss"])
+    assert float(champion.tags["best_val_loss"]) == pytest.approx(m["best_val_loss"])
+    assert champion.tags["champion_check"] == "the first version"
     assert "test_rmse" in champion.tags
 
 
@@ -82,19 +71,19 @@ def _history_rows(prep, name, anchor):
 @pytest.mark.parametrize("extra", [[], ["--bptt", "truncated", "--cell", "gru",
                                         "--target", "volatility", "--horizon", "3"]])
 def test_pyfunc_predicts_from_price_histories_like_evaluation(store, extra):
-    out = main([*FAST, "--data", "data/prices", "--start", "2010-01-01", *extra])
-    cfg = from_params(MlflowClient().get_run(out["run_id"]).data.params)
-    prep = prepare.prepare(cfg)
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name()}@champion")
+    out = main([*FAST, "--data", str(PRICES), "--start", "2010-01-01", *extra])
+    cfg = tracking.run_config(out["run_id"])
+    prep = tasks.load("prices").prepare(cfg)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.registered_model}@champion")
     net = model.unwrap_python_model().net
     rows, expected = [], []
     streams = prep.streams()
     for i, name in enumerate(prep.names[:2]):
-        a = streams.anchors(TEST, cfg.data.lookback)[i][[0, -1]]
+        a = streams.anchors(TEST, cfg.task.lookback)[i][[0, -1]]
         for anchor in a:
             x = streams.x[i][: anchor + 1]  # the model only ever sees the past
             pred = forecast_at(net, x, np.array([anchor]), cfg.train.bptt == "truncated",
-                               cfg.data.lookback)
+                               cfg.task.lookback)
             expected.append(prep.y_norm.inverse_transform(pred.numpy())[0])
             rows.append(_history_rows(prep, name, anchor))
     got = model.predict(pd.DataFrame(rows))
@@ -128,19 +117,8 @@ def test_pyfunc_rejects_bad_histories_by_name(store):
         model.unwrap_python_model().predict(None, pd.DataFrame(columns=list(good)))
 
 
-def test_champion_moves_only_to_a_better_model(store):
-    run_id = main([*FAST, "--register", "false"])["run_id"]
-    uri = MlflowClient().get_run(run_id).data.tags["model_uri"]
-    name = "champion-test"
-    assert tracking.register(uri, name, run_id, 0.5, {}) == ("1", True)
-    assert tracking.register(uri, name, run_id, 0.7, {}) == ("2", False)
-    assert str(MlflowClient().get_model_version_by_alias(name, "champion").version) == "1"
-    assert tracking.register(uri, name, run_id, 0.3, {}) == ("3", True)
-    assert str(MlflowClient().get_model_version_by_alias(name, "champion").version) == "3"
-
-
 def test_steps_on_their_own(store, capsys):
-    prepare.main(["--data", "data/prices/SPY.csv"])
+    prepare.main(["--data", SPY])
     assert "SPY" in capsys.readouterr().out
     from pipeline import train
 
@@ -153,34 +131,58 @@ def test_steps_on_their_own(store, capsys):
     assert MlflowClient().get_model_version_by_alias("prices-returns-h1", "champion")
 
 
-@pytest.mark.slow
 def test_mlflow_run_truncated_gru_on_a_csv_folder(store):
     data = store / "csvs"
     data.mkdir()
     for name in ("AAPL", "GSPC"):
-        shutil.copy(ROOT / "data" / "prices" / f"{name}.csv", data)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
-    env |= {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
-           "--experiment-name", "cli", "-P", "cell=gru", "-P", "bptt=truncated", "-P", "k1=50",
-           "-P", "k2=100", "-P", "epochs=1", "-P", f"data={data}", "-P", "hidden=8"]
-    proc = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)
+        shutil.copy(PRICES / f"{name}.csv", data)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    proc = mlflow_run("main", {"cell": "gru", "bptt": "truncated", "k1": 50, "k2": 100,
+                               "epochs": 1, "data": data, "hidden": 8}, store, uri, "cli")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = mlflow.search_runs(experiment_names=["cli"], output_format="list")[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["k2"] == "100" and run.data.params["series"] == "AAPL,GSPC"
+    assert run.data.params["k2"] == "100" and run.data.tags["series"] == "AAPL,GSPC"
+    assert run.data.params["experiment"] == "cli"
     assert "test_rmse" in run.data.metrics
     champion = MlflowClient().get_model_version_by_alias("prices-returns-h1", "champion")
     assert champion.run_id == run.info.run_id
     assert str(store) in run.info.artifact_uri  # nothing written into the project folder
     out = store / "pred.parquet"
-    cmd = [*cmd[:7], "-e", "predict", "-P", f"input={data}", "-P", f"output={out}",
-           "-P", "mode=rolling"]
-    proc = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)
+    proc = mlflow_run("predict", {"input": data, "output": out, "mode": "rolling"}, store, uri,
+                      "cli")
     assert proc.returncode == 0, proc.stderr[-3000:]
     pred = pd.read_parquet(out)
     assert set(pred.series_id) == {"AAPL", "GSPC"} and np.isfinite(pred.return_h1).all()
     assert len(pred) == 3379 + 5031 - 2 * 64
+
+
+def _cached(cache: Path, names=("SPY", "AAPL")) -> None:
+    """A filled yfinance cache, as download_prices writes it (Yahoo's columns)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        frame = pd.read_csv(PRICES / f"{name}.csv").tail(400)
+        frame.to_csv(cache / f"{name}_1d.csv", index=False)
+
+
+def test_tickers_from_a_filled_cache_run_the_whole_main_step(store, monkeypatch):
+    import yfinance
+
+    def offline(*args, **kwargs):
+        raise AssertionError("yfinance must not be asked for cached tickers")
+
+    monkeypatch.setattr(yfinance, "download", offline)
+    _cached(store / "cache")
+    out = main(["--tickers", "SPY,AAPL", "--cache_dir", "cache", "--epochs", "1",
+                "--hidden", "4", "--lookback", "8"])
+    run = MlflowClient().get_run(out["run_id"])
+    assert run.data.params["tickers"] == "SPY,AAPL" and run.data.tags["series"] == "AAPL,SPY"
+    assert run.data.tags["data_origin"] == "yfinance:SPY,AAPL:1d"
+    source = mlflow.data.get_source(run.inputs.dataset_inputs[0])  # MLflow can resolve it
+    assert Path(source.uri) == store / "cache"
+    assert "test_rmse" in run.data.metrics
+    assert MlflowClient().get_model_version_by_alias("prices-returns-h1", "champion").run_id \
+        == out["run_id"]
 
 
 def test_unknown_ticker_offline_fails_with_a_clear_message(store, monkeypatch):
@@ -233,13 +235,12 @@ def test_warm_start_copies_the_weights_or_says_what_differs(store):
 def test_sigterm_ends_the_run_killed_and_says_how_to_resume(store, monkeypatch, capsys):
     import signal
 
-    from pipeline import train
-    from pipeline.trainer import Interrupted
+    from pipeline.signals import Interrupted
 
     def stopped(*args, **kwargs):
         raise Interrupted(signal.SIGTERM, store / "latest.pt")
 
-    monkeypatch.setattr(train, "fit_streams", stopped)
+    monkeypatch.setattr("pipeline.trainer.fit", stopped)
     with pytest.raises(SystemExit) as exit_:
         main(FAST)
     assert exit_.value.code == 128 + signal.SIGTERM

@@ -18,7 +18,8 @@ from data_loaders import audio
 from data_loaders.prices import PriceDataError, read_price_csv
 from data_loaders.sequences import Normaliser
 from models.networks import build_model
-from models.pyfunc import PriceForecaster, save_artifacts
+from models.price_model import PriceForecaster
+from models.served import write_artifacts
 
 # derandomize: the same examples every run, so a CI failure can be reproduced as it was
 BOUNDED = settings(max_examples=60, deadline=None, derandomize=True,
@@ -105,15 +106,16 @@ def test_audio_gives_finite_features_or_a_named_error(data):
 @pytest.fixture(scope="module")
 def forecaster(tmp_path_factory):
     torch.manual_seed(0)
-    spec = {"model": {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
+    spec = {"task": "prices", "n_in": 3, "n_out": 2,
+            "model": {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
                       "init": "orthogonal", "lookback": 8},
             "bptt": "full", "lookback": 8, "target": "returns", "horizon": 2,
             "features": ["log_return", "log_range", "log_volume_change"],
             "outputs": ["return_h1", "return_h2"]}
     net = build_model(spec["model"], 3, 2)
-    norm = Normaliser(np.zeros(3), np.ones(3))
-    artifacts = save_artifacts(Path(tmp_path_factory.mktemp("m")), net, spec, norm,
-                               Normaliser(np.zeros(2), np.ones(2)))
+    norm = {"x": Normaliser(np.zeros(3), np.ones(3)).to_dict(),
+            "y": Normaliser(np.zeros(2), np.ones(2)).to_dict()}
+    artifacts = write_artifacts(Path(tmp_path_factory.mktemp("m")), net, spec, norm)
     return PriceForecaster().load(artifacts)
 
 

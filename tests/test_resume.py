@@ -2,7 +2,6 @@
 resume_run_id, ends with the same weights (bitwise) and metrics as an uninterrupted
 run, and its MLflow metric history has every epoch exactly once."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,9 +14,10 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.checkpoint import LATEST
+from tests.conftest import SPY, launch_env
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--data", "data/prices/SPY.csv", "--lookback", "32", "--hidden", "16", "--layers", "2",
+ARGS = ["--data", SPY, "--lookback", "32", "--hidden", "16", "--layers", "2",
         "--dropout", "0.1", "--input_noise", "0.05", "--epochs", "5", "--patience", "0",
         "--schedule", "cosine", "--lanes", "8", "--k1", "10", "--k2", "30", "--batch_size", "16"]
 EPOCH_METRICS = ("train_loss", "val_loss", "grad_norm", "lr")
@@ -28,8 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def env(tmp_path):
     # one thread: the same arithmetic in every process, and no spin-waiting contention
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return launch_env(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def _train(args, env, cwd):
@@ -39,7 +38,6 @@ def _train(args, env, cwd):
 
 def _mlflow_run_train(run_id, env, cwd):
     """The train step through `mlflow run`, which opens a launcher run of its own."""
-    env = {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.Popen([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train",
                              "--env-manager", "local", "--experiment-name", "prices",
                              "-P", f"resume_run_id={run_id}"], cwd=cwd, env=env,

@@ -15,8 +15,9 @@ from data_loaders.sequences import (
     to_lanes,
     windows,
 )
+from pipeline import tasks
 from pipeline.config import build_config
-from pipeline.prepare import prepare
+from tests.conftest import SPY
 
 
 def test_assign_splits_by_first_target_day_and_purges_overlaps():
@@ -41,7 +42,7 @@ def test_cutoffs_are_shared_calendar_days():
 
 
 def test_normaliser_is_fit_on_training_rows_only():
-    prep = prepare(build_config({"data": "data/prices/SPY.csv"}))
+    prep = tasks.load("prices").prepare(build_config({"data": SPY}))
     train = prep.x[0][prep.split[0] == TRAIN]
     assert np.allclose(prep.x_norm.mean_, train.mean(0), atol=1e-6)
     everything = prep.x[0]

@@ -6,7 +6,6 @@ the server is started from `models:/prices-returns-h1@champion`, polled on
 """
 
 import json
-import os
 from pathlib import Path
 
 import mlflow
@@ -15,10 +14,11 @@ import pandas as pd
 import pytest
 from mlflow_server import post, serving
 
-from data_loaders.prices import read_price_csv
-from models.pyfunc import MAX_ROWS, request_row
+from data_loaders.prices import read_price_csv, read_prices
+from models.price_model import MAX_ROWS, request_row
 from pipeline import predict
 from pipeline.main import main
+from tests.conftest import SPY, fresh_store
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "models:/prices-returns-h1@champion"
@@ -29,17 +29,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    main(["--data", str(ROOT / "data/prices/SPY.csv"), "--epochs", "1", "--hidden", "8",
-          "--lookback", "16"])
-    yield tmp
-    os.chdir(cwd)
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with fresh_store(tmp):
+        main(["--data", SPY, "--epochs", "1", "--hidden", "8", "--lookback", "16"])
+        yield tmp
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +175,7 @@ def test_batch_predict_step_writes_what_rest_returns(server, store):
     predict.main(["--input", str(data), "--output", str(out), "--mode", "rolling",
                   "--model_uri", MODEL])
     written = pd.read_csv(out, dtype={"date": str})
-    series, _ = predict.read_prices(data)
+    series, _ = read_prices(data)
     rows = pd.DataFrame([request_row(f, n, COLUMNS) for n, f in series.items()])
     status, text = post(server, split_body(rows, mode="rolling"))
     rest = pd.DataFrame(json.loads(text)["predictions"])
@@ -202,7 +194,7 @@ def test_batch_predict_leaves_no_half_written_file(store, monkeypatch):
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
     with pytest.raises(OSError, match="disk full"):
-        predict.write_atomic(pd.DataFrame({"a": [1]}), out)
+        predict.write_table(pd.DataFrame({"a": [1]}), out)
     assert out.read_text() == "previous results\n"
     assert [p.name for p in store.glob(".kept.csv.*")] == []
 

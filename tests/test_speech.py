@@ -1,7 +1,6 @@
 """Speech through the same trainer, MLflow run, registry and pyfunc as prices."""
 
 import shutil
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,10 +12,9 @@ from mlflow import MlflowClient
 
 from data_loaders import audio
 from models.networks import RecurrentRegressor, logits, pad
-from pipeline.config import build_config
+from pipeline import tasks
 from pipeline.main import main
-
-FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+from tests.conftest import fresh_store
 
 
 def test_padding_never_changes_a_prediction():
@@ -29,42 +27,12 @@ def test_padding_never_changes_a_prediction():
     assert torch.allclose(alone[0], together[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"bptt": "truncated"}, "use bptt=full"),
-    ({"cell": "mlp"}, "needs a recurrent cell"),
-    ({"split": "by-day"}, "split must be one of"),
-    ({"features": "spectrum"}, "features must be one of"),
-])
-def test_speech_config_errors(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        build_config({"domain": "speech", **overrides})
-
-
-@pytest.fixture(scope="module")
-def small_fsdd(tmp_path_factory):
-    """Digits 0-2, takes 0-9, all four speakers: 120 real files."""
-    folder = tmp_path_factory.mktemp("fsdd")
-    for f in FSDD.glob("[012]_*.wav"):
-        if int(f.stem.split("_")[2]) < 10:
-            shutil.copy(f, folder)
-    return folder
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-
-
-def speech_args(data, tmp, *extra):
-    return ["--domain", "speech", "--data", str(data), "--epochs", "3", "--hidden", "16",
+def speech_args(data, tmp, *extra, task="speech-classify"):
+    return ["--task", task, "--data", str(data), "--epochs", "3", "--hidden", "16",
             "--feature_cache", str(tmp / "cache"), *extra]
 
 
+@pytest.mark.slow
 def test_speech_run_is_logged_registered_and_serves_audio(store, small_fsdd):
     out = main(speech_args(small_fsdd, store))
     client = MlflowClient()
@@ -76,7 +44,8 @@ def test_speech_run_is_logged_registered_and_serves_audio(store, small_fsdd):
     assert m["test_accuracy_majority"] == pytest.approx(1 / 3)
     assert m["bad_files"] == 0
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
-    assert run.data.params["domain"] == "speech" and run.data.params["n_mels"] == "40"
+    assert run.data.params["task"] == "speech-classify" and run.data.params["n_mels"] == "40"
+    assert "lookback" not in run.data.params and "shift" not in run.data.params
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == \
         {"plots/loss_curves.png", "plots/confusion.png", "plots/memory_horizon.png"}
     assert 0 <= m["memory_horizon"] <= 50
@@ -101,6 +70,16 @@ def test_speech_run_is_logged_registered_and_serves_audio(store, small_fsdd):
     assert resampled.probability[0] == pytest.approx(got.probability[0], abs=0.05)
 
 
+@pytest.fixture(scope="module")
+def classifier(small_fsdd, tmp_path_factory):
+    """One trained classifier (a run in a store of its own), as served."""
+    folder = tmp_path_factory.mktemp("classifier")
+    with fresh_store(folder):
+        main(speech_args(small_fsdd, folder, "--epochs", "1"))
+        return mlflow.pyfunc.load_model("models:/speech-classify@champion").unwrap_python_model()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("row, message", [
     ({"audio": b"not audio at all"}, "column 'audio': cannot decode"),
     ({"audio": b""}, "column 'audio': empty"),
@@ -111,13 +90,12 @@ def test_speech_run_is_logged_registered_and_serves_audio(store, small_fsdd):
     ({"samples": [0.3] * (61 * 8000), "sample_rate": 8000}, "60 s limit"),
     ({"utterance_id": "x"}, "send 'audio'"),
 ])
-def test_bad_audio_is_named(store, small_fsdd, row, message):
-    main(speech_args(small_fsdd, store, "--epochs", "1"))
-    model = mlflow.pyfunc.load_model("models:/speech-classify@champion").unwrap_python_model()
+def test_bad_audio_is_named(classifier, row, message):
     with pytest.raises(mlflow.exceptions.MlflowException, match=message):
-        model.predict(None, pd.DataFrame([row]))
+        classifier.predict(None, pd.DataFrame([row]))
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_only_on_request_and_logged(store, small_fsdd, tmp_path):
     data = tmp_path / "with_bad"
     shutil.copytree(small_fsdd, data)
@@ -165,7 +143,8 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
 
 
 def test_apc_targets_and_stream_never_cross_utterances():
-    from pipeline.speech import SpeechData, apc_targets, forecast_stream
+    from pipeline.tasks.speech import SpeechData
+    from pipeline.tasks.speech_forecast import apc_targets, forecast_stream
 
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = apc_targets(x, 2)
@@ -178,10 +157,11 @@ def test_apc_targets_and_stream_never_cross_utterances():
     assert (sy[:3] == 1).all() and (sy[5:8] == 3).all()  # no target from the next utterance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bptt", ["full", "truncated"])
 def test_forecast_run_and_served_error_and_embedding(store, small_fsdd, bptt):
-    out = main(speech_args(small_fsdd, store, "--task", "forecast", "--bptt", bptt,
-                           "--k1", "10", "--k2", "20", "--lanes", "8"))
+    out = main(speech_args(small_fsdd, store, "--bptt", bptt, "--k1", "10", "--k2", "20",
+                           "--lanes", "8", task="speech-forecast"))
     m = MlflowClient().get_run(out["run_id"]).data.metrics
     assert m["test_l1"] > 0 and m["test_l1_copy_last"] > 0
     assert 0 <= m["memory_horizon"] <= 50
@@ -196,22 +176,24 @@ def test_forecast_run_and_served_error_and_embedding(store, small_fsdd, bptt):
     assert np.allclose(alone.embedding[0], got.embedding[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_speech_run_stopped_by_sigterm_resumes_to_the_same_result(store, small_fsdd,
                                                                    monkeypatch):
-    from pipeline import speech
+    from pipeline import trainer
     from tests.test_checkpoint import counting
 
     args = speech_args(small_fsdd, store, "--epochs", "3", "--batch_size", "8",
                        "--dropout", "0.1", "--layers", "2")
     count = [0]
     with monkeypatch.context() as m:
-        counting(m, count, module=speech)
+        counting(m, count, module=trainer)
         whole = main(args)
     with monkeypatch.context() as m:
-        counting(m, [0], sigterm_at=count[0] // 2, module=speech)
+        counting(m, [0], sigterm_at=count[0] // 2, module=trainer)
         with pytest.raises(SystemExit):
             main(args)
-    stopped = mlflow.search_runs(experiment_names=["prices"], filter_string="status = 'KILLED'",
+    stopped = mlflow.search_runs(experiment_names=["speech-classify"],
+                                 filter_string="status = 'KILLED'",
                                  output_format="list")[0].info.run_id
     resumed = main(["--resume_run_id", stopped])
     assert resumed["run_id"] == stopped
@@ -224,7 +206,7 @@ def test_speech_run_stopped_by_sigterm_resumes_to_the_same_result(store, small_f
 def test_speech_memory_horizon_reaches_back_and_skips_too_short_utterances():
     from models.networks import build_model
     from pipeline.config import build_config
-    from pipeline.speech import SpeechData, speech_horizon
+    from pipeline.tasks.speech import SpeechData
 
     rng = np.random.default_rng(0)
     data = SpeechData(utts=[], x=[rng.standard_normal((n, 8)).astype("float32")
@@ -234,11 +216,13 @@ def test_speech_memory_horizon_reaches_back_and_skips_too_short_utterances():
     torch.manual_seed(0)
     spec = {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
             "init": "orthogonal", "lookback": 1}
-    classify = build_config({"domain": "speech"})
-    norms, reach = speech_horizon(build_model(spec, 8, 2), classify, data)
+    classify = tasks.load("speech-classify")
+    norms, reach = classify.horizon(build_model(spec, 8, 2),
+                                    build_config({"task": "speech-classify"}), data)
     assert len(norms) == 18 and 1 <= reach <= 17  # k up to the median length (18) less one
-    forecast = build_config({"domain": "speech", "task": "forecast", "shift": 3})
-    norms, _ = speech_horizon(build_model(spec, 8, 8), forecast, data)
+    forecast = tasks.load("speech-forecast")
+    cfg = build_config({"task": "speech-forecast", "shift": 3})
+    norms, _ = forecast.horizon(build_model(spec, 8, 8), cfg, data)
     assert len(norms) == 15  # the last 3 frames have no target
-    too_far = build_config({"domain": "speech", "task": "forecast", "shift": 30})
-    assert speech_horizon(build_model(spec, 8, 8), too_far, data) is None
+    too_far = build_config({"task": "speech-forecast", "shift": 30})
+    assert forecast.horizon(build_model(spec, 8, 8), too_far, data) is None

@@ -19,22 +19,29 @@ from mlflow import MlflowClient
 
 from pipeline.config import build_config
 from pipeline.sweep import parse_grid, points, run_sweep
+from tests.conftest import SPY
 from tests.mlflow_server import tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"  # screenshots, kept after the run (git-ignored)
 GRID = "cell=rnn,gru; bptt=full,truncated; k2=20,40"
-BASE = ["-P", "data=data/prices/SPY.csv", "-P", "epochs=2", "-P", "hidden=8",
+BASE = ["-P", f"data={SPY}", "-P", "epochs=2", "-P", "hidden=8",
         "-P", "lookback=16", "-P", "k1=20", "-P", "lanes=4"]
 
 
 def test_grid_parsing_and_errors():
-    assert parse_grid(" cell=rnn, gru ;bptt=full") == {"cell": ["rnn", "gru"], "bptt": ["full"]}
-    for bad, why in [("cells=rnn", "NAME=V1,V2"), ("cell", "NAME=V1,V2"),
+    base = build_config()
+    assert parse_grid(" cell=rnn, gru ;bptt=full", base) == {"cell": ["rnn", "gru"],
+                                                             "bptt": ["full"]}
+    for bad, why in [("cells=rnn", "unknown parameter 'cells'; closest: cell"),
+                     ("cell", "NAME=V1,V2"), ("shift=1,2", "parameter of task speech-forecast"),
                      ("cell=", "needs values"), ("cell=rnn; cell=gru", "needs values, once"),
-                     ("", "no parameters"), ("resume_run_id=x", "cannot vary")]:
+                     ("", "no parameters"), ("resume_run_id=x", "cannot vary"),
+                     ("task=prices,speech-classify", "cannot vary")]:
         with pytest.raises(ValueError, match=why):
-            parse_grid(bad)
+            parse_grid(bad, base)
+    speech = build_config({"task": "speech-forecast"})
+    assert parse_grid("shift=1,2", speech) == {"shift": ["1", "2"]}
 
 
 def test_points_skip_truncated_settings_for_full_bptt_and_check_every_config():
@@ -48,7 +55,7 @@ def test_points_skip_truncated_settings_for_full_bptt_and_check_every_config():
     # a grid value equal to the built-in default still wins over the preset's value
     preset = build_config({"preset": "presets/volatility-tbptt.yaml"})
     todo = points(preset, "cell=lstm,gru; bptt=full")
-    assert [(c.model.cell, c.train.bptt, c.data.target) for _, _, c in todo] == [
+    assert [(c.model.cell, c.train.bptt, c.task.target) for _, _, c in todo] == [
         ("lstm", "full", "volatility"), ("gru", "full", "volatility")]
     with pytest.raises(ValueError, match="grid point rnn-truncated-k2=10: k2 must be >= k1"):
         points(build_config({"k1": 20}), "cell=rnn; bptt=truncated; k2=10,40")
@@ -59,7 +66,7 @@ def test_a_failing_point_is_marked_and_the_sweep_goes_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    base = build_config({"data": "data/prices/SPY.csv", "epochs": 2, "hidden": 8,
+    base = build_config({"data": SPY, "epochs": 2, "hidden": 8,
                          "lookback": 16, "optimizer": "sgd", "momentum": 0, "clip": 0,
                          "experiment": "faults"})
     try:
@@ -76,7 +83,7 @@ def test_a_failing_point_is_marked_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_in_a_child_kills_it_and_the_parent(tmp_path, monkeypatch):
-    from pipeline import sweep, trainer
+    from pipeline import main, trainer
     from tests.test_checkpoint import counting
 
     monkeypatch.chdir(tmp_path)
@@ -90,9 +97,9 @@ def test_sigterm_in_a_child_kills_it_and_the_parent(tmp_path, monkeypatch):
             counting(monkeypatch, [0], sigterm_at=3, module=trainer)
         return run(cfg, **kwargs)
 
-    run = sweep.run
-    monkeypatch.setattr(sweep, "run", second_interrupted)
-    base = build_config({"data": "data/prices/SPY.csv", "epochs": 2, "hidden": 8,
+    run = main.run
+    monkeypatch.setattr(main, "run", second_interrupted)
+    base = build_config({"data": SPY, "epochs": 2, "hidden": 8,
                          "lookback": 16, "experiment": "stopped"})
     try:
         with pytest.raises(SystemExit) as stopped:

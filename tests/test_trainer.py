@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from models.networks import RecurrentRegressor, build_model, init_weights
+from pipeline import tasks
 from pipeline.config import build_config
-from pipeline.prepare import prepare
-from pipeline.train import model_spec
 from pipeline.trainer import (
     NumericalFault,
     fit_streams,
@@ -15,20 +14,22 @@ from pipeline.trainer import (
     train_epoch,
     window_updates,
 )
+from tests.conftest import SPY
 
-SMALL = {"data": "data/prices/SPY.csv", "start": "2012-01-01", "lookback": 16, "hidden": 8,
+PRICES = tasks.load("prices")
+SMALL = {"data": SPY, "start": "2012-01-01", "lookback": 16, "hidden": 8,
          "lanes": 4, "k1": 10, "k2": 20, "batch_size": 32, "epochs": 2}
 
 
 def small(**overrides):
     cfg = build_config({**SMALL, **overrides})
-    return cfg, prepare(cfg)
+    return cfg, PRICES.prepare(cfg)
 
 
 def new_net(cfg, prep):
     torch.manual_seed(cfg.train.seed)
-    spec = model_spec(cfg, prep)
-    return build_model(spec["model"], len(prep.features), len(spec["outputs"]))
+    spec = PRICES.network(cfg, prep)
+    return build_model(spec["model"], spec["n_in"], spec["n_out"])
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -75,7 +76,7 @@ def test_two_epoch_smoke_fit(cell, bptt):
     cfg, prep = small(cell=cell, bptt=bptt)
     net = new_net(cfg, prep)
     before = [p.detach().clone() for p in net.parameters()]
-    hist = fit_streams(net, prep.streams(), cfg.train, cfg.data.lookback, progress=False)
+    hist = fit_streams(net, prep.streams(), cfg.train, cfg.task.lookback, progress=False)
     assert len(hist.epochs) == 2
     assert all(np.isfinite([e["train_loss"], e["val_loss"], e["grad_norm"]]).all()
                for e in hist.epochs)

@@ -3,6 +3,6 @@ logged model holds no pickle at all (weights, config and normaliser are files)."
 
 import mlflow
 
-from models.pyfunc import PriceForecaster
+from models.price_model import PriceForecaster
 
 mlflow.models.set_model(PriceForecaster())

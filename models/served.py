@@ -1,0 +1,118 @@
+"""The one way this project stores and serves a model, whatever its task.
+
+A model is plain files, no pickle: `weights.pt` (a state_dict, read with
+weights_only=True), `model.json` (the spec: the network settings, `n_in`,
+`n_out`, the task and what its preprocessing needs) and `normaliser.json`. The
+class comes from code (a models-from-code entry file per task), the project's
+packages travel as code_paths, and the serving pins come from pyproject.toml.
+`ServedModel` is the base every task's pyfunc builds on: it loads those files and
+turns a request into checked rows; bad input raises `bad(...)`, which MLflow's
+server answers with HTTP 400.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+from models.networks import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("models", "data_loaders")  # shipped with the model as code_paths
+
+
+def bad(message: str) -> MlflowException:
+    """A request error: HTTP 400 from MLflow's scoring server, with this message."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def missing(value) -> bool:
+    return value is None or (np.isscalar(value) and pd.isna(value))
+
+
+class ServedModel(mlflow.pyfunc.PythonModel):
+    """Loads the stored files; `rows()` checks the batch. A subclass names its
+    models-from-code `entry` file (in models/) and its `signature(spec)`; `unit` names
+    a row in messages, `max_rows` bounds a request."""
+
+    entry: str
+    unit = "row"
+    max_rows = 1_000
+    needs: tuple = ()  # training-only packages it needs to serve too (librosa for audio)
+
+    @staticmethod
+    def signature(spec: dict):
+        raise NotImplementedError
+
+    def load_context(self, context) -> None:
+        self.load(context.artifacts)
+
+    def load(self, artifacts: dict) -> ServedModel:
+        self.spec = json.loads(Path(artifacts["config"]).read_text())
+        self.normaliser = json.loads(Path(artifacts["normaliser"]).read_text())
+        self.net = build_model(self.spec["model"], self.spec["n_in"], self.spec["n_out"])
+        self.net.load_state_dict(torch.load(artifacts["weights"], map_location="cpu",
+                                            weights_only=True))
+        self.net.eval()
+        self.setup()
+        return self
+
+    def setup(self) -> None:
+        """After loading: what a subclass derives from the spec and normaliser."""
+
+    def rows(self, model_input) -> list[dict]:
+        """The request as one dict per row, after the batch-level checks."""
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if len(frame) == 0:
+            raise bad(f"empty batch: send at least one row (one {self.unit})")
+        if len(frame) > self.max_rows:
+            raise bad(f"request has {len(frame)} rows; the limit is {self.max_rows} "
+                      f"{self.unit}s per request")
+        columns = {c: frame[c].tolist() for c in frame.columns}  # cheaper than to_dict rows
+        return [{c: v[i] for c, v in columns.items()} for i in range(len(frame))]
+
+
+def write_artifacts(folder: Path, net: torch.nn.Module, spec: dict, normaliser: dict) -> dict:
+    """The three files a model is made of; returns {artifact name: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"weights": folder / "weights.pt", "config": folder / "model.json",
+             "normaliser": folder / "normaliser.json"}
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, paths["weights"])
+    paths["config"].write_text(json.dumps(spec, indent=2))
+    paths["normaliser"].write_text(json.dumps(normaliser))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def log_served(model_class: type[ServedModel], net: torch.nn.Module, spec: dict,
+               normaliser: dict, example: pd.DataFrame):
+    """Log the model into the active run; returns MLflow's ModelInfo. The model first
+    predicts on the example here, since MLflow only warns when its own check fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = write_artifacts(Path(tmp), net, spec, normaliser)
+        model_class().load(artifacts).predict(None, example)
+        with warnings.catch_warnings():  # count columns are ints on purpose, never missing
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+            return mlflow.pyfunc.log_model(
+                name="model", python_model=str(ROOT / "models" / model_class.entry),
+                artifacts=artifacts, code_paths=[str(ROOT / p) for p in PACKAGES],
+                signature=model_class.signature(spec), input_example=example,
+                pip_requirements=requirements(model_class.needs))
+
+
+TRAINING_ONLY = ("yfinance", "librosa", "matplotlib", "tqdm")
+
+
+def requirements(needs: tuple = ()) -> list[str]:
+    """The serving dependencies, pinned as in pyproject.toml."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [d for d in deps if d.split("==")[0] not in set(TRAINING_ONLY) - set(needs)]

@@ -1,0 +1,137 @@
+"""The Model Registry rules.
+
+- A registered name belongs to one task, one target and one input schema (kept as
+  the registered model's tags `task`, `target`, `inputs`); a model that differs in
+  any is refused, with what differs.
+- `@champion` moves to a new version only when it beats the champion on the same
+  validation samples: both are scored on the new run's validation split, from raw
+  inputs through their own preprocessing (the task's `validation_scores`).
+- One registration at a time per name: the compare-and-move holds a lock, the
+  registered model `NAME.lock`, which only one process can create (the tracking
+  backend's unique names: SQLite, PostgreSQL or a tracking server alike). A lock
+  older than STALE_S (a register that crashed) is broken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import time
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"
+STALE_S = 600.0  # a lock held this long belongs to a register that died
+WAIT_S = 900.0  # give up waiting for the lock after this long
+# Taken; or freed between MLflow's failed insert and its look-up; or the database busy.
+RETRY = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE")
+
+
+@contextlib.contextmanager
+def locked(name: str):
+    """Hold the registration lock of `name` while the block runs."""
+    client, lock = MlflowClient(), f"{name}.lock"
+    deadline, waiting = time.monotonic() + WAIT_S, False
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={"since": str(time.time()),
+                            "holder": f"{socket.gethostname()}:{os.getpid()}"},
+                description=f"held while a version of {name} is registered; deleted after")
+            break
+        except MlflowException as err:
+            if err.error_code not in RETRY:
+                raise
+            since = _lock_since(client, lock)
+            if since is not None and time.time() - since > STALE_S:
+                with contextlib.suppress(MlflowException):
+                    client.delete_registered_model(lock)
+                continue
+            if time.monotonic() > deadline:
+                raise ValueError(f"registered_model: {lock} has been held for "
+                                 f"{time.time() - (since or time.time()):.0f} s; if no "
+                                 "register is running, delete that registered model") from None
+            if not waiting:
+                print(f"waiting for the registration lock of {name}", flush=True)
+                waiting = True
+            time.sleep(random.uniform(0.05, 0.3))
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
+
+
+def _lock_since(client: MlflowClient, lock: str) -> float | None:
+    try:
+        return float(client.get_registered_model(lock).tags.get("since", "nan"))
+    except MlflowException:
+        return None
+
+
+def identity(task, spec: dict) -> dict[str, str]:
+    """What must agree under one registered name: task, target, input columns."""
+    inputs = task.served_model().signature(spec).inputs.input_names()
+    return {"task": spec["task"], "target": task.target(spec), "inputs": ",".join(inputs)}
+
+
+def check_compatible(name: str, ident: dict[str, str]) -> None:
+    """Refuse a model whose task, target or inputs differ from the name's; a new name
+    (or one with no versions yet) takes this model's."""
+    client = MlflowClient()
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
+        return
+    if not tags.get("task") and not client.search_model_versions(f"name='{name}'"):
+        return
+    held = {k: tags.get(k, "(not recorded)") for k in ident}
+    differs = [f"{k} {ident[k]!r} (it holds {held[k]!r})" for k in ident if held[k] != ident[k]]
+    if differs:
+        raise ValueError(f"registered_model: {name} holds other models; this one differs in "
+                         + "; ".join(differs)
+                         + ". Register it under another name (registered_model=...)")
+
+
+def champion_version(name: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def register(task, cfg, run_id: str, model_uri: str, challenger, data_fn,
+             tags: dict[str, str]) -> tuple[str, bool, str]:
+    """Register `model_uri` (the run's served model, loaded as `challenger`) under
+    cfg.tracking.registered_model; move @champion to it when it beats the champion
+    on this run's validation data (`data_fn()` prepares it). Returns (version,
+    promoted, a sentence saying why)."""
+    name, client = cfg.tracking.registered_model, MlflowClient()
+    ident = identity(task, challenger.spec)
+    with locked(name):
+        check_compatible(name, ident)
+        current = champion_version(name)
+        if current is None:
+            scores, why = None, "the first version"
+        else:
+            from pipeline.tracking import load_served
+
+            champion = load_served(f"models:/{name}/{current}", "champion")
+            scores = task.validation_scores([challenger, champion], cfg, data_fn())
+            verdict = "beats" if scores[0] < scores[1] else "does not beat"
+            why = (f"validation {task.score_name} {scores[0]:.6g} {verdict} version "
+                   f"{current}'s {scores[1]:.6g} on run {run_id}'s validation split")
+        version = str(mlflow.register_model(model_uri, name).version)
+        for key, value in ident.items():
+            client.set_registered_model_tag(name, key, value)
+        for key, value in {**tags, "run_id": run_id, "champion_check": why}.items():
+            client.set_model_version_tag(name, version, key, str(value))
+        if scores:
+            client.set_model_version_tag(name, version, f"val_{task.score_name}", scores[0])
+        promoted = scores is None or scores[0] < scores[1]
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
+        return version, promoted, why

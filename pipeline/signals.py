@@ -1,0 +1,39 @@
+"""Stopping training by SIGTERM or SIGINT (Ctrl-C) without losing work.
+
+While training, the signals only set a flag, read between two updates, so the
+trainer can write a checkpoint before it stops; then it raises `Interrupted`, and
+the step ends the MLflow run KILLED. No torch here: every step imports this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT during training; raised after the checkpoint is written."""
+
+    def __init__(self, signum: int, path=None):
+        self.signum, self.path = signum, path
+        super().__init__(f"training stopped by {signal.Signals(signum).name}"
+                         + (f"; checkpoint {path}" if path else ""))
+
+
+@contextlib.contextmanager
+def stop_signals(enabled: bool):
+    """While training, SIGTERM and SIGINT only set a flag, read between updates, so the
+    trainer can write a checkpoint before it stops. Yields a function giving the
+    caught signal's number (0: none)."""
+    caught: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: 0
+        return
+    previous = {s: signal.signal(s, lambda signum, _: caught.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: caught[0] if caught else 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

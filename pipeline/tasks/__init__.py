@@ -1,0 +1,125 @@
+"""Tasks: one module per kind of problem, plugged into steps written once.
+
+The steps (`prepare`, `train`, `evaluate`, `register`, `predict`, `sweep`, `main`)
+never ask which task they run; they call the methods of `Task` below. A task
+module defines `Params` (its own parameters, a dataclass of `config.param`
+fields), a `Task` subclass and `TASK`, its instance. To add a kind of problem,
+write its loader in data_loaders/, its served model in models/, its module here,
+and add its name to TASKS.
+
+Task modules keep their imports light at the top (the command line imports them
+for --help) and import torch, pandas and MLflow inside the methods that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    import pandas as pd
+    import torch
+
+    from pipeline.config import Config
+
+TASKS = {  # task name: its module
+    "prices": "pipeline.tasks.prices",
+    "speech-classify": "pipeline.tasks.speech_classify",
+    "speech-forecast": "pipeline.tasks.speech_forecast",
+}
+
+
+def load(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {name!r}")
+    return importlib.import_module(TASKS[name]).TASK
+
+
+@dataclass
+class Objective:
+    """What training minimises: `updates(generator, cursor)` yields one (prediction,
+    target) pair per optimiser step, `validate()` returns {"val_loss": ..., and any
+    other validation metric}, `loss_fn(prediction, target)` is the loss."""
+
+    updates: Callable
+    validate: Callable[[], dict]
+    loss_fn: Callable
+    loss_name: str  # for the loss curve's axis, e.g. "MSE (normalised units)"
+
+
+@dataclass
+class Evaluation:
+    """Test results: {method: {metric: value}} for the model ("model", first) and its
+    baselines on the same samples, and {artifact path: matplotlib figure}."""
+
+    table: dict[str, dict]
+    figures: dict[str, Any]
+
+
+class Task:
+    """What a kind of problem supplies to the steps."""
+
+    name: str
+    Params: type  # the task's own parameters
+    sample: Path  # the bundled data, used when `data` is empty
+    score_name: str  # the validation score the registry compares, lower is better
+
+    def validate(self, cfg: Config) -> None:
+        """Task rules on the whole config (allowed values are checked already)."""
+
+    def model_name(self, cfg: Config) -> str:
+        """The registered model's default name."""
+        return self.name
+
+    def run_name(self, cfg: Config) -> str:
+        return f"{cfg.model.cell}-{cfg.train.bptt}"
+
+    def prepare(self, cfg: Config) -> Any:
+        """The data as sequences: an object with `summary() -> str` (printed)."""
+        raise NotImplementedError
+
+    def log_data(self, cfg: Config, data) -> None:
+        """Into the active run: the dataset (mlflow.log_input), split summary, repairs."""
+        raise NotImplementedError
+
+    def network(self, cfg: Config, data) -> dict:
+        """The model spec stored as model.json: at least `model` (the network settings),
+        `n_in` and `n_out`, plus what the served model needs to preprocess requests."""
+        raise NotImplementedError
+
+    def objective(self, cfg: Config, data, net: torch.nn.Module) -> Objective:
+        raise NotImplementedError
+
+    def horizon(self, net: torch.nn.Module, cfg: Config, data):
+        """(gradient norms [K+1], memory horizon) on validation data, or None."""
+        return None
+
+    def evaluate(self, net: torch.nn.Module, cfg: Config, data) -> Evaluation:
+        raise NotImplementedError
+
+    def served_model(self) -> type:
+        """The pyfunc class that serves this task's models (models/)."""
+        raise NotImplementedError
+
+    def log_model(self, net: torch.nn.Module, cfg: Config, data):
+        """Log the served model (a pyfunc) into the active run; returns its ModelInfo."""
+        raise NotImplementedError
+
+    def target(self, spec: dict) -> str:
+        """What a model predicts, from its spec: models under one registered name must
+        agree on it (and on their task and input schema)."""
+        raise NotImplementedError
+
+    def validation_scores(self, models: list, cfg: Config, data) -> list[float]:
+        """`score_name` of each served model (unwrapped pyfunc) on the same validation
+        samples of `data`, computed from raw inputs through the models' own
+        preprocessing, so models trained on other data compare fairly."""
+        raise NotImplementedError
+
+    def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
+        """The request rows the served model takes, from files at `path` (predict)."""
+        raise NotImplementedError

@@ -1,0 +1,194 @@
+"""What the speech tasks share: audio files -> log-mel (or MFCC) frames, labels and
+splits from the file layout, normalisation, the memory horizon, the served model's
+input, and reading audio for `predict`.
+
+Data: a folder of WAV/FLAC/OGG files, named as in the Free Spoken Digit Dataset
+(`{label}_{speaker}_{index}.wav`) or one folder per label; empty `data` is the
+bundled FSDD subset. Features are cached under `feature_cache`. Splits: `index`
+(FSDD's own: take index below `test_index` is test), `random`, or `speaker`.
+The tasks: speech_classify.py (utterance -> label), speech_forecast.py (the frame
+`shift` steps ahead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from data_loaders.audio import AUDIO_SUFFIXES, SPLITS, FeatureSettings, Utterance
+from data_loaders.sequences import SPLIT_NAMES, TEST, TRAIN, VAL
+from pipeline.config import ROOT, Config, param
+from pipeline.tasks import Task
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pandas as pd
+
+SAMPLE = ROOT / "data" / "fsdd" / "recordings"
+
+
+@dataclass
+class Params(FeatureSettings):
+    """The feature settings (data_loaders.audio) and how utterances are split and kept."""
+
+    split: str = param("index", "index (take < test_index is test, FSDD's own split), random, "
+                                "or speaker (no speaker in two splits)", SPLITS)
+    test_index: int = param(5, "split=index: takes below this are test")
+    skip_bad: bool = param(False, "leave bad audio files out (counted and listed in the run) "
+                                  "instead of stopping")
+    feature_cache: str = param("data/cache/features", "feature cache folder, keyed by file "
+                                                      "content and settings; empty: none")
+    normalise: str = param("global", "global (mean and std of the training frames) or "
+                                     "utterance (per utterance)", ("global", "utterance"))
+
+
+@dataclass
+class SpeechData:
+    utts: list[Utterance]
+    x: list[np.ndarray]  # normalised frames [T_i, F] per utterance
+    y: np.ndarray  # class index per utterance
+    split: np.ndarray  # TRAIN, VAL or TEST per utterance
+    classes: list[str]
+    norm: object | None  # the global Normaliser (None: per-utterance)
+    bad: list[tuple[str, str]]  # skipped files and why
+
+    def table(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame({"path": [str(u.path) for u in self.utts],
+                             "label": [u.label for u in self.utts],
+                             "speaker": [u.speaker for u in self.utts],
+                             "index": [u.index for u in self.utts],
+                             "frames": [len(x) for x in self.x],
+                             "split": [SPLIT_NAMES[s] for s in self.split]})
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{name} {int((self.split == s).sum())}"
+                           for s, name in SPLIT_NAMES.items())
+        return (f"{len(self.utts)} utterances, {len(self.classes)} classes ({counts}); "
+                f"{len(self.bad)} bad files skipped")
+
+    def padded(self, which: int):
+        """Zero-padded frames x [N, T, F], lengths [N] and class indices [N] of a split."""
+        import torch
+
+        from models.networks import pad
+
+        idx = np.flatnonzero(self.split == which)
+        x, lengths = pad([self.x[i] for i in idx])
+        return x, lengths, torch.as_tensor(self.y[idx])
+
+    def requests(self, which: int) -> pd.DataFrame:
+        """The served model's request for a split's files: their bytes."""
+        import pandas as pd
+
+        idx = np.flatnonzero(self.split == which)
+        return pd.DataFrame({"audio": [self.utts[i].path.read_bytes() for i in idx],
+                             "utterance_id": [self.utts[i].path.stem for i in idx]})
+
+
+class SpeechTask(Task):
+    """The part both speech tasks share; each adds its objective and evaluation."""
+
+    Params = Params
+    sample = SAMPLE  # the bundled data, for empty `data`
+    served: str  # the served model's class in models/speech_model.py
+
+    def validate(self, cfg: Config) -> None:
+        if cfg.model.cell == "mlp":
+            raise ValueError(f"task={self.name} needs a recurrent cell (rnn, lstm, gru); an "
+                             "MLP on mean-pooled features is trained as a baseline instead")
+        cfg.task.validate()
+
+    def run_name(self, cfg: Config) -> str:
+        return f"{self.name}-{cfg.model.cell}"
+
+    def prepare(self, cfg: Config) -> SpeechData:
+        from data_loaders import audio
+        from data_loaders.sequences import Normaliser
+
+        p, d = cfg.task, cfg.data
+        utts = audio.discover(cfg.path(d.data) if d.data else self.sample)
+        cache = cfg.path(p.feature_cache) if p.feature_cache else None
+        feats, utts, bad = audio.load_features(utts, p, cache, p.skip_bad)
+        split = audio.split_utterances(utts, p.split, d.val_frac, d.test_frac, p.test_index,
+                                       cfg.train.seed)
+        for which, name in ((TRAIN, "train"), (VAL, "validation"), (TEST, "test")):
+            if not (split == which).any():
+                raise ValueError(f"split={p.split}: the {name} split is empty")
+        classes = sorted({u.label for u in utts})
+        y = np.array([classes.index(u.label) for u in utts])
+        if p.normalise == "utterance":
+            return SpeechData(utts, [audio.utterance_cmvn(x) for x in feats], y, split,
+                              classes, None, bad)
+        norm = Normaliser().fit(np.concatenate([x for x, s in zip(feats, split, strict=True)
+                                                if s == TRAIN]))
+        return SpeechData(utts, [norm.transform(x) for x in feats], y, split, classes, norm,
+                          bad)
+
+    def log_data(self, cfg: Config, data: SpeechData) -> None:
+        import mlflow
+
+        from pipeline.tracking import log_dataset
+
+        source = str(cfg.path(cfg.data.data) if cfg.data.data else self.sample)
+        log_dataset(data.table(), source, "audio")
+        mlflow.set_tag("data_origin", source)
+        mlflow.log_metric("bad_files", len(data.bad))
+        if data.bad:
+            mlflow.log_text("\n".join(f"{p}: {why}" for p, why in data.bad),
+                            "data/bad_files.txt")
+
+    def network(self, cfg: Config, data: SpeechData) -> dict:
+        m = cfg.model
+        net = {k: getattr(m, k) for k in ("cell", "hidden", "layers", "dropout", "norm", "init")}
+        return {"task": self.name, "model": {**net, "lookback": 1}, "n_in": cfg.task.dim,
+                "audio": cfg.task.settings(), "normalise": cfg.task.normalise}
+
+    def served_model(self) -> type:
+        from models import speech_model
+
+        return getattr(speech_model, self.served)
+
+    def log_model(self, net, cfg: Config, data: SpeechData):
+        from models import speech_model
+        from models.served import log_served
+
+        return log_served(self.served_model(), net, self.network(cfg, data),
+                          data.norm.to_dict() if data.norm else {},
+                          speech_model.example_request(data.utts[0].path))
+
+    def memory_horizon(self, net, data: SpeechData, example, loss_fn, shift: int = 0,
+                       utterances: int = 16, max_k: int = 50):
+        """The memory horizon on up to `utterances` validation utterances: the gradient
+        of loss_fn(prediction at the last step, target), with `example(i)` giving
+        utterance i's (x [1, T, F], target), with respect to the state k frames back. K
+        is at most the median utterance length (less `shift`, the frames without a
+        target) less one, so most utterances reach it; shorter ones are left out. None
+        when utterances are too short for k >= 1."""
+        from pipeline.horizon import memory_horizon, state_gradient_norms
+
+        idx = np.flatnonzero(data.split == VAL)
+        steps = np.array([len(data.x[i]) - shift for i in idx])
+        k = int(min(max_k, np.median(steps) - 1))
+        if k < 1:
+            return None
+        usable = idx[steps > k]
+        picks = usable[np.linspace(0, len(usable) - 1, min(utterances, len(usable))).astype(int)]
+        mean = np.mean([state_gradient_norms(net, *example(i), k, loss_fn) for i in picks],
+                       axis=0)
+        return mean, memory_horizon(mean)
+
+    def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
+        import pandas as pd
+
+        files = ([path] if path.is_file() else
+                 sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES))
+        if not files:
+            raise ValueError(f"input: no {'/'.join(AUDIO_SUFFIXES)} files under {path}")
+        return pd.DataFrame({"audio": [f.read_bytes() for f in files],
+                             "utterance_id": [str(f.relative_to(path)) if path.is_dir()
+                                              else f.stem for f in files]})

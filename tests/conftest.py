@@ -1,0 +1,82 @@
+"""Fixtures shared by the tests: a store per test, the bundled data, small FSDD subsets,
+and launching steps the two ways a user does (`python -m`, `mlflow run`)."""
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PRICES = ROOT / "data" / "prices"
+FSDD = ROOT / "data" / "fsdd" / "recordings"
+SPY = str(PRICES / "SPY.csv")
+LAUNCH_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
+@contextlib.contextmanager
+def fresh_store(folder: Path):
+    """A new SQLite store in `folder`, which is also the working directory (new
+    experiments put their artifacts under it) while the block runs."""
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield folder
+    finally:
+        os.chdir(old_cwd)
+        # mlflow.set_experiment exports the id; it must not leak into the next store
+        for name in LAUNCH_ENV:
+            os.environ.pop(name, None)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh SQLite store in tmp_path, which is also the working directory."""
+    with fresh_store(tmp_path):
+        yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def small_fsdd(tmp_path_factory):
+    """Digits 0-2, takes 0-9, all four speakers: 120 real files."""
+    folder = tmp_path_factory.mktemp("fsdd")
+    for f in FSDD.glob("[012]_*.wav"):
+        if int(f.stem.split("_")[2]) < 10:
+            shutil.copy(f, folder)
+    return folder
+
+
+def launch_env(uri: str) -> dict:
+    """The environment of a step launched as a user would: the venv's bin first (mlflow
+    starts `python` by name), one OpenMP thread (processes share two cores)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    return env | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                  "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
+
+
+def python_m(step: str, args: list[str], cwd: Path, uri: str, timeout: float = 600):
+    """`python -m pipeline.STEP ARGS` in `cwd`."""
+    return subprocess.run([sys.executable, "-m", f"pipeline.{step}", *args], cwd=cwd,
+                          env=launch_env(uri), capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_run(entry: str, params: dict, cwd: Path, uri: str, experiment: str | None = None,
+               timeout: float = 600):
+    """`mlflow run ROOT -e ENTRY --env-manager local [--experiment-name E] -P k=v ...`."""
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager",
+           "local", *(["--experiment-name", experiment] if experiment else [])]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    return subprocess.run(cmd, cwd=cwd, env=launch_env(uri), capture_output=True, text=True,
+                          timeout=timeout)
