@@ -79,14 +79,13 @@ def identity(task, spec: dict) -> dict[str, str]:
 
 
 def check_compatible(name: str, ident: dict[str, str]) -> None:
-    """Refuse a model whose task, target or inputs differ from the name's; a new name
-    (or one with no versions yet) takes this model's."""
-    client = MlflowClient()
+    """Refuse a model whose task, target or inputs differ from the name's. A new name,
+    or one registered before these tags were kept, takes this model's."""
     try:
-        tags = client.get_registered_model(name).tags
+        tags = MlflowClient().get_registered_model(name).tags
     except MlflowException:
         return
-    if not tags.get("task") and not client.search_model_versions(f"name='{name}'"):
+    if not tags.get("task"):
         return
     held = {k: tags.get(k, "(not recorded)") for k in ident}
     differs = [f"{k} {ident[k]!r} (it holds {held[k]!r})" for k in ident if held[k] != ident[k]]
@@ -114,16 +113,9 @@ def register(task, cfg, run_id: str, model_uri: str, challenger, data_fn,
     with locked(name):
         check_compatible(name, ident)
         current = champion_version(name)
-        if current is None:
-            scores, why = None, "the first version"
-        else:
-            from pipeline.tracking import load_served
-
-            champion = load_served(f"models:/{name}/{current}", "champion")
-            scores = task.validation_scores([challenger, champion], cfg, data_fn())
-            verdict = "beats" if scores[0] < scores[1] else "does not beat"
-            why = (f"validation {task.score_name} {scores[0]:.6g} {verdict} version "
-                   f"{current}'s {scores[1]:.6g} on run {run_id}'s validation split")
+        scores, why = None, "the first version"
+        if current is not None:
+            scores, why = _compare(task, cfg, run_id, challenger, name, current, data_fn)
         version = str(mlflow.register_model(model_uri, name).version)
         for key, value in ident.items():
             client.set_registered_model_tag(name, key, value)
@@ -131,7 +123,28 @@ def register(task, cfg, run_id: str, model_uri: str, challenger, data_fn,
             client.set_model_version_tag(name, version, key, str(value))
         if scores:
             client.set_model_version_tag(name, version, f"val_{task.score_name}", scores[0])
-        promoted = scores is None or scores[0] < scores[1]
+        promoted = current is None or bool(scores and scores[0] < scores[1])
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
         return version, promoted, why
+
+
+def _compare(task, cfg, run_id: str, challenger, name: str, current: str, data_fn):
+    """Both models' scores on the run's validation split, and a sentence saying how they
+    compare; (None, why) when the champion cannot be scored on this data (an older
+    model, say): then the alias stays, and the version's tag says so."""
+    from pipeline.tracking import load_served
+
+    data = data_fn()
+    try:
+        champion = load_served(f"models:/{name}/{current}", "champion")
+        scores = task.validation_scores([challenger, champion], cfg, data)
+    except Exception as err:  # noqa: BLE001 - any failure means: no fair comparison
+        task.validation_scores([challenger], cfg, data)  # the new model's own fault: raise
+        why = (f"not compared: version {current} could not be scored on run {run_id}'s "
+               f"validation data ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+               "@champion stays")
+        return None, why
+    verdict = "beats" if scores[0] < scores[1] else "does not beat"
+    return scores, (f"validation {task.score_name} {scores[0]:.6g} {verdict} version "
+                    f"{current}'s {scores[1]:.6g} on run {run_id}'s validation split")

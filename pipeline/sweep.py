@@ -58,7 +58,7 @@ def parse_grid(grid: str, base: Config) -> dict[str, list[str]]:
 def points(base: Config, grid: str) -> list[tuple[str, dict, Config]]:
     """(run name, grid values, config) per distinct point of `grid` over a resolved base
     config, every config checked before any trains."""
-    fixed = {k: v for k, v in base.flat().items() if k != "preset"}
+    fixed = {k: v for k, v in base.flat().items() if k != "preset"}  # resolved already
     axes = parse_grid(grid, base)
     out, seen = [], set()
     for values in itertools.product(*axes.values()):
@@ -67,6 +67,7 @@ def points(base: Config, grid: str) -> list[tuple[str, dict, Config]]:
             cfg = build_config({**fixed, **point, "register": "false"}, base.base)
         except ValueError as err:
             raise ValueError(f"grid point {_name(point)}: {err}") from None
+        cfg.tracking.preset = base.tracking.preset  # its values are in `fixed` already
         if cfg.train.bptt == "full":
             point = {k: v for k, v in point.items() if k not in TRUNCATED_ONLY}
         if tuple(point.items()) not in seen:

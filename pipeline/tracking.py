@@ -57,6 +57,9 @@ def adopt_launcher_experiment(cfg: Config) -> None:
                          "--experiment-name; the experiment param is for python -m")
     cfg.tracking.experiment = MlflowClient().get_experiment(
         launcher.info.experiment_id).name
+    if cfg.tracking.experiment == "Default":
+        print(f"note: mlflow run put this run in the experiment 'Default'; pass "
+              f"--experiment-name {cfg.task_name} to file it with its task", flush=True)
 
 
 @contextlib.contextmanager
@@ -80,9 +83,9 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
             yield run
         except Interrupted as stop:
             mlflow.end_run("KILLED")
-            print(f"\n{stop}\nresume with: mlflow run . --env-manager local -P resume_run_id="
-                  f"{run.info.run_id} (or python -m pipeline.main --resume_run_id "
-                  f"{run.info.run_id})", file=sys.stderr)
+            print(f"\n{stop}\nresume with: mlflow run . --env-manager local --experiment-name "
+                  f"{cfg.tracking.experiment} -P resume_run_id={run.info.run_id} (or python -m "
+                  f"pipeline.main --resume_run_id {run.info.run_id})", file=sys.stderr)
             raise SystemExit(128 + stop.signum) from None
         except SystemExit as stop:  # a nested run (a sweep's child) was interrupted
             if isinstance(stop.code, int) and stop.code > 128:

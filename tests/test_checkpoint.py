@@ -70,6 +70,7 @@ def counting(monkeypatch, count: list, sigterm_at: int = 0, module=trainer):
 
 
 @pytest.mark.parametrize("bptt", ["full", "truncated"])
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(bptt, tmp_path, monkeypatch):
     cfg, prep = small(bptt=bptt, **RESUMABLE)
     plain, count = new_net(cfg, prep), [0]

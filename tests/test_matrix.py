@@ -180,6 +180,7 @@ def test_cell(matrix, task, launcher, preset, step):
         assert [r["name"] for r in children] == ["gru"]
         for child in children:
             assert child["params"] == expected_params(cell, {"cell": "gru", "register": "false"})
+            assert child["tags"]["mlflow.parentRunId"] == parent["id"]
             assert TEST_METRIC[task] in child["metrics"]
 
 

@@ -68,6 +68,7 @@ def test_full_bptt_gradient_reaches_the_first_step(cell):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mlp"])
 @pytest.mark.parametrize("bptt", ["full", "truncated"])
+@pytest.mark.slow
 def test_two_epoch_smoke_fit(cell, bptt):
     if cell == "mlp" and bptt == "truncated":
         with pytest.raises(ValueError, match="needs a recurrent cell"):
@@ -84,6 +85,7 @@ def test_two_epoch_smoke_fit(cell, bptt):
 
 
 @pytest.mark.parametrize("bptt", ["full", "truncated"])
+@pytest.mark.slow
 def test_same_seed_same_metrics(bptt):
     runs = []
     for seed in (3, 3, 4):
@@ -94,6 +96,7 @@ def test_same_seed_same_metrics(bptt):
     assert runs[0] != runs[2]
 
 
+@pytest.mark.slow
 def test_early_stopping_on_target_loss_and_patience():
     cfg, prep = small(epochs=5, target_loss=100.0)
     hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
@@ -103,6 +106,7 @@ def test_early_stopping_on_target_loss_and_patience():
     assert len(hist.epochs) < 6 and hist.best_val_loss == min(e["val_loss"] for e in hist.epochs)
 
 
+@pytest.mark.slow
 def test_step_schedule_halves_the_learning_rate():
     cfg, prep = small(epochs=3, schedule="step", step_size=1, gamma=0.5, patience=0)
     hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)
@@ -139,6 +143,7 @@ LR_TOO_HIGH = 10.0  # SGD: the gradient norm overflows within one epoch without 
 TOO_HIGH = {"optimizer": "sgd", "momentum": 0.0, "lr": LR_TOO_HIGH, "epochs": 3, "patience": 0}
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_epoch_update_and_cause():
     cfg, prep = small(clip=0.0, **TOO_HIGH)
     net = new_net(cfg, prep)
@@ -148,6 +153,7 @@ def test_non_finite_loss_stops_naming_epoch_update_and_cause():
     assert all(torch.isfinite(p).all() for p in net.parameters())  # no step was taken
 
 
+@pytest.mark.slow
 def test_clipping_keeps_the_same_learning_rate_finite():
     cfg, prep = small(clip=1.0, **TOO_HIGH)
     hist = fit_streams(new_net(cfg, prep), prep.streams(), cfg.train, 16, progress=False)

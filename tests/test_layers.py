@@ -1,0 +1,86 @@
+"""The import graph of the project's own modules (every import, also those inside
+functions): no circles, and nothing points back up. Loaders sit at the bottom, then
+the models (the served model imports no training code), then the pipeline's parts,
+then the tasks, then the steps."""
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("data_loaders", "models", "pipeline")
+STEPS = {f"pipeline.{s}" for s in ("main", "prepare", "train", "evaluate", "register",
+                                   "predict", "sweep", "mlproject")}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def runtime_nodes(tree: ast.AST):
+    """Every node but those under `if TYPE_CHECKING:` (imports for annotations only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    edges = {m: set() for m in mods}
+    for name, path in mods.items():
+        for node in runtime_nodes(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            for t in targets:
+                while t and t not in mods:  # `from pipeline import cli` -> pipeline.cli
+                    t = t.rpartition(".")[0]
+                if t and t != name and (t != name.rpartition(".")[0] or t not in mods):
+                    edges[name].add(t)
+    return edges
+
+
+def test_no_import_circles():
+    edges, state, stack = graph(), {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(edges[m]):
+            assert state.get(n) != "open", " -> ".join(stack[stack.index(n):] + [n])
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
+def test_nothing_points_back_up():
+    for name, targets in graph().items():
+        for t in targets:
+            if name.startswith("data_loaders"):
+                assert t.startswith("data_loaders"), f"{name} imports {t}"
+            if name.startswith("models"):
+                assert not t.startswith("pipeline"), f"{name} imports {t}"
+            if name.startswith("pipeline") and name not in STEPS:
+                assert t not in STEPS, f"{name} imports the step {t}"
+            if not name.startswith("pipeline.tasks"):
+                continue
+            # a task knows nothing of other tasks, only the shared speech part
+            assert not t.startswith("pipeline.tasks.") or t == "pipeline.tasks.speech", \
+                f"{name} imports {t}"
