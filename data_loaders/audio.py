@@ -59,6 +59,11 @@ class FeatureSettings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.hop_ms > self.win_ms:
             raise ValueError(f"hop_ms ({self.hop_ms}) must not exceed win_ms ({self.win_ms})")
+        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) must not exceed n_mels ({self.n_mels}): "
+                             "the coefficients come from the mel bands")
+        if self.min_ms < 0:
+            raise ValueError(f"min_ms must be >= 0, got {self.min_ms!r}")
         return self
 
     def settings(self) -> dict:
@@ -96,8 +101,9 @@ def decode(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
     try:
         samples, _ = librosa.load(source, sr=sample_rate, mono=True)
     except Exception as err:  # soundfile and audioread raise many types for bad data
+        why = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", str(err))
         raise AudioError(f"{name}: cannot decode as WAV/FLAC/OGG ({type(err).__name__}: "
-                         f"{err})") from None
+                         f"{why})") from None
     return samples.astype(np.float32)
 
 

@@ -62,10 +62,10 @@ def _problems(frame: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
                 rows.append((line[i], col, f"infinite value {given.iloc[i]!r}"))
         if col in PRICE_COLUMNS:
             for i in np.flatnonzero(values <= 0):
-                rows.append((line[i], col, f"non-positive price {values.iloc[i]!r}"))
+                rows.append((line[i], col, f"non-positive price {float(values.iloc[i]):g}"))
         if col == "volume":
             for i in np.flatnonzero(values < 0):
-                rows.append((line[i], col, f"negative volume {values.iloc[i]!r}"))
+                rows.append((line[i], col, f"negative volume {float(values.iloc[i]):g}"))
     dup = frame["date"].duplicated(keep="first") & frame["date"].notna()
     for i in np.flatnonzero(dup):
         rows.append((line[i], "date", f"duplicate date {frame['date'].iloc[i].date()}"))
@@ -74,7 +74,14 @@ def _problems(frame: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
 
 def read_price_csv(path: str | Path, repair: str = "none") -> tuple[pd.DataFrame, list[str]]:
     """Read a Yahoo-style CSV export into a price frame (see `parse_prices`)."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise PriceDataError(f"{path}: empty file (no header, no rows)") from None
+    except UnicodeDecodeError:
+        raise PriceDataError(f"{path}: not a text CSV file (binary content)") from None
+    except pd.errors.ParserError as err:  # a ragged row, or a delimiter it cannot tell
+        raise PriceDataError(f"{path}: not a readable CSV: {str(err).strip()}") from None
     return parse_prices(raw, Path(path), repair)
 
 
@@ -162,17 +169,19 @@ def read_price_parquet(path: Path, repair: str = "none") -> tuple[dict[str, pd.D
     return series, repairs
 
 
-def read_prices(path: str | Path, repair: str = "none") -> tuple[dict[str, pd.DataFrame], list]:
+def read_prices(path: str | Path, repair: str = "none",
+                what: str = "data") -> tuple[dict[str, pd.DataFrame], list]:
     """A CSV file (one series, named by the file stem), a folder of CSV files, or a
-    Parquet file (one series, or several in a `series_id` column)."""
+    Parquet file (one series, or several in a `series_id` column). Errors about the
+    path name the parameter `what` that gave it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data: {path} does not exist")
+        raise FileNotFoundError(f"{what}: {path} does not exist")
     if path.suffix == ".parquet":
         return read_price_parquet(path, repair)
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not files:
-        raise PriceDataError(f"data: no *.csv files in {path}")
+        raise PriceDataError(f"{what}: no *.csv files in {path}")
     series, repairs = {}, []
     for f in files:
         series[f.stem], fixed = read_price_csv(f, repair)
@@ -208,6 +217,26 @@ def split_download(frame: pd.DataFrame, tickers: list[str]) -> dict[str, pd.Data
     return out
 
 
+def _download(tickers: list[str], start, end, interval: str) -> dict[str, pd.DataFrame]:
+    """One yfinance call for `tickers`; {ticker: Yahoo-style frame} of those it got.
+    yfinance's own logging of failures is kept quiet: the caller says what failed."""
+    import warnings
+
+    import yfinance as yf  # imported here: only downloads need it
+
+    quiet = logging.getLogger("yfinance")
+    level, quiet.level = quiet.level, logging.CRITICAL
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = yf.download(tickers, start=start or None, end=end or None,
+                                interval=interval, auto_adjust=False, progress=False,
+                                threads=False)
+    finally:
+        quiet.setLevel(level)
+    return split_download(frame if frame is not None else pd.DataFrame(), tickers)
+
+
 def download_prices(tickers: list[str], start: str | None, end: str | None, interval: str,
                     cache_dir: str | Path, refresh: bool = False,
                     repair: str = "none") -> tuple[dict[str, pd.DataFrame], list]:
@@ -216,17 +245,18 @@ def download_prices(tickers: list[str], start: str | None, end: str | None, inte
     start..end) unless `refresh`; the rest are downloaded in one call."""
     need = [t for t in tickers if refresh or not cache_path(cache_dir, t, interval).exists()]
     if need:
-        import yfinance as yf  # imported here: only downloads need it
-
-        frame = yf.download(need, start=start or None, end=end or None, interval=interval,
-                            auto_adjust=False, progress=False, threads=False)
-        fetched = split_download(frame if frame is not None else pd.DataFrame(), need)
+        fetched = _download(need, start, end, interval)
+        missing = [t for t in need if t not in fetched]
+        if missing:
+            cached = [t for t in missing if cache_path(cache_dir, t, interval).exists()]
+            raise PriceDataError(
+                f"tickers: no data for {', '.join(map(repr, missing))} from Yahoo (offline, or "
+                f"unknown ticker); "
+                + (f"the cache of {', '.join(cached)} is kept: drop refresh=true to use it"
+                   if cached else f"nothing cached at "
+                   f"{', '.join(str(cache_path(cache_dir, t, interval)) for t in missing)}")
+                + "; or pass data=PATH to train on a Yahoo-style CSV file or folder instead")
         for ticker in need:
-            if ticker not in fetched:
-                raise PriceDataError(
-                    f"tickers: no data for {ticker!r} from Yahoo (offline, or unknown ticker) and "
-                    f"nothing cached at {cache_path(cache_dir, ticker, interval)}; "
-                    "pass data=PATH to train on a Yahoo-style CSV file or folder instead")
             atomic_write(cache_path(cache_dir, ticker, interval),
                          lambda tmp, t=ticker: fetched[t].to_csv(tmp, date_format="%Y-%m-%d"))
     series, repairs = {}, []

@@ -50,11 +50,12 @@ class Parser(argparse.ArgumentParser):
 
 def describe(f) -> str:
     """A field's help: meaning, allowed values, default."""
-    choices = f.metadata.get("choices")
+    choices = ("true", "false") if isinstance(f.default, bool) else f.metadata.get("choices")
     default = str(f.default).lower() if isinstance(f.default, bool) else f.default
     return (f"{f.metadata.get('help', '')}."
             + (f" One of: {', '.join(choices)}." if choices else "")
-            + f" Default: {default if default != '' else '(empty)'}.")
+            + (" Required." if f.metadata.get("required") else
+               f" Default: {default if default != '' else '(empty)'}."))
 
 
 def add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> set[str]:
@@ -81,10 +82,10 @@ def _task_of(argv: list[str]) -> str:
     return "prices"
 
 
-def parse(argv: list[str] | None, doc: str, parts: dict[str, type],
-          epilog: str = "") -> dict[str, dict]:
+def parse(argv: list[str] | None, doc: str, parts: dict[str, type], epilog: str = "",
+          task: str | None = None) -> dict[str, dict]:
     """{part: {name: text given}} for the options given, from `parts` ({title: the
-    dataclass whose fields are options})."""
+    dataclass whose fields are options}); `task`, the task they are for, if any."""
     parser = Parser(description=doc, epilog=epilog)
     names = {title: add_fields(parser, cls, title) for title, cls in parts.items()}
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -94,13 +95,9 @@ def parse(argv: list[str] | None, doc: str, parts: dict[str, type],
         if flag is None:
             raise UsageError(f"unexpected argument {unknown[0]!r}; options are --name value")
         known = sorted(set().union(*names.values()))
-        raise UsageError(unknown_message(flag[2:].split("=")[0], known=known, task=tasks_of(parts)))
+        raise UsageError(unknown_message(flag[2:].split("=")[0], task, known))
     given = vars(args)
     return {title: {k: given[k] for k in n if k in given} for title, n in names.items()}
-
-
-def tasks_of(parts: dict[str, type]) -> str:
-    return next((t for t in tasks.TASKS if t in parts), "prices")
 
 
 def parse_config(argv: list[str] | None, doc: str, extra: dict[str, type] | None = None
@@ -113,9 +110,12 @@ def parse_config(argv: list[str] | None, doc: str, extra: dict[str, type] | None
     epilog = ("other tasks: " + ", ".join(f"--task {t} --help" for t in tasks.TASKS if t != task)
               + "\nunder mlflow run: -P name=value for each --name value")
     parts = {**COMMON, task: task_params, **(extra or {})}
-    given = parse(argv, doc, parts, epilog)
+    given = parse(argv, doc, parts, epilog, task)
     overrides = {k: v for title, values in given.items() if title not in (extra or {})
                  for k, v in values.items()}
+    if "experiment" in overrides and os.environ.get("MLFLOW_RUN_ID"):  # before any work
+        raise UsageError("experiment: under mlflow run, choose the experiment with "
+                         "--experiment-name; the experiment param is for python -m")
     extras = {k: v for title in (extra or {}) for k, v in given[title].items()}
     return build_config(overrides, Path.cwd()), extras
 
@@ -131,6 +131,8 @@ def parse_params(argv: list[str] | None, doc: str, cls: type):
     for name, value in values.items():
         setattr(out, name, coerce(out, name, value))
     for f in fields(cls):
+        if f.metadata.get("required") and not getattr(out, f.name):
+            raise UsageError(f"{f.name} is required: {f.metadata['help']}")
         if f.metadata.get("choices") and getattr(out, f.name) not in f.metadata["choices"]:
             raise UsageError(f"{f.name} must be one of {list(f.metadata['choices'])}, "
                              f"got {getattr(out, f.name)!r}")

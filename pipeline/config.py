@@ -13,6 +13,7 @@ Only NumPy-free standard modules are imported, so `--help` stays fast.
 from __future__ import annotations
 
 import difflib
+import math
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "presets"
 
 
-def param(default, help: str, choices: tuple = ()):
+def param(default, help: str, choices: tuple = (), required: bool = False):
     """A config field with its meaning and allowed values (shown by --help and the
-    README's table)."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
+    README's table); `required`: a step's own parameter without a default."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices),
+                                            "required": required})
 
 
 @dataclass
@@ -153,15 +155,18 @@ class Config:
         return p if p.is_absolute() else self.base / p
 
 
-def unknown_message(name: str, task: str, known: list[str]) -> str:
-    """"unknown parameter 'lookbak'; closest: lookback", or which task has it."""
-    owners = [t for t in tasks.TASKS if t != task and name in task_fields(t)]
-    if owners:
-        return (f"{name} is a parameter of task {' and '.join(owners)}, not of task {task} "
-                f"(set task={owners[0]} to use it)")
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+def unknown_message(name: str, task: str | None, known: list[str]) -> str:
+    """"unknown parameter 'lookbak'; closest: lookback", or which task has it (when the
+    parameters are a task's)."""
+    others = {n: t for t in tasks.TASKS if task and t != task for n in task_fields(t)
+              if n not in known}
+    if name in others:
+        return (f"{name} is a parameter of task {others[name]}, not of task {task} "
+                f"(set task={others[name]} to use it)")
+    close = difflib.get_close_matches(name, [*known, *others], n=3, cutoff=0.6)
+    shown = [f"{c} (task {others[c]})" if c in others else c for c in close]
     return (f"unknown parameter {name!r}; "
-            + (f"closest: {', '.join(close)}" if close else "see --help for the list"))
+            + (f"closest: {', '.join(shown)}" if shown else "see --help for the list"))
 
 
 def task_fields(name: str) -> list[str]:
@@ -204,6 +209,8 @@ def preset_values(preset: str, base: Path | None = None) -> dict:
         raise ValueError(f"preset: {preset} is not a file (bundled presets: {bundled})")
     try:
         values = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"preset: {path} is not a text (YAML) file") from None
     except yaml.YAMLError as err:
         raise ValueError(f"preset: {path} is not valid YAML ({err})".replace("\n", " ")) from None
     if not isinstance(values, dict):
@@ -218,12 +225,17 @@ def build_config(overrides: dict | None = None, base: Path | None = None) -> Con
     `registered_model` are filled in from the task when left empty."""
     overrides = dict(overrides or {})
     cfg = Config(base=base or Path.cwd())
-    values = preset_values(overrides["preset"], cfg.base) if overrides.get("preset") else {}
-    values.update(overrides)
-    cfg.set("task", values.get("task", cfg.data.task))
+    preset = overrides.get("preset") or ""
+    from_preset = preset_values(preset, cfg.base) if preset else {}
+    cfg.set("task", overrides.get("task", from_preset.get("task", cfg.data.task)))
     task = tasks.load(cfg.task_name)
     cfg.task = task.Params()
-    for name, value in values.items():
+    for name, value in from_preset.items():
+        try:
+            cfg.set(name, value)
+        except ValueError as err:
+            raise ValueError(f"preset {preset}: {err}") from None
+    for name, value in overrides.items():
         cfg.set(name, value)
     validate(cfg)
     task.validate(cfg)
@@ -244,15 +256,27 @@ def validate(cfg: Config) -> None:
     for name in ("hidden", "layers", "k1", "k2", "lanes", "batch_size", "epochs", "step_size"):
         if cfg.get(name) < 1:
             raise ValueError(f"{name} must be >= 1, got {cfg.get(name)!r}")
-    for name in ("lr", "gamma"):
+    for name in ("lr",):
         if not cfg.get(name) > 0:
             raise ValueError(f"{name} must be > 0, got {cfg.get(name)!r}")
     for name in ("checkpoint_every", "clip", "patience", "target_loss", "input_noise",
-                 "weight_decay", "momentum"):
-        if cfg.get(name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {cfg.get(name)!r}")
-    if not 0 <= m.dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {m.dropout!r}")
+                 "weight_decay", "seed"):
+        if not 0 <= cfg.get(name) < math.inf:
+            raise ValueError(f"{name} must be >= 0 and finite, got {cfg.get(name)!r}")
+    for name, low, high in (("dropout", 0, 1), ("momentum", 0, 1)):
+        if not low <= cfg.get(name) < high:
+            raise ValueError(f"{name} must be in [{low}, {high}), got {cfg.get(name)!r}")
+    if not 0 < t.gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1] (a decay factor), got {t.gamma!r}")
+    if t.seed >= 2 ** 32:
+        raise ValueError(f"seed must be below 2**32, got {t.seed!r}")
+    if not t.checkpoint_dir.strip():
+        raise ValueError("checkpoint_dir must not be empty (it is where runs checkpoint)")
+    name = cfg.tracking.registered_model
+    if name and (not name.strip() or any(c in name for c in "/:") or name.endswith(".lock")):
+        raise ValueError(f"registered_model: {name!r} is not a usable name: it must not be "
+                         "blank, hold '/' or ':', or end in '.lock' (kept for the "
+                         "registration lock)")
     if not (0 < d.val_frac < 1 and 0 < d.test_frac < 1 and d.val_frac + d.test_frac < 0.9):
         raise ValueError(f"val_frac and test_frac must be in (0, 1) and leave at least 10 % "
                          f"for training, got {d.val_frac!r} and {d.test_frac!r}")

@@ -21,7 +21,7 @@ from pipeline.config import param
 
 @dataclass
 class EvaluateParams:
-    run_id: str = param("", "the training run whose model to evaluate (required)")
+    run_id: str = param("", "the training run whose model to evaluate", required=True)
 
 
 def evaluate_and_log(net, cfg, task, data) -> dict:
@@ -53,8 +53,6 @@ def format_table(table: dict) -> str:
 
 def main(argv=None) -> None:
     run_id = cli.parse_params(argv, __doc__, EvaluateParams).run_id
-    if not run_id:
-        raise cli.UsageError("run_id is required: the training run whose model to evaluate")
     from pipeline.tracking import load_served, logged_model_uri, run_config, start_run
 
     cfg = run_config(run_id)

@@ -14,6 +14,7 @@ are exactly what the REST endpoint returns for the same inputs.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,16 +39,28 @@ class PredictParams:
 
 
 def predict_rows(model, requests, params: dict | None = None, progress: bool | None = None):
-    """Predictions for every request row, sent to the pyfunc ROWS_PER_CALL at a time."""
+    """Predictions for every request row, sent to the pyfunc ROWS_PER_CALL at a time. A
+    bad row's error names its input (`series_id` or `utterance_id`: the file)."""
+    import re
+
     import pandas as pd
+    from mlflow.exceptions import MlflowException
     from tqdm.auto import tqdm
 
+    ids = requests.get("series_id", requests.get("utterance_id"))
     parts = []
     with tqdm(total=len(requests), desc="rows", unit="row",
               disable=None if progress is None else not progress) as bar:
         for i in range(0, len(requests), ROWS_PER_CALL):
             chunk = requests.iloc[i:i + ROWS_PER_CALL].reset_index(drop=True)
-            parts.append(model.predict(chunk, params=params or None))
+            try:
+                parts.append(model.predict(chunk, params=params or None))
+            except MlflowException as err:
+                row = re.match(r"row (\d+)", err.message)
+                if row is None or ids is None:
+                    raise
+                why = re.sub(r"^row \d+(, |: )", "", err.message)
+                raise ValueError(f"input {ids.iloc[i + int(row[1])]}: {why}") from None
             bar.update(len(chunk))
     return pd.concat(parts, ignore_index=True)
 
@@ -60,6 +73,7 @@ def write_table(frame, path) -> None:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = cli.parse_params(argv, __doc__, PredictParams)
     if Path(p.output).suffix not in (".csv", ".parquet"):
         raise cli.UsageError(f"output must end in .csv or .parquet, got {p.output!r}")
@@ -72,6 +86,9 @@ def main(argv=None):
         raise FileNotFoundError(f"input: {source} does not exist")
     requests = task.requests(source, model.unwrap_python_model().spec, p.repair)
     takes_mode = model.metadata.get_params_schema() is not None
+    if not takes_mode and ("--mode" in argv or "--repair" in argv):
+        raise cli.UsageError(f"mode and repair are options of price models; {p.model_uri} "
+                             f"is a {task.name} model")
     out = predict_rows(model, requests, {"mode": p.mode} if takes_mode else None)
     write_table(out, Path(p.output).expanduser().resolve())
     note_launcher(f"This launch wrote {len(out)} predictions of {p.model_uri} to {p.output}.")

@@ -20,7 +20,7 @@ from pipeline.config import param
 
 @dataclass
 class RegisterParams:
-    run_id: str = param("", "the training run whose model to register (required)")
+    run_id: str = param("", "the training run whose model to register", required=True)
     registered_model: str = param("", "registry name; empty: the run's registered_model param")
 
 
@@ -52,8 +52,6 @@ def register_run(run_id: str, cfg, data=None) -> tuple[str, bool]:
 
 def main(argv=None) -> None:
     p = cli.parse_params(argv, __doc__, RegisterParams)
-    if not p.run_id:
-        raise cli.UsageError("run_id is required: the training run whose model to register")
     from pipeline.tracking import note_launcher, run_config  # after parsing: fast --help
 
     cfg = run_config(p.run_id)

@@ -47,8 +47,11 @@ def parse_grid(grid: str, base: Config) -> dict[str, list[str]]:
         if name in FIXED:
             raise ValueError(f"grid: {name} cannot vary within a sweep")
         vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not vals or name in axes:
-            raise ValueError(f"grid: {name} needs values, once (got {part!r})")
+        if name in axes:
+            raise ValueError(f"grid: {name} is given twice; list its values once "
+                             f"({name}=V1,V2,...)")
+        if not vals:
+            raise ValueError(f"grid: {name} needs values (got {part!r})")
         axes[name] = vals
     if not axes:
         raise ValueError(f"grid: no parameters to vary in {grid!r}")

@@ -22,7 +22,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.config import ROOT, Config, from_params
+from pipeline import tasks
+from pipeline.config import Config, from_params
 from pipeline.signals import Interrupted
 
 MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
@@ -32,7 +33,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, else MLflow's own default: `mlflow.db` in the working
+    directory, the store `mlflow run` started there uses too."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def launcher_run_id() -> str | None:
@@ -57,9 +60,11 @@ def adopt_launcher_experiment(cfg: Config) -> None:
                          "--experiment-name; the experiment param is for python -m")
     cfg.tracking.experiment = MlflowClient().get_experiment(
         launcher.info.experiment_id).name
-    if cfg.tracking.experiment == "Default":
-        print(f"note: mlflow run put this run in the experiment 'Default'; pass "
-              f"--experiment-name {cfg.task_name} to file it with its task", flush=True)
+    if cfg.tracking.experiment == "Default" or (cfg.tracking.experiment in tasks.TASKS
+                                                 and cfg.tracking.experiment != cfg.task_name):
+        print(f"note: mlflow run put this {cfg.task_name} run in the experiment "
+              f"'{cfg.tracking.experiment}'; pass --experiment-name {cfg.task_name} to file it "
+              "with its task", flush=True)
 
 
 @contextlib.contextmanager
@@ -114,6 +119,10 @@ def run_config(run_id: str, what: str = "run_id") -> Config:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
         raise ValueError(f"{what}: no run {run_id!r} in {tracking_uri()}") from None
+    if "grid" in run.data.params:
+        best = run.data.tags.get("best_run_id", "one of its children")
+        raise ValueError(f"{what}: run {run_id} is a sweep's parent; give one of its child "
+                         f"runs (the best: {best})")
     if "task" not in run.data.params:
         raise ValueError(f"{what}: run {run_id} has no task param; it is not a training run "
                          "of this project (or was logged by an older version)")

@@ -63,8 +63,10 @@ def train_and_log(cfg, task, data):
 
 
 def report(run, cfg, history) -> str:
+    """The run's one-line summary; epochs counted from 1, as the progress lines count
+    them (the `best_epoch` metric is the MLflow step, from 0)."""
     return (f"run {run.info.run_id} in experiment {cfg.tracking.experiment}: best val_loss "
-            f"{history.best_val_loss:.5g} at epoch {history.best_epoch} of "
+            f"{history.best_val_loss:.5g} at epoch {history.best_epoch + 1} of "
             f"{len(history.epochs)} ({history.stop_reason})")
 
 

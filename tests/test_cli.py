@@ -149,3 +149,17 @@ def test_every_task_module_is_light_to_import():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, env=launch_env("sqlite://"), timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_experiment_param_under_mlflow_run_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123")  # as `mlflow run` sets it for its command
+    with pytest.raises(cli.UsageError, match="under mlflow run, choose the experiment with "
+                                             "--experiment-name"):
+        cli.parse_config(["--experiment", "mine"], "")
+
+
+def test_help_says_what_is_required_and_what_a_boolean_takes():
+    text, _ = _help("evaluate")
+    assert "the training run whose model to evaluate. Required." in " ".join(text.split())
+    text, _ = _help("main")
+    assert "One of: true, false. Default: true." in " ".join(text.split())  # --register

@@ -27,6 +27,18 @@ from pipeline.config import COMMON, PRESETS, build_config, from_params
     ({"task": "speech-forecast", "features": "spectrum"}, "features must be one of"),
     ({"task": "speech-forecast", "shift": 0}, "shift must be >= 1"),
     ({"preset": "no-such-preset"}, "preset: no-such-preset is not a file .*volatility-tbptt"),
+    ({"seed": "-1"}, "seed must be >= 0 and finite, got -1"),
+    ({"momentum": "2"}, r"momentum must be in \[0, 1\), got 2.0"),
+    ({"gamma": "5"}, r"gamma must be in \(0, 1\]"),
+    ({"clip": "inf"}, "clip must be >= 0 and finite, got inf"),
+    ({"checkpoint_dir": ""}, "checkpoint_dir must not be empty"),
+    ({"registered_model": "a/b"}, "registered_model: 'a/b' is not a usable name"),
+    ({"registered_model": "prices.lock"}, "end in '.lock'"),
+    ({"start": "2015-13-45"}, r"start: cannot read '2015-13-45' as a date \(YYYY-MM-DD\)"),
+    ({"start": "2015-01-01", "end": "2010-01-01"}, r"start \(2015-01-01\) is after end"),
+    ({"data": "x.csv", "tickers": "SPY"}, "data and tickers: give one"),
+    ({"task": "speech-classify", "features": "mfcc", "n_mfcc": 100},
+     r"n_mfcc \(100\) must not exceed n_mels \(40\)"),
 ])
 def test_bad_values_are_named_and_quoted(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -107,8 +119,7 @@ def test_choices_agree_with_the_modules_that_use_them():
 
 
 def test_params_round_trip_including_mlflow_run_quoting(tmp_path):
-    cfg = build_config({"tickers": "SPY,AAPL", "refresh": True, "data": "my prices.csv"},
-                       base=tmp_path)
+    cfg = build_config({"refresh": True, "data": "my prices.csv"}, base=tmp_path)
     params = cfg.params()
     assert params["refresh"] == "true" and params["data"] == "my prices.csv"
     params["data"] = "'my prices.csv'"  # how `mlflow run` logs a value that needs quoting
@@ -135,3 +146,16 @@ def test_readme_table_lists_every_parameter_of_every_task():
             assert f"| `{f.name}` |" in table
     assert "| `shift` | speech-forecast | `3` |" in table
     assert "| `split` | speech-classify |" in table  # shared speech params: listed once
+
+
+def test_an_error_in_a_preset_names_the_preset(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    for text, message in [("bogus_key: 3\n", "unknown parameter 'bogus_key'"),
+                          ("hidden: abc\n", "hidden must be an int, got 'abc'"),
+                          ("shift: 5\n", "shift is a parameter of task speech-forecast")]:
+        preset.write_text(text)
+        with pytest.raises(ValueError, match=f"^preset {preset}: {message}"):
+            build_config({"preset": str(preset)})
+    preset.write_bytes(b"RIFF\x80\x81\x82binary")
+    with pytest.raises(ValueError, match="is not a text \\(YAML\\) file"):
+        build_config({"preset": str(preset)})

@@ -122,7 +122,7 @@ def matrix(tmp_path_factory, small_fsdd):
         (root / "predict" / f.name).write_bytes(f.read_bytes())
     data = {"prices": str(root / "SPY.csv"), "fsdd": str(small_fsdd),
             "cache": str(root / "features"), "predict": str(root / "predict")}
-    launch("python -m", "prepare", task_args("speech-classify", False, data | {"ckpt": ""}),
+    launch("python -m", "prepare", task_args("speech-classify", False, data | {"ckpt": str(root)}),
            root, "warm-up")  # fill the feature cache once, before chains share it
     out, threads = {}, torch.get_num_threads()
     torch.set_num_threads(1)  # like the subprocesses: the chains share two cores

@@ -4,6 +4,8 @@ Every test has its own SQLite store and artifact folder under tmp_path.
 """
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -18,18 +20,38 @@ from models.price_model import request_row
 from pipeline import evaluate, prepare, register, tasks, tracking
 from pipeline.config import build_config
 from pipeline.main import main
-from tests.conftest import PRICES, ROOT, SPY, mlflow_run
+from tests.conftest import PRICES, ROOT, SPY, launch_env, mlflow_run
 
 FAST = ["--data", SPY, "--epochs", "2", "--hidden", "8", "--lookback", "16", "--lanes", "4",
         "--k1", "20", "--k2", "40"]
 pytestmark = pytest.mark.slow  # every test here trains real models
 
 
-def test_tracking_defaults_to_sqlite_in_the_project(monkeypatch):
+def test_tracking_defaults_to_sqlite_in_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{ROOT / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_both_launchers_from_one_directory_use_one_store(tmp_path):
+    """With MLFLOW_TRACKING_URI unset, `python -m` and `mlflow run` started in the same
+    directory (not the project's) log to the same mlflow.db there."""
+    env = {k: v for k, v in launch_env("").items() if k != "MLFLOW_TRACKING_URI"}
+    for cmd in ([sys.executable, "-m", "pipeline.prepare", "--data", SPY],
+                [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "prepare",
+                 "--env-manager", "local", "-P", f"data={SPY}"]):
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    # without --experiment-name, mlflow run files the run under Default, and it says so
+    assert "note: mlflow run put this prices run in the experiment 'Default'; pass " \
+           "--experiment-name prices" in proc.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {e.name: len(client.search_runs([e.experiment_id]))
+            for e in client.search_experiments()}
+    assert runs == {"prices": 1, "Default": 1}
 
 
 def test_main_logs_one_complete_run_and_registers_it(store):

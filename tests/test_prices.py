@@ -188,3 +188,25 @@ def test_parquet_with_several_series(tmp_path):
     table.to_parquet(tmp_path / "bad.parquet", index=False)
     with pytest.raises(PriceDataError, match=r"line 7, column 'close': missing value"):
         prices.read_prices(tmp_path / "bad.parquet")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"RIFF\x80\x81\x82\x00binary", "not a text CSV file"),
+    (b"Date,Open,High,Low,Close\n2020-01-02,1,2,1,2\n2020-01-03,1,2,1,2,9,9\n",
+     "not a readable CSV"),
+])
+def test_unreadable_csv_files_are_named(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(PriceDataError, match=f"^{path}: {message}"):
+        read_price_csv(path)
+
+
+def test_bad_values_are_quoted_as_numbers_not_numpy_reprs(tmp_path):
+    path = tmp_path / "neg.csv"
+    path.write_text("Date,Open,High,Low,Close,Volume\n2020-01-02,1,2,-5,2,-10\n")
+    with pytest.raises(PriceDataError) as err:
+        read_price_csv(path)
+    assert str(err.value).startswith(f"{path}: line 2, column 'low': non-positive price -5; "
+                                     "line 2, column 'volume': negative volume -10. Fix")

@@ -185,6 +185,18 @@ def test_batch_predict_step_writes_what_rest_returns(server, store):
     assert np.allclose(written.return_h1, rest.return_h1, rtol=1e-6, atol=1e-9)
 
 
+def test_batch_predict_errors_name_the_input_file(store):
+    data = store / "mixed"
+    data.mkdir(exist_ok=True)
+    lines = (ROOT / "data" / "prices" / "SPY.csv").read_text().splitlines()
+    (data / "LONG.csv").write_text("\n".join(lines[:1] + lines[-100:]) + "\n")
+    (data / "SHORT.csv").write_text("\n".join(lines[:1] + lines[-10:]) + "\n")
+    with pytest.raises(ValueError, match="^input SHORT: column 'close': 10 prices is shorter "
+                                         "than the 17 this model needs"):
+        predict.main(["--input", str(data), "--output", str(store / "p.csv"),
+                      "--model_uri", MODEL])
+
+
 def test_batch_predict_leaves_no_half_written_file(store, monkeypatch):
     out = store / "kept.csv"
     out.write_text("previous results\n")

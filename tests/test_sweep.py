@@ -35,7 +35,7 @@ def test_grid_parsing_and_errors():
                                                              "bptt": ["full"]}
     for bad, why in [("cells=rnn", "unknown parameter 'cells'; closest: cell"),
                      ("cell", "NAME=V1,V2"), ("shift=1,2", "parameter of task speech-forecast"),
-                     ("cell=", "needs values"), ("cell=rnn; cell=gru", "needs values, once"),
+                     ("cell=", "needs values"), ("cell=rnn; cell=gru", "cell is given twice"),
                      ("", "no parameters"), ("resume_run_id=x", "cannot vary"),
                      ("task=prices,speech-classify", "cannot vary")]:
         with pytest.raises(ValueError, match=why):
@@ -132,8 +132,9 @@ def sweep_store(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sweep_logs_children_under_a_parent_with_a_comparison(sweep_store):
+def test_sweep_logs_children_under_a_parent_with_a_comparison(sweep_store, monkeypatch):
     _, uri, stdout = sweep_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["sweep"], output_format="list")
     parent = next(r for r in runs if "best_run_id" in r.data.tags)
@@ -158,6 +159,12 @@ def test_sweep_logs_children_under_a_parent_with_a_comparison(sweep_store):
     assert (Path(folder) / "plots" / "sweep.png").stat().st_size > 10_000
     assert MlflowClient().search_registered_models() == []  # children are not registered
     assert "6 runs" in stdout
+    from pipeline import evaluate
+
+    with pytest.raises(ValueError, match=f"run {parent.info.run_id} is a sweep's parent; give "
+                                         f"one of its child runs \\(the best: "
+                                         f"{table.run_id[0]}\\)"):
+        evaluate.main(["--run_id", parent.info.run_id])
 
 
 def _browser():

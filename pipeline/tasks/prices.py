@@ -15,6 +15,7 @@ models/price_model.py from raw prices.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -101,9 +102,22 @@ class PricesTask(Task):
     score_name = "rmse"
 
     def validate(self, cfg: Config) -> None:
-        if cfg.task.horizon < 1 or cfg.task.lookback < 1:
-            raise ValueError(f"horizon and lookback must be >= 1, got horizon="
-                             f"{cfg.task.horizon}, lookback={cfg.task.lookback}")
+        p = cfg.task
+        if p.horizon < 1 or p.lookback < 1:
+            raise ValueError(f"horizon and lookback must be >= 1, got horizon={p.horizon}, "
+                             f"lookback={p.lookback}")
+        if p.tickers and cfg.data.data:
+            raise ValueError("data and tickers: give one (a CSV file or folder, or tickers "
+                             "for yfinance), not both")
+        days = {}
+        for name in ("start", "end"):
+            try:
+                days[name] = date.fromisoformat(getattr(p, name)) if getattr(p, name) else None
+            except ValueError:
+                raise ValueError(f"{name}: cannot read {getattr(p, name)!r} as a date "
+                                 "(YYYY-MM-DD)") from None
+        if days["start"] and days["end"] and days["start"] > days["end"]:
+            raise ValueError(f"start ({p.start}) is after end ({p.end})")
 
     def model_name(self, cfg: Config) -> str:
         return f"prices-{cfg.task.target}-h{cfg.task.horizon}"
@@ -133,8 +147,10 @@ class PricesTask(Task):
         frames, repairs, source, origin = self.load_series(cfg)
         short = {k: len(v) for k, v in frames.items() if len(v) < p.lookback + p.horizon + 2}
         if short:
+            window = (f" between start={p.start or '...'} and end={p.end or '...'}"
+                      if p.start or p.end else "")
             raise ValueError(f"data: series too short for lookback={p.lookback} and "
-                             f"horizon={p.horizon}: {short} rows")
+                             f"horizon={p.horizon}{window}: {short} rows")
         use_volume = all("volume" in f for f in frames.values())
         names = sorted(frames)
         x = [price_features(frames[n], use_volume) for n in names]
@@ -301,7 +317,7 @@ class PricesTask(Task):
         from data_loaders.prices import read_prices
         from models.price_model import price_columns, request_row
 
-        series, _ = read_prices(path, repair)
+        series, _ = read_prices(path, repair, what="input")
         return pd.DataFrame([request_row(f, n, price_columns(spec)) for n, f in series.items()])
 
 

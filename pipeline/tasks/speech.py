@@ -136,6 +136,7 @@ class SpeechTask(Task):
 
         source = str(cfg.path(cfg.data.data) if cfg.data.data else self.sample)
         log_dataset(data.table(), source, "audio")
+        mlflow.log_table(data.table(), "data/files.json")  # each file: label, speaker, split
         mlflow.set_tag("data_origin", source)
         mlflow.log_metric("bad_files", len(data.bad))
         if data.bad:
@@ -191,4 +192,4 @@ class SpeechTask(Task):
             raise ValueError(f"input: no {'/'.join(AUDIO_SUFFIXES)} files under {path}")
         return pd.DataFrame({"audio": [f.read_bytes() for f in files],
                              "utterance_id": [str(f.relative_to(path)) if path.is_dir()
-                                              else f.stem for f in files]})
+                                              else f.name for f in files]})
