@@ -48,10 +48,6 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     max_rows = 1_000
     needs: tuple = ()  # training-only packages it needs to serve too (librosa for audio)
 
-    @staticmethod
-    def signature(spec: dict):
-        raise NotImplementedError
-
     def load_context(self, context) -> None:
         self.load(context.artifacts)
 

@@ -184,6 +184,6 @@ class SpeechForecaster(AudioModel):
         return pad(frames)
 
 
-def example_request(path: Path) -> pd.DataFrame:
-    """A real request, for the logged model's input example: one file's bytes."""
-    return pd.DataFrame([{"audio": path.read_bytes(), "utterance_id": path.stem}])
+def audio_request(paths: list[Path], ids: list[str]) -> pd.DataFrame:
+    """The request these models take for audio files: each file's bytes and its id."""
+    return pd.DataFrame({"audio": [p.read_bytes() for p in paths], "utterance_id": ids})

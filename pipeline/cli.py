@@ -123,7 +123,7 @@ def parse_config(argv: list[str] | None, doc: str, extra: dict[str, type] | None
 def parse_params(argv: list[str] | None, doc: str, cls: type):
     """A step's own parameters (a dataclass of `config.param` fields) from the command
     line, as their types."""
-    from pipeline.config import coerce
+    from pipeline.config import check_choices, coerce
 
     argv = sys.argv[1:] if argv is None else list(argv)
     values = parse(argv, doc, {"parameters": cls})["parameters"]
@@ -133,9 +133,10 @@ def parse_params(argv: list[str] | None, doc: str, cls: type):
     for f in fields(cls):
         if f.metadata.get("required") and not getattr(out, f.name):
             raise UsageError(f"{f.name} is required: {f.metadata['help']}")
-        if f.metadata.get("choices") and getattr(out, f.name) not in f.metadata["choices"]:
-            raise UsageError(f"{f.name} must be one of {list(f.metadata['choices'])}, "
-                             f"got {getattr(out, f.name)!r}")
+    try:
+        check_choices(out)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return out
 
 

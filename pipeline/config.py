@@ -244,14 +244,20 @@ def build_config(overrides: dict | None = None, base: Path | None = None) -> Con
     return cfg
 
 
+def check_choices(part) -> None:
+    """Every field of a params dataclass holds one of its allowed values, if it has
+    a list of them."""
+    for f in fields(part):
+        choices = f.metadata.get("choices")
+        if choices and getattr(part, f.name) not in choices:
+            raise ValueError(f"{f.name} must be one of {list(choices)}, "
+                             f"got {getattr(part, f.name)!r}")
+
+
 def validate(cfg: Config) -> None:
     """The common rules: allowed values, ranges, and how the parts fit together."""
     for part in cfg.parts().values():
-        for f in fields(part):
-            choices = f.metadata.get("choices")
-            if choices and getattr(part, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {list(choices)}, "
-                                 f"got {getattr(part, f.name)!r}")
+        check_choices(part)
     m, t, d = cfg.model, cfg.train, cfg.data
     for name in ("hidden", "layers", "k1", "k2", "lanes", "batch_size", "epochs", "step_size"):
         if cfg.get(name) < 1:

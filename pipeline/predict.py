@@ -20,8 +20,7 @@ from pathlib import Path
 
 from pipeline import cli, tasks
 from pipeline.config import param
-
-ROWS_PER_CALL = 64  # request rows per predict call
+from pipeline.tasks import ROWS_PER_CALL
 
 
 @dataclass
@@ -80,11 +79,12 @@ def main(argv=None):
     from pipeline.tracking import load_model, note_launcher  # after parsing: fast --help
 
     model = load_model(p.model_uri)
-    task = tasks.load(model.unwrap_python_model().spec["task"])
+    spec = model.unwrap_python_model().spec
+    task = tasks.load(spec["task"])
     source = Path(p.input).expanduser().resolve() if p.input else task.sample
     if not source.exists():
         raise FileNotFoundError(f"input: {source} does not exist")
-    requests = task.requests(source, model.unwrap_python_model().spec, p.repair)
+    requests = task.requests(source, spec, p.repair)
     takes_mode = model.metadata.get_params_schema() is not None
     if not takes_mode and ("--mode" in argv or "--repair" in argv):
         raise cli.UsageError(f"mode and repair are options of price models; {p.model_uri} "

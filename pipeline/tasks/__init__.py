@@ -14,6 +14,7 @@ for --help) and import torch, pandas and MLflow inside the methods that need the
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ TASKS = {  # task name: its module
     "speech-classify": "pipeline.tasks.speech_classify",
     "speech-forecast": "pipeline.tasks.speech_forecast",
 }
+
+
+ROWS_PER_CALL = 64  # request rows per predict call, when the pipeline feeds a served model
 
 
 def load(name: str) -> Task:
@@ -60,8 +64,9 @@ class Evaluation:
     figures: dict[str, Any]
 
 
-class Task:
-    """What a kind of problem supplies to the steps."""
+class Task(ABC):
+    """What a kind of problem supplies to the steps; a task module must define every
+    abstract method (its TASK cannot be made otherwise)."""
 
     name: str
     Params: type  # the task's own parameters
@@ -69,7 +74,9 @@ class Task:
     score_name: str  # the validation score the registry compares, lower is better
 
     def validate(self, cfg: Config) -> None:
-        """Task rules on the whole config (allowed values are checked already)."""
+        """Task rules on the whole config (allowed values are checked already); by
+        default none beyond the common ones."""
+        return None
 
     def model_name(self, cfg: Config) -> str:
         """The registered model's default name."""
@@ -78,48 +85,50 @@ class Task:
     def run_name(self, cfg: Config) -> str:
         return f"{cfg.model.cell}-{cfg.train.bptt}"
 
+    @abstractmethod
     def prepare(self, cfg: Config) -> Any:
         """The data as sequences: an object with `summary() -> str` (printed)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_data(self, cfg: Config, data) -> None:
         """Into the active run: the dataset (mlflow.log_input), split summary, repairs."""
-        raise NotImplementedError
 
+    @abstractmethod
     def network(self, cfg: Config, data) -> dict:
         """The model spec stored as model.json: at least `model` (the network settings),
         `n_in` and `n_out`, plus what the served model needs to preprocess requests."""
-        raise NotImplementedError
 
+    @abstractmethod
     def objective(self, cfg: Config, data, net: torch.nn.Module) -> Objective:
-        raise NotImplementedError
+        """What training minimises on `data`, for `net` (on its device)."""
 
     def horizon(self, net: torch.nn.Module, cfg: Config, data):
         """(gradient norms [K+1], memory horizon) on validation data, or None."""
         return None
 
+    @abstractmethod
     def evaluate(self, net: torch.nn.Module, cfg: Config, data) -> Evaluation:
-        raise NotImplementedError
+        """Test metrics of `net` beside the task's baselines, on the same samples."""
 
+    @abstractmethod
     def served_model(self) -> type:
         """The pyfunc class that serves this task's models (models/)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_model(self, net: torch.nn.Module, cfg: Config, data):
         """Log the served model (a pyfunc) into the active run; returns its ModelInfo."""
-        raise NotImplementedError
 
+    @abstractmethod
     def target(self, spec: dict) -> str:
         """What a model predicts, from its spec: models under one registered name must
         agree on it (and on their task and input schema)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def validation_scores(self, models: list, cfg: Config, data) -> list[float]:
         """`score_name` of each served model (unwrapped pyfunc) on the same validation
         samples of `data`, computed from raw inputs through the models' own
         preprocessing, so models trained on other data compare fairly."""
-        raise NotImplementedError
 
+    @abstractmethod
     def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
         """The request rows the served model takes, from files at `path` (predict)."""
-        raise NotImplementedError

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.config import ROOT, Config, param
-from pipeline.tasks import Evaluation, Objective, Task
+from pipeline.tasks import ROWS_PER_CALL, Evaluation, Objective, Task
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SAMPLE = ROOT / "data" / "prices"
-ROWS_PER_CALL = 64  # series per predict call when scoring or predicting
 
 
 @dataclass

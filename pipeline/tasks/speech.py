@@ -83,11 +83,10 @@ class SpeechData:
 
     def requests(self, which: int) -> pd.DataFrame:
         """The served model's request for a split's files: their bytes."""
-        import pandas as pd
+        from models.speech_model import audio_request
 
-        idx = np.flatnonzero(self.split == which)
-        return pd.DataFrame({"audio": [self.utts[i].path.read_bytes() for i in idx],
-                             "utterance_id": [self.utts[i].path.stem for i in idx]})
+        paths = [self.utts[i].path for i in np.flatnonzero(self.split == which)]
+        return audio_request(paths, [p.stem for p in paths])
 
 
 class SpeechTask(Task):
@@ -158,9 +157,10 @@ class SpeechTask(Task):
         from models import speech_model
         from models.served import log_served
 
+        first = data.utts[0].path  # the input example: a real request, one file
         return log_served(self.served_model(), net, self.network(cfg, data),
                           data.norm.to_dict() if data.norm else {},
-                          speech_model.example_request(data.utts[0].path))
+                          speech_model.audio_request([first], [first.stem]))
 
     def memory_horizon(self, net, data: SpeechData, example, loss_fn, shift: int = 0,
                        utterances: int = 16, max_k: int = 50):
@@ -184,12 +184,11 @@ class SpeechTask(Task):
         return mean, memory_horizon(mean)
 
     def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
-        import pandas as pd
+        from models.speech_model import audio_request
 
         files = ([path] if path.is_file() else
                  sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES))
         if not files:
             raise ValueError(f"input: no {'/'.join(AUDIO_SUFFIXES)} files under {path}")
-        return pd.DataFrame({"audio": [f.read_bytes() for f in files],
-                             "utterance_id": [str(f.relative_to(path)) if path.is_dir()
-                                              else f.name for f in files]})
+        return audio_request(files, [str(f.relative_to(path)) if path.is_dir() else f.name
+                                     for f in files])
