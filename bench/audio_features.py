@@ -3,9 +3,8 @@
 
     python -m bench.audio_features [--data DIR]
 
-Default data: the full 2,000-file FSDD set in ../shared/data/fsdd/recordings when
-it is there, else the 800 bundled files (the output says which). Result: the
-cold throughput (target >= 1: faster than real time).
+Default data: the bundled 2,000 FSDD files. Result: the cold throughput
+(target >= 1: faster than real time).
 """
 
 from __future__ import annotations
@@ -23,10 +22,8 @@ from pipeline.config import ROOT
 
 
 def main() -> None:
-    shared = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(shared if shared.is_dir()
-                                              else ROOT / "data" / "fsdd" / "recordings"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "fsdd" / "recordings"))
     args = parser.parse_args()
     pin_allocator()
     utts = audio.discover(args.data)

@@ -50,6 +50,8 @@ class FeatureSettings:
     min_ms: float = _setting(100.0, "shorter files are reported as too short")
     silence_db: float = _setting(-50.0, "files whose peak is below this (dBFS) are reported "
                                         "as silent")
+    trim_db: float = _setting(30.0, "leading and trailing frames this far (dB) below the "
+                                    "loudest are cut, in training and serving alike; 0: keep")
 
     def validate(self) -> FeatureSettings:
         if self.features not in FEATURES:
@@ -62,8 +64,9 @@ class FeatureSettings:
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(f"n_mfcc ({self.n_mfcc}) must not exceed n_mels ({self.n_mels}): "
                              "the coefficients come from the mel bands")
-        if self.min_ms < 0:
-            raise ValueError(f"min_ms must be >= 0, got {self.min_ms!r}")
+        for name in ("min_ms", "trim_db"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         return self
 
     def settings(self) -> dict:
@@ -73,6 +76,11 @@ class FeatureSettings:
     def key(self) -> str:
         """Names the cache folder: any change of setting gives a new one."""
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def frame_sizes(self) -> tuple[int, int]:
+        """(window, hop) in samples."""
+        return (int(round(self.win_ms * self.sample_rate / 1000)),
+                int(round(self.hop_ms * self.sample_rate / 1000)))
 
     @property
     def dim(self) -> int:
@@ -123,12 +131,26 @@ def problem(samples: np.ndarray, s: FeatureSettings) -> str | None:
     return None
 
 
-def frames(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
-    """float32 [T, F]: log-mel energies, or MFCC with first and second deltas."""
+def trim(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
+    """The samples without leading and trailing silence: frames more than trim_db below
+    the loudest frame, measured on the feature frames' own grid, so a recording padded
+    with silence (a whole number of hops) keeps exactly the same frames."""
     import librosa
 
-    win = int(round(s.win_ms * s.sample_rate / 1000))
-    hop = int(round(s.hop_ms * s.sample_rate / 1000))
+    if not s.trim_db:
+        return samples
+    win, hop = s.frame_sizes()
+    return librosa.effects.trim(samples, top_db=s.trim_db, frame_length=win,
+                                hop_length=hop)[0]
+
+
+def frames(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
+    """float32 [T, F] after trimming: log-mel energies, or MFCC with first and second
+    deltas."""
+    import librosa
+
+    samples = trim(samples, s)
+    win, hop = s.frame_sizes()
     mel = librosa.feature.melspectrogram(y=samples, sr=s.sample_rate, n_fft=win,
                                          hop_length=hop, n_mels=s.n_mels)  # [n_mels, T]
     logmel = np.log(mel + 1e-10)
@@ -166,31 +188,39 @@ def discover(root: str | Path) -> list[Utterance]:
     return out
 
 
+def speakers(utts: list[Utterance]) -> list[str]:
+    """The speakers, sorted; split=speaker needs one in every file name and three or more."""
+    known = sorted({u.speaker for u in utts if u.speaker is not None})
+    if len(known) < 3 or any(u.speaker is None for u in utts):
+        raise AudioError(f"split=speaker needs at least 3 speakers, known for every file; "
+                         f"found {known}")
+    return known
+
+
 def split_utterances(utts: list[Utterance], how: str, val_frac: float = 0.1,
-                     test_frac: float = 0.2, test_index: int = 5,
-                     seed: int = 0) -> np.ndarray:
+                     test_frac: float = 0.2, test_index: int = 5, seed: int = 0,
+                     test_speaker: str = "") -> np.ndarray:
     """Split per utterance (TRAIN, VAL or TEST, as in data_loaders.sequences):
-    - index: take index < test_index is test (FSDD's own split: 0-4); validation a
-      seeded val_frac of the rest;
-    - random: seeded fractions;
-    - speaker: whole speakers (no speaker in two splits), at least one per split."""
+    - index: take index < test_index is test (FSDD's own split: 0-4);
+    - random: a seeded test_frac of the files is test;
+    - speaker: every file of `test_speaker` is test, no other speaker's.
+    Validation is a seeded val_frac of the rest."""
     if how not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {how!r}")
     rng = np.random.default_rng(seed)
     n = len(utts)
     split = np.full(n, TRAIN, np.int8)
     if how == "speaker":
-        speakers = sorted({u.speaker for u in utts if u.speaker is not None})
-        if len(speakers) < 3 or any(u.speaker is None for u in utts):
-            raise AudioError(f"split=speaker needs at least 3 speakers, known for every file; "
-                             f"found {speakers}")
-        order = [speakers[i] for i in rng.permutation(len(speakers))]
-        n_test = max(1, round(test_frac * len(speakers)))
-        n_val = max(1, round(val_frac * len(speakers)))
-        role = ({s: TEST for s in order[:n_test]}
-                | {s: VAL for s in order[n_test:n_test + n_val]})
-        return np.array([role.get(u.speaker, TRAIN) for u in utts], np.int8)
-    if how == "index":
+        known = speakers(utts)
+        if not test_speaker:
+            raise AudioError(f"split=speaker: give test_speaker (one of {known}) to hold one "
+                             "speaker out; the main entry point, without it, holds each out "
+                             "in turn")
+        if test_speaker not in known:
+            raise AudioError(f"test_speaker: {test_speaker!r} is not one of the speakers "
+                             f"{known}")
+        split[[u.speaker == test_speaker for u in utts]] = TEST
+    elif how == "index":
         if any(u.index is None for u in utts):
             raise AudioError("split=index needs a take index in every file name")
         split[[u.index < test_index for u in utts]] = TEST

@@ -36,28 +36,52 @@ def _norm(kind: str, size: int) -> nn.Module:
 
 
 class RecurrentRegressor(nn.Module):
-    """`layers` single-layer cells; between two layers: norm, then dropout."""
+    """`layers` single-layer cells; between two layers: norm, then dropout.
+
+    bidirectional (whole utterances only, never forecasting): each layer also reads
+    the sequence backwards, from each sequence's own end when `lengths` are given.
+    `readout` is how `pooled` turns a sequence's outputs into one: at its last step,
+    or their mean over its steps."""
 
     def __init__(self, n_features: int, n_outputs: int, cell: str = "lstm", hidden: int = 32,
-                 layers: int = 1, dropout: float = 0.0, norm: str = "none"):
+                 layers: int = 1, dropout: float = 0.0, norm: str = "none",
+                 bidirectional: bool = False, readout: str = "last"):
         super().__init__()
-        sizes = [n_features] + [hidden] * layers
-        self.cells = nn.ModuleList(CELLS[cell](sizes[i], hidden, batch_first=True)
+        width = hidden * (1 + bidirectional)
+        sizes = [n_features] + [width] * layers
+        self.cells = nn.ModuleList(CELLS[cell](sizes[i], hidden, batch_first=True,
+                                               bidirectional=bidirectional)
                                    for i in range(layers))
-        self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(layers - 1))
+        self.norms = nn.ModuleList(_norm(norm, width) for _ in range(layers - 1))
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden, n_outputs)
+        self.head = nn.Linear(width, n_outputs)
+        self.bidirectional, self.readout = bidirectional, readout
 
-    def forward(self, x: torch.Tensor, state: list | None = None):
+    def forward(self, x: torch.Tensor, state: list | None = None,
+                lengths: torch.Tensor | None = None):
         state = state or [None] * len(self.cells)
         h, new_state = x, []
         for i, rnn in enumerate(self.cells):
-            h, s = rnn(h, state[i])
+            h, s = self._layer(rnn, h, state[i], lengths)
             new_state.append(s)
             if i < len(self.norms):
                 h = self.dropout(self.norms[i](h))
-        self.top_hidden = h  # [B, T, hidden], kept for diagnostics and embeddings
+        self.top_hidden = h  # [B, T, width], kept for diagnostics and embeddings
         return self.head(self.dropout(h)), new_state
+
+    def _layer(self, rnn: nn.Module, h: torch.Tensor, state, lengths):
+        if not self.bidirectional or lengths is None:  # forwards only: padding comes after
+            return rnn(h, state)
+        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, s = rnn(packed, state)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                total_length=h.shape[1])[0], s
+
+    def pooled(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """One output per sequence [B, out] of zero-padded x [B, T, F]."""
+        out = self(x, lengths=lengths)[0]
+        return last_step(out, lengths) if self.readout == "last" else _masked_mean(out, lengths)
 
 
 class MLPRegressor(nn.Module):
@@ -113,7 +137,8 @@ def build_model(cfg: dict, n_features: int, n_outputs: int) -> nn.Module:
         model = MLPRegressor(n_features, n_outputs, lookback=cfg["lookback"], **kwargs)
     else:
         model = RecurrentRegressor(n_features, n_outputs, cell=cfg["cell"], norm=cfg["norm"],
-                                   **kwargs)
+                                   bidirectional=cfg.get("bidirectional", False),
+                                   readout=cfg.get("readout", "last"), **kwargs)
     init_weights(model, cfg["init"])
     return model
 
@@ -146,7 +171,8 @@ def forecast_at(model: nn.Module, x: torch.Tensor, anchors: np.ndarray, stateful
 
 def pad(xs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad after the end: [T_i, F] each -> x [N, T_max, F], lengths [N]. A
-    unidirectional RNN read at step length-1 never sees the padding, so padding
+    unidirectional RNN read at step length-1 never sees the padding, and a
+    bidirectional one reads each sequence backwards from its own end, so padding
     cannot change a prediction."""
     lengths = torch.tensor([len(x) for x in xs])
     out = torch.zeros(len(xs), int(lengths.max()), xs[0].shape[1])
@@ -160,11 +186,22 @@ def last_step(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
-           chunk: int = 256) -> torch.Tensor:
+def logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, chunk: int = 256,
+           embeddings: bool = False):
+    """Per sequence, the pooled output [N, C]; with `embeddings`, also the mean of the
+    top layer's hidden states over its steps [N, width]."""
     model.eval()
-    parts = []
+    parts, embs = [], []
     for i in range(0, len(x), chunk):
         n = lengths[i:i + chunk]
-        parts.append(last_step(model(x[i:i + chunk, : int(n.max())])[0], n))
-    return torch.cat(parts)
+        parts.append(model.pooled(x[i:i + chunk, : int(n.max())], n))
+        if embeddings:
+            embs.append(_masked_mean(model.top_hidden, n))
+    return (torch.cat(parts), torch.cat(embs).numpy()) if embeddings else torch.cat(parts)
+
+
+def _masked_mean(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, T, H] -> [B, H], the mean over each sequence's own steps."""
+    lengths = lengths.to(h.device)
+    mask = torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]
+    return (h * mask[..., None]).sum(1) / lengths[:, None]

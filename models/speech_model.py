@@ -7,8 +7,10 @@ and normalisation run inside, with the same functions training used.
 Request: one row per utterance, either `audio` (the file's bytes: WAV, FLAC or
 OGG; base64 over REST) or `samples` (array of floats in [-1, 1]) with
 `sample_rate` (Hz); optional `utterance_id`.
-Response, speech-classify: `utterance_id`, `label`, `probability` (of that label)
-and one `p_{class}` column per class. speech-forecast: `utterance_id`, `l1` (the
+Response, speech-classify: `utterance_id`, `label` (a class, or "unknown"),
+`probability` (of the top class, calibrated), `reason` (why "unknown": silent, too
+short, low confidence, or unlike the training utterances; empty otherwise) and one
+`p_{class}` column per class. speech-forecast: `utterance_id`, `l1` (the
 mean absolute error of predicting each frame `shift` steps ahead, normalised
 log-mel units) and `embedding` (the mean of the top layer's hidden states).
 Limits: MAX_ROWS utterances per request, MAX_SECONDS of audio each.
@@ -26,6 +28,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from data_loaders import audio
 from data_loaders.sequences import Normaliser
+from models.calibration import UNKNOWN, apply_rule
 from models.networks import logits, pad
 from models.served import ServedModel, bad, missing
 
@@ -70,8 +73,10 @@ class AudioModel(ServedModel):
                                        target_sr=self.settings.sample_rate)
         return samples
 
-    def frames(self, row: dict, i: int) -> np.ndarray:
-        """Raw (unnormalised) feature frames [T, F] of one row."""
+    def frames(self, row: dict, i: int, lenient: bool = False):
+        """Raw (unnormalised) feature frames [T, F] of one row. Audio that cannot make an
+        utterance (silent, too short) is a request error, or with `lenient` the
+        reason, returned instead of frames."""
         s = self.settings
         try:
             if not missing(row.get("audio")):
@@ -93,6 +98,8 @@ class AudioModel(ServedModel):
             raise bad(f"row {i}, column 'audio': "
                       f"{str(err).removeprefix('audio bytes: ')}") from None
         why = audio.problem(samples, s)
+        if why and lenient:
+            return why.split(":")[0]
         if why:
             raise bad(f"row {i}, column '{where}': {why}")
         return audio.frames(samples, s)
@@ -100,12 +107,12 @@ class AudioModel(ServedModel):
     def normalise(self, x: np.ndarray) -> np.ndarray:
         return self.norm.transform(x) if self.norm else audio.utterance_cmvn(x)
 
-    def batch(self, model_input) -> tuple[list[np.ndarray], list[str]]:
-        """Raw frames and ids of every row of a request."""
+    def batch(self, model_input, lenient: bool = False) -> tuple[list, list[str]]:
+        """Raw frames (see `frames`) and ids of every row of a request."""
         rows = self.rows(model_input)
         ids = [str(i) if missing(r.get("utterance_id")) else str(r["utterance_id"])
                for i, r in enumerate(rows)]
-        return [self.frames(r, i) for i, r in enumerate(rows)], ids
+        return [self.frames(r, i, lenient) for i, r in enumerate(rows)], ids
 
 
 class SpeechClassifier(AudioModel):
@@ -114,23 +121,39 @@ class SpeechClassifier(AudioModel):
     @staticmethod
     def signature(spec: dict) -> ModelSignature:
         outputs = [ColSpec(DataType.string, "utterance_id"), ColSpec(DataType.string, "label"),
-                   ColSpec(DataType.double, "probability")]
+                   ColSpec(DataType.double, "probability"), ColSpec(DataType.string, "reason")]
         outputs += [ColSpec(DataType.double, f"p_{c}") for c in spec["classes"]]
         return ModelSignature(INPUTS, Schema(outputs))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        raw, ids = self.batch(model_input)
-        x, lengths = pad([self.normalise(f) for f in raw])
-        probs = torch.softmax(logits(self.net, x, lengths), dim=1).numpy().astype(np.float64)
-        if not np.isfinite(probs).all():
-            raise bad("the model produced non-finite probabilities")
+        raw, ids = self.batch(model_input, lenient=True)
         classes = self.spec["classes"]
+        probs = np.full((len(raw), len(classes)), 1 / len(classes))  # no audio: no opinion
+        reasons = [f if isinstance(f, str) else "" for f in raw]
+        if ok := [i for i, f in enumerate(raw) if not isinstance(f, str)]:
+            x, lengths = pad([self.normalise(raw[i]) for i in ok])
+            out, emb = logits(self.net, x, lengths, embeddings=True)
+            if not (torch.isfinite(out).all() and np.isfinite(emb).all()):
+                raise bad("the model produced non-finite outputs")
+            probs[ok], why = self.probabilities(out, emb)
+            for i, w in zip(ok, why, strict=True):
+                reasons[i] = w
         best = probs.argmax(1)
-        out = pd.DataFrame({"utterance_id": ids, "label": [classes[b] for b in best],
-                            "probability": probs[np.arange(len(best)), best]})
+        out = pd.DataFrame({"utterance_id": ids,
+                            "label": [UNKNOWN if r else classes[b]
+                                      for r, b in zip(reasons, best, strict=True)],
+                            "probability": probs[np.arange(len(best)), best],
+                            "reason": reasons})
         for j, c in enumerate(classes):
             out[f"p_{c}"] = probs[:, j]
         return out
+
+    def probabilities(self, out: torch.Tensor, emb: np.ndarray):
+        """Calibrated probabilities and unknown reasons by the stored rule (models saved
+        before it: plain softmax, never unknown)."""
+        if rule := self.spec.get("unknown"):
+            return apply_rule(out, emb, rule)
+        return torch.softmax(out, 1).numpy().astype(np.float64), [""] * len(out)
 
 
 class SpeechForecaster(AudioModel):

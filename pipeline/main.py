@@ -16,7 +16,9 @@ from pipeline import cli, tasks
 
 def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
     """One run of any task: train, evaluate, and register unless register=false or the
-    run is nested (a sweep's child). Returns its run_id, test table and history."""
+    run is nested (a sweep's child); or, when the task's config asks for folds, a
+    cross-validation (pipeline/crossval.py). Returns its run_id, test table and
+    history."""
     from pipeline import registry
     from pipeline.evaluate import evaluate_and_log, format_table
     from pipeline.register import register_run
@@ -24,6 +26,13 @@ def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
     from pipeline.train import report, train_and_log
 
     task = tasks.load(cfg.task_name)
+    if folds := task.folds(cfg):
+        from pipeline.crossval import run_folds
+
+        if cfg.tracking.register and not nested:
+            print("cross-validation: the folds' models are not registered; train the model "
+                  "to serve on every speaker with split=index or split=random")
+        return run_folds(cfg, folds, run, run_name or task.run_name(cfg), nested)
     data = task.prepare(cfg)
     print(data.summary())
     registering = cfg.tracking.register and not nested

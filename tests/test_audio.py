@@ -16,10 +16,10 @@ S = FeatureSettings()
 
 def test_discovers_fsdd_names():
     utts = audio.discover(FSDD)
-    assert len(utts) == 800
+    assert len(utts) == 2000
     assert {u.label for u in utts} == {str(d) for d in range(10)}
     assert {u.speaker for u in utts} == {"george", "jackson", "lucas", "nicolas"}
-    assert {u.index for u in utts} == set(range(20))
+    assert {u.index for u in utts} == set(range(50))
     u = next(u for u in utts if u.path.name == "7_lucas_12.wav")
     assert (u.label, u.speaker, u.index) == ("7", "lucas", 12)
 
@@ -130,14 +130,15 @@ def test_index_split_is_fsdds_own():
     assert (split == 1).sum() == round(0.1 * (idx >= 5).sum())
 
 
-def test_speaker_split_keeps_each_speaker_in_one_split():
+def test_speaker_split_holds_out_one_speaker_whole():
     utts = audio.discover(FSDD)
-    split = audio.split_utterances(utts, "speaker", val_frac=0.25, test_frac=0.25, seed=3)
-    by_speaker = {}
-    for u, s in zip(utts, split, strict=True):
-        by_speaker.setdefault(u.speaker, set()).add(int(s))
-    assert all(len(s) == 1 for s in by_speaker.values())
-    assert sorted(s.pop() for s in by_speaker.values()) == [0, 0, 1, 2]
+    split = audio.split_utterances(utts, "speaker", val_frac=0.1, seed=3,
+                                   test_speaker="lucas")
+    speaker = np.array([u.speaker for u in utts])
+    assert (split[speaker == "lucas"] == 2).all() and not (split[speaker != "lucas"] == 2).any()
+    assert (split == 1).sum() == round(0.1 * (speaker != "lucas").sum())
+    with pytest.raises(audio.AudioError, match="'ann' is not one of the speakers"):
+        audio.split_utterances(utts, "speaker", test_speaker="ann")
 
 
 def test_random_split_is_seeded():
@@ -145,7 +146,7 @@ def test_random_split_is_seeded():
     a = audio.split_utterances(utts, "random", seed=1)
     assert np.array_equal(a, audio.split_utterances(utts, "random", seed=1))
     assert not np.array_equal(a, audio.split_utterances(utts, "random", seed=2))
-    assert (a == 2).sum() == 160
+    assert (a == 2).sum() == 400
 
 
 def test_bad_settings_are_named():

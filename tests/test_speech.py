@@ -150,7 +150,7 @@ def test_apc_targets_and_stream_never_cross_utterances():
     y = apc_targets(x, 2)
     assert np.array_equal(y[:4], x[2:]) and np.isnan(y[4:]).all()
     utts = [np.full((5, 1), k, np.float32) for k in (1.0, 2.0, 3.0)]
-    data = SpeechData([], utts, np.zeros(3), np.array([0, 1, 0]), ["a"], None, [])
+    data = SpeechData([], utts, utts, np.zeros(3), np.array([0, 1, 0]), ["a"], None, [])
     sx, sy = forecast_stream(data, 2)  # the two training utterances, end to end
     assert sx[:, 0].tolist() == [1] * 5 + [3] * 5
     assert np.isnan(sy[3:5]).all() and np.isnan(sy[8:10]).all()
@@ -209,8 +209,8 @@ def test_speech_memory_horizon_reaches_back_and_skips_too_short_utterances():
     from pipeline.tasks.speech import SpeechData
 
     rng = np.random.default_rng(0)
-    data = SpeechData(utts=[], x=[rng.standard_normal((n, 8)).astype("float32")
-                                  for n in (20, 18, 25, 9, 20)],
+    frames = [rng.standard_normal((n, 8)).astype("float32") for n in (20, 18, 25, 9, 20)]
+    data = SpeechData(utts=[], raw=frames, x=frames,
                       y=np.array([0, 1, 0, 1, 0]), split=np.array([0, 1, 1, 1, 2]),
                       classes=["a", "b"], norm=None, bad=[])
     torch.manual_seed(0)

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.children import parse_grid, points
 from pipeline.config import build_config
-from pipeline.sweep import parse_grid, points, run_sweep
+from pipeline.sweep import run_sweep
 from tests.conftest import SPY
 from tests.mlflow_server import tracking_server
 

@@ -85,6 +85,11 @@ class Task(ABC):
     def run_name(self, cfg: Config) -> str:
         return f"{cfg.model.cell}-{cfg.train.bptt}"
 
+    def folds(self, cfg: Config) -> list[tuple[str, dict]]:
+        """Cross-validation asked for by the config: (child run name, params) per fold;
+        none by default (one run)."""
+        return []
+
     @abstractmethod
     def prepare(self, cfg: Config) -> Any:
         """The data as sequences: an object with `summary() -> str` (printed)."""

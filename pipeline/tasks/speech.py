@@ -35,8 +35,11 @@ class Params(FeatureSettings):
     """The feature settings (data_loaders.audio) and how utterances are split and kept."""
 
     split: str = param("index", "index (take < test_index is test, FSDD's own split), random, "
-                                "or speaker (no speaker in two splits)", SPLITS)
+                                "or speaker (test_speaker's files are test)", SPLITS)
     test_index: int = param(5, "split=index: takes below this are test")
+    test_speaker: str = param("", "split=speaker: the speaker held out for test; empty: each "
+                                  "speaker in turn (leave-one-speaker-out cross-validation, a "
+                                  "child run per speaker)")
     skip_bad: bool = param(False, "leave bad audio files out (counted and listed in the run) "
                                   "instead of stopping")
     feature_cache: str = param("data/cache/features", "feature cache folder, keyed by file "
@@ -48,7 +51,8 @@ class Params(FeatureSettings):
 @dataclass
 class SpeechData:
     utts: list[Utterance]
-    x: list[np.ndarray]  # normalised frames [T_i, F] per utterance
+    raw: list[np.ndarray]  # frames [T_i, F] per utterance, as extracted
+    x: list[np.ndarray]  # the same, normalised
     y: np.ndarray  # class index per utterance
     split: np.ndarray  # TRAIN, VAL or TEST per utterance
     classes: list[str]
@@ -71,15 +75,45 @@ class SpeechData:
         return (f"{len(self.utts)} utterances, {len(self.classes)} classes ({counts}); "
                 f"{len(self.bad)} bad files skipped")
 
-    def padded(self, which: int):
-        """Zero-padded frames x [N, T, F], lengths [N] and class indices [N] of a split."""
+    def padded(self, which: int, raw: bool = False):
+        """Zero-padded frames x [N, T, F] (normalised unless `raw`), lengths [N] and class
+        indices [N] of a split."""
         import torch
 
         from models.networks import pad
 
         idx = np.flatnonzero(self.split == which)
-        x, lengths = pad([self.x[i] for i in idx])
+        x, lengths = pad([(self.raw if raw else self.x)[i] for i in idx])
         return x, lengths, torch.as_tensor(self.y[idx])
+
+    def add_training(self, utts: list[Utterance], feats: list[np.ndarray]) -> None:
+        """More training utterances (synthetic voices), normalised as the others."""
+        self.utts += utts
+        self.raw += feats
+        self.x += [self.normalise_one(f) for f in feats]
+        self.y = np.concatenate([self.y, [self.classes.index(u.label) for u in utts]])
+        self.split = np.concatenate([self.split, np.full(len(utts), TRAIN, np.int8)])
+
+    def normalise_one(self, frames: np.ndarray) -> np.ndarray:
+        """One utterance's raw frames [T, F], normalised as `x` is."""
+        from data_loaders.audio import utterance_cmvn
+
+        return self.norm.transform(frames) if self.norm else utterance_cmvn(frames)
+
+    def normalise(self, x, lengths):
+        """Raw padded frames [B, T, F] normalised as `x` is (padding stays zero), in torch:
+        for batches changed in training."""
+        import torch
+
+        valid = (torch.arange(x.shape[1])[None] < lengths[:, None])[..., None]
+        if self.norm:
+            mean, std = (torch.as_tensor(v, dtype=x.dtype) for v in (self.norm.mean_,
+                                                                       self.norm.std_))
+            return (x - mean) / std * valid
+        n = lengths[:, None, None].to(x.dtype)
+        mean = (x * valid).sum(1, keepdim=True) / n
+        std = ((((x - mean) * valid) ** 2).sum(1, keepdim=True) / n).sqrt()
+        return (x - mean) / torch.where(std > 1e-8, std, 1.0) * valid
 
     def requests(self, which: int) -> pd.DataFrame:
         """The served model's request for a split's files: their bytes."""
@@ -114,19 +148,28 @@ class SpeechTask(Task):
         cache = cfg.path(p.feature_cache) if p.feature_cache else None
         feats, utts, bad = audio.load_features(utts, p, cache, p.skip_bad)
         split = audio.split_utterances(utts, p.split, d.val_frac, d.test_frac, p.test_index,
-                                       cfg.train.seed)
+                                       cfg.train.seed, p.test_speaker)
         for which, name in ((TRAIN, "train"), (VAL, "validation"), (TEST, "test")):
             if not (split == which).any():
                 raise ValueError(f"split={p.split}: the {name} split is empty")
         classes = sorted({u.label for u in utts})
         y = np.array([classes.index(u.label) for u in utts])
         if p.normalise == "utterance":
-            return SpeechData(utts, [audio.utterance_cmvn(x) for x in feats], y, split,
+            return SpeechData(utts, feats, [audio.utterance_cmvn(x) for x in feats], y, split,
                               classes, None, bad)
         norm = Normaliser().fit(np.concatenate([x for x, s in zip(feats, split, strict=True)
                                                 if s == TRAIN]))
-        return SpeechData(utts, [norm.transform(x) for x in feats], y, split, classes, norm,
-                          bad)
+        return SpeechData(utts, feats, [norm.transform(x) for x in feats], y, split, classes,
+                          norm, bad)
+
+    def folds(self, cfg: Config) -> list[tuple[str, dict]]:
+        """split=speaker without test_speaker: one fold per speaker."""
+        from data_loaders import audio
+
+        if cfg.task.split != "speaker" or cfg.task.test_speaker:
+            return []
+        utts = audio.discover(cfg.path(cfg.data.data) if cfg.data.data else self.sample)
+        return [(f"test_speaker={s}", {"test_speaker": s}) for s in audio.speakers(utts)]
 
     def log_data(self, cfg: Config, data: SpeechData) -> None:
         import mlflow
@@ -153,12 +196,16 @@ class SpeechTask(Task):
 
         return getattr(speech_model, self.served)
 
+    def served_spec(self, net, cfg: Config, data: SpeechData) -> dict:
+        """The spec stored with the model: the network's, and what serving needs beyond."""
+        return self.network(cfg, data)
+
     def log_model(self, net, cfg: Config, data: SpeechData):
         from models import speech_model
         from models.served import log_served
 
         first = data.utts[0].path  # the input example: a real request, one file
-        return log_served(self.served_model(), net, self.network(cfg, data),
+        return log_served(self.served_model(), net, self.served_spec(net, cfg, data),
                           data.norm.to_dict() if data.norm else {},
                           speech_model.audio_request([first], [first.stem]))
 

@@ -1,24 +1,72 @@
-"""Task `speech-classify`: an utterance's frames -> its label (spoken digits, words).
+"""Task `speech-classify`: an utterance's frames -> its label (spoken digits, words),
+or "unknown".
 
-Training: full BPTT over each utterance, batches zero-padded after each end and
-the class read at the last frame (so padding cannot change a prediction),
-cross-entropy; `val_accuracy` is logged per epoch. Test: accuracy and macro-F1
-beside the majority class and an MLP on mean-pooled features (trained by the same
-loop), and the confusion matrix. Served by models/speech_model.py from audio.
+Training: full BPTT over each utterance, batches zero-padded after each end, the
+class read at the last frame or as the mean over frames (`readout`; either way
+padding cannot change a prediction), cross-entropy, with the augmentations of
+pipeline/augment.py drawn from the training seed; `val_accuracy` is logged per
+epoch. Then, on validation, the temperature and the "unknown" rule
+(models/calibration.py), stored with the model. Test: accuracy and macro-F1 beside
+the majority class and an MLP on mean-pooled features (trained by the same loop),
+the expected calibration error, the share of generated non-speech that the model
+labels as a class (`false_accept`), and the confusion matrix. Served by
+models/speech_model.py from audio.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from data_loaders.sequences import TEST, TRAIN, VAL
-from pipeline.config import Config
-from pipeline.tasks import Evaluation, Objective
+from pipeline.config import Config, param
+from pipeline.tasks import Evaluation, Objective, speech
 from pipeline.tasks.speech import SpeechData, SpeechTask
+
+
+@dataclass
+class Params(speech.Params):
+    bidirectional: bool = param(False, "each layer also reads the utterance backwards")
+    readout: str = param("last", "last: the output at the last frame; mean: the mean over "
+                                 "the frames", ("last", "mean"))
+    freq_warp: float = param(0.0, "training: vocal-tract-length perturbation, mel axis scaled "
+                                  "by a factor in [1-w, 1+w]; 0: off")
+    time_stretch: float = param(0.0, "training: tempo scaled by a factor in [1-s, 1+s]; 0: off")
+    noise_snr: float = param(0.0, "training: noise added at an SNR in [d, d+20] dB; 0: off")
+    freq_masks: int = param(0, "training: SpecAugment masks of up to n_mels/5 bands")
+    time_masks: int = param(0, "training: SpecAugment masks of up to 0.15 of the frames")
+    synthetic_voices: int = param(0, "training: this many espeak-ng voices (accent, variant, "
+                                     "pitch, speed drawn from the seed) say every label; 0: none")
+    synthetic_cache: str = param("data/cache/synthetic", "where synthetic voices are kept")
+    unknown_rate: float = param(0.02, "share of validation utterances the unknown rule may "
+                                      "reject (sets its thresholds); 0: never unknown")
+
+    def augment(self):
+        from pipeline.augment import Augment
+
+        return Augment(self.freq_warp, self.time_stretch, self.noise_snr, self.freq_masks,
+                       self.time_masks)
+
+    def validate(self) -> Params:
+        super().validate()
+        if self.features != "logmel" and (self.freq_warp or self.noise_snr):
+            raise ValueError("freq_warp and noise_snr work on log-mel frames; use "
+                             "features=logmel")
+        for name in ("freq_warp", "time_stretch"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.unknown_rate < 0.5:
+            raise ValueError(f"unknown_rate must be in [0, 0.5), got {self.unknown_rate!r}")
+        return self
 
 
 class SpeechClassifyTask(SpeechTask):
     name = "speech-classify"
+    Params = Params
     served = "SpeechClassifier"
     score_name = "log_loss"
 
@@ -28,25 +76,47 @@ class SpeechClassifyTask(SpeechTask):
             raise ValueError(f"task={self.name} trains by full BPTT over each utterance; "
                              "use bptt=full")
 
+    def prepare(self, cfg: Config) -> SpeechData:
+        """The files, and in training the synthetic voices asked for."""
+        data = super().prepare(cfg)
+        if cfg.task.synthetic_voices:
+            from data_loaders import audio, synthetic
+
+            p = cfg.task
+            paths = synthetic.synthesize(data.classes, p.synthetic_voices,
+                                         cfg.path(p.synthetic_cache), cfg.train.seed)
+            utts = [audio.Utterance(f, f.stem.split("_")[0], f.stem.split("_")[1], 0)
+                    for f in paths]
+            cache = cfg.path(p.feature_cache) if p.feature_cache else None
+            feats, kept, bad = audio.load_features(utts, p, cache, skip_bad=True)
+            data.add_training(kept, feats)
+            print(f"synthetic voices: {len(kept)} training utterances added"
+                  + (f" ({len(bad)} unusable left out)" if bad else ""))
+        return data
+
     def network(self, cfg: Config, data: SpeechData) -> dict:
-        return {**super().network(cfg, data), "n_out": len(data.classes),
-                "classes": data.classes}
+        spec = super().network(cfg, data)
+        spec["model"].update(bidirectional=cfg.task.bidirectional, readout=cfg.task.readout)
+        return {**spec, "n_out": len(data.classes), "classes": data.classes}
 
     def objective(self, cfg: Config, data: SpeechData, net) -> Objective:
         from torch import nn
 
         from models.networks import logits
-        from pipeline.trainer import utterance_updates
+        from pipeline.trainer import add_noise, batches
 
         device = next(net.parameters()).device
-        xt, lt, yt = data.padded(TRAIN)
+        xt, lt, yt = data.padded(TRAIN, raw=True)
         xv, lv, yv = data.padded(VAL)
-        xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
-        t = cfg.train
+        xv, yv = xv.to(device), yv.to(device)
+        t, augment = cfg.train, cfg.task.augment()
 
         def updates(gen, cursor):
-            return utterance_updates(net, xt, lt, yt, t.batch_size, gen, t.input_noise,
-                                     cursor=cursor)
+            for idx in batches(len(xt), t.batch_size, gen, cursor):
+                steps = int(lt[idx].max())
+                x, n = augment.raw(xt[idx, :steps], lt[idx], gen)
+                x = augment.masks(data.normalise(x, n), n, gen)
+                yield net.pooled(add_noise(x, t.input_noise).to(device), n), yt[idx].to(device)
 
         def validate() -> dict:
             out = logits(net, xv, lv)
@@ -55,9 +125,32 @@ class SpeechClassifyTask(SpeechTask):
 
         return Objective(updates, validate, nn.functional.cross_entropy, "cross-entropy")
 
+    def unknown_rule(self, net, cfg: Config, data: SpeechData) -> dict:
+        """The temperature and the unknown rule, fit on validation (models/calibration.py)."""
+        from models.calibration import fit_rule
+        from models.networks import logits
+
+        xv, lv, yv = data.padded(VAL)
+        out, emb = logits(net, xv, lv, embeddings=True)
+        xt, lt, yt = data.padded(TRAIN)
+        return fit_rule(out, yv, emb, logits(net, xt, lt, embeddings=True)[1], yt.numpy(),
+                        cfg.task.unknown_rate)
+
+    def served_spec(self, net, cfg: Config, data: SpeechData) -> dict:
+        import mlflow
+
+        rule = self.unknown_rule(net, cfg, data)
+        mlflow.log_params({"temperature": f"{rule['temperature']:.4g}",
+                           "unknown_min_probability": f"{rule['min_probability']:.4g}",
+                           "unknown_max_distance": f"{rule['max_distance']:.4g}"})
+        return {**super().served_spec(net, cfg, data), "unknown": rule}
+
     def horizon(self, net, cfg: Config, data: SpeechData):
         import torch
         from torch import nn
+
+        if cfg.task.bidirectional:  # a backward layer sees every frame: no horizon to find
+            return None
 
         def example(i):
             return torch.as_tensor(data.x[i])[None], torch.tensor(data.y[i])
@@ -65,14 +158,24 @@ class SpeechClassifyTask(SpeechTask):
         return self.memory_horizon(net, data, example, nn.functional.cross_entropy)
 
     def evaluate(self, net, cfg: Config, data: SpeechData) -> Evaluation:
+        from models.calibration import apply_rule, expected_calibration_error
         from models.networks import logits
         from pipeline import plots
         from pipeline.metrics import classification_scores, confusion
 
+        rule = self.unknown_rule(net, cfg, data)
         x, lengths, y = data.padded(TEST)
-        pred, true, n = logits(net, x, lengths).argmax(1).numpy(), y.numpy(), len(data.classes)
+        out, emb = logits(net, x, lengths, embeddings=True)
+        probs, why = apply_rule(out, emb, rule)
+        pred, true, n = probs.argmax(1), y.numpy(), len(data.classes)
+        rejected = np.array([bool(w) for w in why])
         majority = np.bincount(data.y[data.split == TRAIN], minlength=n).argmax()
-        table = {"model": classification_scores(pred, true, n),
+        model = {**classification_scores(pred, true, n),
+                 "accuracy_with_unknown": float(np.mean((pred == true) & ~rejected)),
+                 "unknown_share": float(rejected.mean()),
+                 "ece": expected_calibration_error(probs, true),
+                 "false_accept": false_accept(net, cfg, data, rule)}
+        table = {"model": model,
                  "majority": classification_scores(np.full_like(true, majority), true, n),
                  "mlp_mean_pooled": classification_scores(mlp_baseline(cfg, data), true, n)}
         figure = plots.confusion_matrix(confusion(pred, true, n), data.classes)
@@ -93,6 +196,22 @@ class SpeechClassifyTask(SpeechTask):
             scores.append(float(np.mean([-np.log(max(r[f"p_{c}"], 1e-12))
                                          for r, c in zip(p, true, strict=True)])))
         return scores
+
+
+def false_accept(net, cfg: Config, data: SpeechData, rule: dict) -> float:
+    """The share of generated non-speech (data_loaders/nonspeech.py) given a class label:
+    what the served model answers for them, from the same samples."""
+    from data_loaders import audio, nonspeech
+    from models.calibration import apply_rule
+    from models.networks import logits, pad
+
+    s = cfg.task
+    clips = [c for kind in nonspeech.signals(s.sample_rate, seed=1).values() for c in kind]
+    usable = [c for c in clips if not audio.problem(c, s)]  # the rest is "unknown" at once
+    frames = [audio.frames(c, s) for c in usable]
+    x, lengths = pad([data.normalise_one(f) for f in frames])
+    _, why = apply_rule(*logits(net, x, lengths, embeddings=True), rule)
+    return sum(not w for w in why) / len(clips)
 
 
 def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
