@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 # mlflow starts uvicorn and `python` by bare name: the venv's bin/ must come first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-# The MLflow UI test drives Debian's Chromium through chromedriver; root installs it,
-# anyone else through sudo.
+# Debian packages: espeak-ng (synthetic voices for speech training), Chromium and
+# chromedriver (the MLflow UI test); root installs them, anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup system browser demo test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
+
+system:
+	@command -v espeak-ng >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; }
 
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
@@ -29,11 +34,11 @@ browser:
 demo: setup
 	$(BIN)/mlflow run . --env-manager local --experiment-name prices -P epochs=10
 
-test: setup browser
+test: setup system browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup system
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup

@@ -132,13 +132,14 @@ def problem(samples: np.ndarray, s: FeatureSettings) -> str | None:
 
 
 def trim(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
-    """The samples without leading and trailing silence: frames more than trim_db below
-    the loudest frame, measured on the feature frames' own grid, so a recording padded
-    with silence (a whole number of hops) keeps exactly the same frames."""
+    """The samples without leading and trailing silence: digital zeros exactly (so
+    padding a recording with them changes nothing), then the frames more than trim_db
+    below the loudest frame."""
     import librosa
 
     if not s.trim_db:
         return samples
+    samples = np.trim_zeros(samples)
     win, hop = s.frame_sizes()
     return librosa.effects.trim(samples, top_db=s.trim_db, frame_length=win,
                                 hop_length=hop)[0]

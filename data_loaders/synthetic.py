@@ -37,7 +37,7 @@ def spoken(label: str) -> str:
 def espeak(*args: str) -> str:
     if not shutil.which("espeak-ng"):
         raise SynthesisError("synthetic_voices needs espeak-ng (Debian: apt-get install "
-                             "espeak-ng; `make setup` installs it); or set synthetic_voices=0")
+                             "espeak-ng, or `make system`); or set synthetic_voices=0")
     proc = subprocess.run(["espeak-ng", *args], capture_output=True, text=True)
     if proc.returncode:
         raise SynthesisError(f"espeak-ng {' '.join(args)}: {proc.stderr.strip()}")

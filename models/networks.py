@@ -186,18 +186,15 @@ def last_step(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, chunk: int = 256,
-           embeddings: bool = False):
-    """Per sequence, the pooled output [N, C]; with `embeddings`, also the mean of the
-    top layer's hidden states over its steps [N, width]."""
+def logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
+           chunk: int = 256) -> torch.Tensor:
+    """Per sequence, the pooled output [N, C]."""
     model.eval()
-    parts, embs = [], []
+    parts = []
     for i in range(0, len(x), chunk):
         n = lengths[i:i + chunk]
         parts.append(model.pooled(x[i:i + chunk, : int(n.max())], n))
-        if embeddings:
-            embs.append(_masked_mean(model.top_hidden, n))
-    return (torch.cat(parts), torch.cat(embs).numpy()) if embeddings else torch.cat(parts)
+    return torch.cat(parts)
 
 
 def _masked_mean(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

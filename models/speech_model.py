@@ -64,8 +64,6 @@ class AudioModel(ServedModel):
             samples = np.asarray(row["samples"], dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
             raise bad(f"row {i}, column 'samples': expected an array of numbers") from None
-        if not np.isfinite(samples).all():
-            raise bad(f"row {i}, column 'samples': contains NaN or infinity")
         if len(samples) > MAX_SECONDS * float(rate):
             raise bad(f"row {i}, column 'samples': longer than the {MAX_SECONDS:g} s limit")
         if int(rate) != self.settings.sample_rate and len(samples):
@@ -97,6 +95,8 @@ class AudioModel(ServedModel):
         except audio.AudioError as err:
             raise bad(f"row {i}, column 'audio': "
                       f"{str(err).removeprefix('audio bytes: ')}") from None
+        if not np.isfinite(samples).all():  # a broken request, never an utterance
+            raise bad(f"row {i}, column '{where}': contains NaN or infinity")
         why = audio.problem(samples, s)
         if why and lenient:
             return why.split(":")[0]
@@ -132,10 +132,10 @@ class SpeechClassifier(AudioModel):
         reasons = [f if isinstance(f, str) else "" for f in raw]
         if ok := [i for i, f in enumerate(raw) if not isinstance(f, str)]:
             x, lengths = pad([self.normalise(raw[i]) for i in ok])
-            out, emb = logits(self.net, x, lengths, embeddings=True)
-            if not (torch.isfinite(out).all() and np.isfinite(emb).all()):
+            out = logits(self.net, x, lengths)
+            if not torch.isfinite(out).all():
                 raise bad("the model produced non-finite outputs")
-            probs[ok], why = self.probabilities(out, emb)
+            probs[ok], why = self.probabilities(out)
             for i, w in zip(ok, why, strict=True):
                 reasons[i] = w
         best = probs.argmax(1)
@@ -148,11 +148,11 @@ class SpeechClassifier(AudioModel):
             out[f"p_{c}"] = probs[:, j]
         return out
 
-    def probabilities(self, out: torch.Tensor, emb: np.ndarray):
+    def probabilities(self, out: torch.Tensor):
         """Calibrated probabilities and unknown reasons by the stored rule (models saved
         before it: plain softmax, never unknown)."""
         if rule := self.spec.get("unknown"):
-            return apply_rule(out, emb, rule)
+            return apply_rule(out, rule, len(self.spec["classes"]))
         return torch.softmax(out, 1).numpy().astype(np.float64), [""] * len(out)
 
 

@@ -2,9 +2,9 @@
 with their lengths [B]; every draw comes from the training generator, so a seed
 gives the same augmented batches. Serving never augments.
 
-- freq_warp w: vocal-tract-length perturbation, the mel axis scaled by a factor
-  from [1 - w, 1 + w] (a longer or shorter vocal tract moves every formant by one
-  factor);
+- freq_warp w: vocal-tract-length perturbation, frequencies (in Hz) scaled by a
+  factor from [1 - w, 1 + w] (a longer or shorter vocal tract moves every formant
+  by one factor), each mel band read from where its scaled centre falls;
 - time_stretch s: tempo, each utterance resampled in time by a factor from
   [1 - s, 1 + s];
 - noise_snr d: noise added in the power domain at an SNR from [d, d + 20] dB, with
@@ -27,6 +27,8 @@ class Augment:
     noise_snr: float = 0.0
     freq_masks: int = 0
     time_masks: int = 0
+    sample_rate: int = 8000  # with n_mels: where the mel bands lie, for freq_warp
+    n_mels: int = 40
 
     def __bool__(self) -> bool:
         return any((self.freq_warp, self.time_stretch, self.noise_snr, self.freq_masks,
@@ -35,7 +37,7 @@ class Augment:
     def raw(self, x: torch.Tensor, lengths: torch.Tensor, g: torch.Generator):
         """Before normalisation: warp, stretch, noise. Returns (x, lengths)."""
         if self.freq_warp:
-            x = freq_warp(x, self.freq_warp, g)
+            x = freq_warp(x, self.freq_warp, g, self.sample_rate)
         if self.time_stretch:
             x, lengths = time_stretch(x, lengths, self.time_stretch, g)
         if self.noise_snr:
@@ -57,9 +59,14 @@ def uniform(n: int, half_width: float, g: torch.Generator) -> torch.Tensor:
     return 1 + (2 * torch.rand(n, generator=g) - 1) * half_width
 
 
-def freq_warp(x: torch.Tensor, w: float, g: torch.Generator) -> torch.Tensor:
+def freq_warp(x: torch.Tensor, w: float, g: torch.Generator, sample_rate: int) -> torch.Tensor:
+    import librosa
+
     b, t, f = x.shape
-    pos = (torch.arange(f)[None] * uniform(b, w, g)[:, None]).clamp(max=f - 1)  # [B, F]
+    centres = librosa.mel_frequencies(f + 2, fmax=sample_rate / 2)[1:-1]  # Hz, even in mel
+    mel = librosa.hz_to_mel(centres)
+    source = librosa.hz_to_mel(centres[None] / uniform(b, w, g)[:, None].numpy())  # [B, F]
+    pos = torch.as_tensor((source - mel[0]) / (mel[1] - mel[0]), dtype=x.dtype).clamp(0, f - 1)
     lo = pos.floor().long()
     hi = (lo + 1).clamp(max=f - 1)
     frac = (pos - lo)[:, None, :]

@@ -231,6 +231,8 @@ def build_config(overrides: dict | None = None, base: Path | None = None) -> Con
     task = tasks.load(cfg.task_name)
     cfg.task = task.Params()
     for name, value in from_preset.items():
+        if name == "task":  # resolved above: an explicit task wins over the preset's
+            continue
         try:
             cfg.set(name, value)
         except ValueError as err:

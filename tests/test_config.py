@@ -77,8 +77,9 @@ def test_a_preset_chooses_its_task_and_is_found_by_name():
     cfg = build_config({"preset": "speech-fsdd"})
     assert cfg.task_name == "speech-classify" and cfg.model.cell == "gru"
     assert cfg.tracking.preset == "speech-fsdd"
-    assert build_config({"preset": "speech-fsdd", "task": "speech-forecast"}).task_name == \
-        "speech-forecast"
+    with pytest.raises(ValueError, match="preset speech-fsdd: bidirectional is a parameter of "
+                                         "task speech-classify, not of task speech-forecast"):
+        build_config({"preset": "speech-fsdd", "task": "speech-forecast"})
 
 
 def test_bundled_presets_are_valid():

@@ -43,7 +43,8 @@ def task_args(task: str, preset: bool, data: dict) -> dict:
         args = {"data": data["prices"], "lookback": "8", "lanes": "4", "k1": "10", "k2": "20"}
     else:
         args = {"data": data["fsdd"], "feature_cache": data["cache"]}
-        args |= {"k1": "10", "k2": "20", "lanes": "4"} if task == "speech-forecast" else {}
+        args |= ({"k1": "10", "k2": "20", "lanes": "4"} if task == "speech-forecast" else
+                 {"synthetic_cache": data["cache"] + "/synthetic"})
     args |= {"epochs": "1", "hidden": "4", "checkpoint_dir": data["ckpt"]}
     return args | ({"preset": PRESETS[task]} if preset else
                    {} if task == "prices" else {"task": task})
@@ -188,3 +189,29 @@ def test_the_matrix_covers_every_task_step_and_launcher(matrix):
     assert set(matrix) == set(itertools.product(PRESETS, ("python -m", "mlflow run"),
                                                 (True, False)))
     assert all(set(c["steps"]) == set(STEPS) for c in matrix.values())
+
+
+@pytest.mark.parametrize("launcher, preset", [("python -m", True), ("python -m", False),
+                                             ("mlflow run", True), ("mlflow run", False)])
+def test_leave_one_speaker_out_under_each_launcher(tmp_path, small_fsdd, launcher, preset):
+    """split=speaker through `main`: a parent run with the resolved config and a child per
+    speaker, nothing registered, the parent summarising its children's test metrics."""
+    data = {"fsdd": str(small_fsdd), "cache": str(tmp_path / "features"),
+            "ckpt": str(tmp_path / "ckpt")}
+    args = task_args("speech-classify", preset, data) | {"split": "speaker"}
+    launch(launcher, "main", args, tmp_path, "speech-classify")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {r.info.run_id: r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])}
+    (parent,) = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs.values() if r is not parent]
+    assert parent.data.params == expected_params({"args": args})
+    assert sorted(c.data.params["test_speaker"] for c in children) == \
+        ["george", "jackson", "lucas", "nicolas"]
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert c.data.params == expected_params({"args": args}, {
+            "test_speaker": c.data.params["test_speaker"], "register": "false"})
+    accuracy = [c.data.metrics["test_accuracy"] for c in children]
+    assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(sum(accuracy) / 4)
+    assert client.search_registered_models() == []

@@ -14,7 +14,7 @@ from data_loaders import audio
 from models.networks import RecurrentRegressor, logits, pad
 from pipeline import tasks
 from pipeline.main import main
-from tests.conftest import fresh_store
+from tests.conftest import FSDD, fresh_store
 
 
 def test_padding_never_changes_a_prediction():
@@ -85,14 +85,25 @@ def classifier(small_fsdd, tmp_path_factory):
     ({"audio": b""}, "column 'audio': empty"),
     ({"samples": [0.1] * 800, "sample_rate": 0}, "column 'sample_rate': must be a positive"),
     ({"samples": [0.1] * 800}, "column 'sample_rate'"),
-    ({"samples": [0.0] * 8000, "sample_rate": 8000}, "column 'samples': silent"),
-    ({"samples": [0.3] * 80, "sample_rate": 8000}, "too short"),
+    ({"samples": [0.1] * 799 + [float("nan")], "sample_rate": 8000},
+     "column 'samples': contains NaN or infinity"),
     ({"samples": [0.3] * (61 * 8000), "sample_rate": 8000}, "60 s limit"),
     ({"utterance_id": "x"}, "send 'audio'"),
 ])
 def test_bad_audio_is_named(classifier, row, message):
     with pytest.raises(mlflow.exceptions.MlflowException, match=message):
         classifier.predict(None, pd.DataFrame([row]))
+
+
+@pytest.mark.slow
+def test_silent_or_too_short_audio_is_unknown_beside_real_speech(classifier):
+    speech = (FSDD / "1_nicolas_3.wav").read_bytes()
+    rows = pd.DataFrame({"samples": [[0.0] * 8000, [0.3] * 80, None],
+                         "sample_rate": [8000, 8000, None], "audio": [None, None, speech]})
+    got = classifier.predict(None, rows)
+    assert got.label.tolist()[:2] == ["unknown", "unknown"] and got.label[2] != "unknown"
+    assert got.reason.tolist() == ["silent", "too short", ""]
+    assert np.allclose(got.filter(like="p_").iloc[:2], 1 / 3)
 
 
 @pytest.mark.slow

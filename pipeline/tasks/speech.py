@@ -86,12 +86,15 @@ class SpeechData:
         x, lengths = pad([(self.raw if raw else self.x)[i] for i in idx])
         return x, lengths, torch.as_tensor(self.y[idx])
 
-    def add_training(self, utts: list[Utterance], feats: list[np.ndarray]) -> None:
-        """More training utterances (synthetic voices), normalised as the others."""
+    def add_training(self, utts: list[Utterance], feats: list[np.ndarray],
+                     y: list[int] | None = None) -> None:
+        """More training utterances (synthetic voices; generated non-speech, whose class
+        index `y` is past the classes), normalised as the others."""
         self.utts += utts
         self.raw += feats
         self.x += [self.normalise_one(f) for f in feats]
-        self.y = np.concatenate([self.y, [self.classes.index(u.label) for u in utts]])
+        y = [self.classes.index(u.label) for u in utts] if y is None else y
+        self.y = np.concatenate([self.y, y]).astype(int)
         self.split = np.concatenate([self.split, np.full(len(utts), TRAIN, np.int8)])
 
     def normalise_one(self, frames: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ models/speech_model.py from audio.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -39,14 +40,17 @@ class Params(speech.Params):
     synthetic_voices: int = param(0, "training: this many espeak-ng voices (accent, variant, "
                                      "pitch, speed drawn from the seed) say every label; 0: none")
     synthetic_cache: str = param("data/cache/synthetic", "where synthetic voices are kept")
-    unknown_rate: float = param(0.02, "share of validation utterances the unknown rule may "
-                                      "reject (sets its thresholds); 0: never unknown")
+    nonspeech: int = param(0, "training: this many generated clips of each kind of non-speech "
+                              "(tones, sweeps, noise, chords, clicks, sirens) as an extra "
+                              "output, unknown; 0: none")
+    unknown_rate: float = param(0.01, "share of validation utterances the confidence threshold "
+                                      "may call unknown; 0: no threshold")
 
     def augment(self):
         from pipeline.augment import Augment
 
         return Augment(self.freq_warp, self.time_stretch, self.noise_snr, self.freq_masks,
-                       self.time_masks)
+                       self.time_masks, self.sample_rate, self.n_mels)
 
     def validate(self) -> Params:
         super().validate()
@@ -56,7 +60,7 @@ class Params(speech.Params):
         for name in ("freq_warp", "time_stretch"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices"):
+        for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices", "nonspeech"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.unknown_rate < 0.5:
@@ -92,12 +96,15 @@ class SpeechClassifyTask(SpeechTask):
             data.add_training(kept, feats)
             print(f"synthetic voices: {len(kept)} training utterances added"
                   + (f" ({len(bad)} unusable left out)" if bad else ""))
+        if cfg.task.nonspeech:
+            add_nonspeech(data, cfg.task, cfg.task.nonspeech, seed=1000 + cfg.train.seed)
         return data
 
     def network(self, cfg: Config, data: SpeechData) -> dict:
         spec = super().network(cfg, data)
         spec["model"].update(bidirectional=cfg.task.bidirectional, readout=cfg.task.readout)
-        return {**spec, "n_out": len(data.classes), "classes": data.classes}
+        return {**spec, "n_out": len(data.classes) + bool(cfg.task.nonspeech),
+                "classes": data.classes}
 
     def objective(self, cfg: Config, data: SpeechData, net) -> Objective:
         from torch import nn
@@ -131,18 +138,14 @@ class SpeechClassifyTask(SpeechTask):
         from models.networks import logits
 
         xv, lv, yv = data.padded(VAL)
-        out, emb = logits(net, xv, lv, embeddings=True)
-        xt, lt, yt = data.padded(TRAIN)
-        return fit_rule(out, yv, emb, logits(net, xt, lt, embeddings=True)[1], yt.numpy(),
-                        cfg.task.unknown_rate)
+        return fit_rule(logits(net, xv, lv), yv, len(data.classes), cfg.task.unknown_rate)
 
     def served_spec(self, net, cfg: Config, data: SpeechData) -> dict:
         import mlflow
 
         rule = self.unknown_rule(net, cfg, data)
         mlflow.log_params({"temperature": f"{rule['temperature']:.4g}",
-                           "unknown_min_probability": f"{rule['min_probability']:.4g}",
-                           "unknown_max_distance": f"{rule['max_distance']:.4g}"})
+                           "unknown_min_probability": f"{rule['min_probability']:.4g}"})
         return {**super().served_spec(net, cfg, data), "unknown": rule}
 
     def horizon(self, net, cfg: Config, data: SpeechData):
@@ -165,11 +168,10 @@ class SpeechClassifyTask(SpeechTask):
 
         rule = self.unknown_rule(net, cfg, data)
         x, lengths, y = data.padded(TEST)
-        out, emb = logits(net, x, lengths, embeddings=True)
-        probs, why = apply_rule(out, emb, rule)
+        probs, why = apply_rule(logits(net, x, lengths), rule, len(data.classes))
         pred, true, n = probs.argmax(1), y.numpy(), len(data.classes)
         rejected = np.array([bool(w) for w in why])
-        majority = np.bincount(data.y[data.split == TRAIN], minlength=n).argmax()
+        majority = np.bincount(data.y[data.split == TRAIN], minlength=n)[:n].argmax()
         model = {**classification_scores(pred, true, n),
                  "accuracy_with_unknown": float(np.mean((pred == true) & ~rejected)),
                  "unknown_share": float(rejected.mean()),
@@ -198,20 +200,37 @@ class SpeechClassifyTask(SpeechTask):
         return scores
 
 
-def false_accept(net, cfg: Config, data: SpeechData, rule: dict) -> float:
-    """The share of generated non-speech (data_loaders/nonspeech.py) given a class label:
-    what the served model answers for them, from the same samples."""
+def nonspeech_frames(settings, n: int, seed: int) -> list[np.ndarray]:
+    """Raw frames of generated non-speech (data_loaders/nonspeech.py) that makes an
+    utterance (silence never reaches the network: it is "unknown" at once)."""
     from data_loaders import audio, nonspeech
+
+    clips = [c for kind in nonspeech.signals(settings.sample_rate, seed, n).values()
+             for c in kind]
+    return [audio.frames(c, settings) for c in clips if not audio.problem(c, settings)]
+
+
+def add_nonspeech(data: SpeechData, settings, n: int, seed: int) -> None:
+    from data_loaders.audio import Utterance
+
+    frames = nonspeech_frames(settings, n, seed)
+    utts = [Utterance(Path(f"nonspeech-{seed}/{i}"), "unknown", None, None)
+            for i in range(len(frames))]
+    data.add_training(utts, frames, [len(data.classes)] * len(frames))
+    print(f"non-speech: {len(frames)} generated training clips as the unknown output")
+
+
+def false_accept(net, cfg: Config, data: SpeechData, rule: dict, n: int = 12) -> float:
+    """The share of generated non-speech (other draws than training's) that the model
+    labels as a class: what the served model answers for them."""
+    from data_loaders import nonspeech
     from models.calibration import apply_rule
     from models.networks import logits, pad
 
-    s = cfg.task
-    clips = [c for kind in nonspeech.signals(s.sample_rate, seed=1).values() for c in kind]
-    usable = [c for c in clips if not audio.problem(c, s)]  # the rest is "unknown" at once
-    frames = [audio.frames(c, s) for c in usable]
+    frames = nonspeech_frames(cfg.task, n, seed=1)
     x, lengths = pad([data.normalise_one(f) for f in frames])
-    _, why = apply_rule(*logits(net, x, lengths, embeddings=True), rule)
-    return sum(not w for w in why) / len(clips)
+    _, why = apply_rule(logits(net, x, lengths), rule, len(data.classes))
+    return sum(not w for w in why) / (n * len(nonspeech.KINDS))
 
 
 def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
@@ -226,7 +245,7 @@ def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
     y = torch.as_tensor(data.y)
     sel = {s: torch.as_tensor(np.flatnonzero(data.split == s)) for s in (TRAIN, VAL, TEST)}
     net = nn.Sequential(nn.Linear(pooled.shape[1], cfg.model.hidden), nn.Tanh(),
-                        nn.Linear(cfg.model.hidden, len(data.classes)))
+                        nn.Linear(cfg.model.hidden, int(data.y.max()) + 1))  # + unknown
 
     def updates(gen, cursor):
         for idx in batches(len(sel[TRAIN]), cfg.train.batch_size, gen, cursor):

@@ -1,0 +1,173 @@
+"""Speech as users send it and as new voices sound: file formats, rates and channels,
+silence around a recording, augmentation, bidirectional layers, calibration and the
+"unknown" rule, generated non-speech, and leave-one-speaker-out cross-validation."""
+
+import io
+
+import mlflow
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from mlflow import MlflowClient
+
+from data_loaders import audio, nonspeech
+from models import calibration
+from models.networks import build_model, logits, pad
+from pipeline.augment import Augment
+from pipeline.main import main
+from tests.conftest import FSDD
+
+S = audio.FeatureSettings()
+CLIP = FSDD / "7_lucas_3.wav"
+
+
+def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt, subtype, rate, channels", [
+    ("WAV", "PCM_U8", 8000, 1), ("WAV", "PCM_16", 16000, 1), ("WAV", "PCM_24", 44100, 2),
+    ("WAV", "FLOAT", 22050, 2), ("FLAC", "PCM_16", 48000, 1), ("OGG", "VORBIS", 16000, 2)])
+def test_every_common_format_decodes_to_the_same_audio(fmt, subtype, rate, channels):
+    import librosa
+
+    original = audio.decode(CLIP, 8000)
+    at_rate = librosa.resample(original, orig_sr=8000, target_sr=rate)
+    samples = np.stack([at_rate] * channels, axis=1) if channels == 2 else at_rate
+    got = audio.decode(encoded(samples, rate, fmt, subtype), 8000)
+    n = min(len(got), len(original))
+    assert abs(len(got) - len(original)) <= 2
+    assert np.corrcoef(got[:n], original[:n])[0, 1] > 0.97, (fmt, subtype)
+
+
+def test_padding_with_silence_changes_no_frame():
+    for name in ("7_lucas_3", "0_george_0", "6_jackson_40"):
+        samples = audio.decode(FSDD / f"{name}.wav", 8000)
+        second = np.zeros(8000, np.float32)
+        padded = np.concatenate([second, samples, second[:5000]])
+        assert np.array_equal(audio.frames(samples, S), audio.frames(padded, S))
+
+
+def test_trimming_cuts_quiet_ends_and_can_be_turned_off():
+    samples = audio.decode(CLIP, 8000)
+    hum = 1e-3 * np.sin(np.arange(4000) * 0.3).astype(np.float32)  # -60 dB, not zeros
+    padded = np.concatenate([hum, samples, hum])
+    assert abs(len(audio.frames(padded, S)) - len(audio.frames(samples, S))) <= 2
+    keep = audio.FeatureSettings(trim_db=0)
+    assert len(audio.frames(padded, keep)) > len(audio.frames(padded, S)) + 90
+
+
+def test_augmentation_is_seeded_and_stays_inside_each_utterance():
+    aug = Augment(freq_warp=0.15, time_stretch=0.2, noise_snr=10, freq_masks=2, time_masks=2)
+    x = torch.randn(3, 30, 40)
+    lengths = torch.tensor([30, 12, 5])
+    x[1, 12:] = 0
+    x[2, 5:] = 0
+
+    def draw(seed):
+        g = torch.Generator().manual_seed(seed)
+        y, n = aug.raw(x, lengths, g)
+        return aug.masks(y, n, g), n
+
+    (a, na), (b, nb), (c, _) = draw(0), draw(0), draw(1)
+    assert torch.equal(a, b) and torch.equal(na, nb) and not torch.equal(a, c)
+    assert torch.isfinite(a).all()
+    assert ((na - lengths).abs() <= (0.2 * lengths).ceil() + 1).all()
+    for i, n in enumerate(na.tolist()):  # nothing leaks past the (new) end
+        assert (a[i, n:] == 0).all()
+    assert not Augment()
+
+
+def test_bidirectional_mean_readout_ignores_padding():
+    torch.manual_seed(0)
+    net = build_model({"cell": "gru", "hidden": 8, "layers": 2, "dropout": 0.0,
+                       "norm": "layer", "init": "orthogonal", "bidirectional": True,
+                       "readout": "mean"}, 5, 3)
+    xs = [np.random.default_rng(i).standard_normal((n, 5)).astype("float32")
+          for i, n in enumerate((7, 12, 3))]
+    x, lengths = pad(xs)
+    together = logits(net, x, lengths)
+    wider = torch.cat([x, torch.zeros(3, 9, 5)], 1)
+    alone = torch.cat([logits(net, *pad([xi])) for xi in xs])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert torch.allclose(logits(net, wider, lengths), together, atol=1e-5)
+
+
+def test_temperature_undoes_overconfidence_and_lowers_the_calibration_error():
+    rng = np.random.default_rng(0)
+    true_logits = torch.as_tensor(rng.standard_normal((4000, 5)) * 1.5)
+    y = torch.multinomial(torch.softmax(true_logits, 1), 1, generator=torch.Generator()
+                          .manual_seed(0))[:, 0]
+    over = true_logits * 4  # what an overfit network says
+    t = calibration.fit_temperature(over.float(), y)
+    assert 3.3 < t < 4.7
+    ece_before = calibration.expected_calibration_error(torch.softmax(over, 1).numpy(),
+                                                        y.numpy())
+    ece_after = calibration.expected_calibration_error(torch.softmax(over / t, 1).numpy(),
+                                                       y.numpy())
+    assert ece_after < 0.03 < ece_before
+
+
+def test_unknown_rule_rejects_the_unknown_output_and_unsure_inputs_at_the_asked_rate():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 1000)
+    logit = torch.as_tensor(np.eye(4)[y] * 4 + rng.standard_normal((1000, 4)),
+                            dtype=torch.float32)
+    rule = calibration.fit_rule(logit, torch.as_tensor(y), 3, rate=0.05)
+    probs, why = calibration.apply_rule(logit, rule, 3)
+    assert probs.shape == (1000, 3) and (probs.sum(1) <= 1 + 1e-12).all()
+    assert 0.03 <= np.mean([w == calibration.LOW_CONFIDENCE for w in why]) <= 0.07
+    noise = torch.tensor([[0.0, 0.0, 0.0, 9.0]])  # the unknown output on top
+    assert calibration.apply_rule(noise, rule, 3)[1] == [calibration.NOT_SPEECH]
+    assert calibration.apply_rule(torch.zeros(1, 4), rule, 3)[1] == [calibration.LOW_CONFIDENCE]
+    never = calibration.fit_rule(logit[:, :3], torch.as_tensor(y), 3, rate=0.0)
+    assert not never["unknown_output"]
+    assert calibration.apply_rule(torch.zeros(1, 3), never, 3)[1] == [""]
+
+
+def test_generated_nonspeech_is_seeded_and_covers_every_kind():
+    a, b = nonspeech.signals(8000, seed=3, n=2), nonspeech.signals(8000, seed=3, n=2)
+    assert list(a) == list(nonspeech.KINDS)
+    for kind in nonspeech.KINDS:
+        assert len(a[kind]) == 2
+        for x, z in zip(a[kind], b[kind], strict=True):
+            assert np.array_equal(x, z) and np.isfinite(x).all() and 0.3 * 8000 <= len(x)
+            assert np.abs(x).max() <= (0.9 if kind != "silence" else 1e-2)
+
+
+def test_leave_one_speaker_out_runs_a_child_per_speaker(store, small_fsdd):
+    out = main(["--task", "speech-classify", "--data", str(small_fsdd), "--split", "speaker",
+                "--epochs", "1", "--hidden", "8", "--feature_cache", str(store / "cache"),
+                "--checkpoint_dir", str(store / "ckpt")])
+    client = MlflowClient()
+    parent = client.get_run(out["run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    held = sorted(c.data.params["test_speaker"] for c in children)
+    assert held == ["george", "jackson", "lucas", "nicolas"]
+    assert parent.data.params["split"] == "speaker" and parent.data.params["test_speaker"] == ""
+    accuracy = [c.data.metrics["test_accuracy"] for c in children]
+    assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(np.mean(accuracy))
+    assert parent.data.metrics["test_accuracy_std"] == pytest.approx(np.std(accuracy))
+    assert "test_macro_f1_mean" in parent.data.tags["test_metrics"].split(",")
+    for c in children:  # each fold tests on its speaker alone, and trains without it
+        table = mlflow.load_table("data/files.json", run_ids=[c.info.run_id])
+        test = table[table["split"] == "test"]
+        assert set(test["speaker"]) == {c.data.params["test_speaker"]}
+        assert c.data.params["test_speaker"] not in set(table[table["split"] != "test"]
+                                                         ["speaker"])
+    assert not client.search_registered_models()  # folds are not registered
+
+
+def test_one_fold_alone_and_the_train_step_need_a_speaker(store, small_fsdd):
+    from pipeline.train import main as train
+
+    with pytest.raises(audio.AudioError, match="give test_speaker"):
+        train(["--task", "speech-classify", "--data", str(small_fsdd), "--split", "speaker",
+               "--feature_cache", ""])
+    with pytest.raises(audio.AudioError, match="'ann' is not one of the speakers"):
+        main(["--task", "speech-classify", "--data", str(small_fsdd), "--split", "speaker",
+              "--test_speaker", "ann", "--feature_cache", ""])
