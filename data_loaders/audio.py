@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -47,7 +48,8 @@ class FeatureSettings:
     n_mfcc: int = _setting(13, "MFCC coefficients (before deltas)")
     win_ms: float = _setting(25.0, "analysis window")
     hop_ms: float = _setting(10.0, "hop between frames")
-    min_ms: float = _setting(100.0, "shorter files are reported as too short")
+    min_ms: float = _setting(50.0, "files shorter than this after trimming are reported as too "
+                                   "short")
     silence_db: float = _setting(-50.0, "files whose peak is below this (dBFS) are reported "
                                         "as silent")
     trim_db: float = _setting(30.0, "leading and trailing frames this far (dB) below the "
@@ -64,6 +66,9 @@ class FeatureSettings:
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(f"n_mfcc ({self.n_mfcc}) must not exceed n_mels ({self.n_mels}): "
                              "the coefficients come from the mel bands")
+        for name in ("min_ms", "trim_db", "silence_db"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         for name in ("min_ms", "trim_db"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -115,16 +120,21 @@ def decode(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
     return samples.astype(np.float32)
 
 
+MAX_AMPLITUDE = 100.0  # audio lies in [-1, 1]; far beyond is a scaling mistake
+
+
 def problem(samples: np.ndarray, s: FeatureSettings) -> str | None:
     """Why these samples cannot make an utterance, or None."""
     if samples.size == 0:
         return "no samples"
-    ms = 1000 * samples.size / s.sample_rate
-    if ms < s.min_ms:
-        return f"too short: {ms:.0f} ms (min_ms is {s.min_ms:g})"
     peak = float(np.abs(samples).max())
     if not np.isfinite(peak):
         return "samples contain NaN or infinity"
+    if peak > MAX_AMPLITUDE:
+        return f"out of range: samples reach {peak:.3g}, audio lies in [-1, 1]"
+    ms = 1000 * samples.size / s.sample_rate
+    if ms < s.min_ms:
+        return f"too short: {ms:.0f} ms (min_ms is {s.min_ms:g})"
     db = 20 * np.log10(peak) if peak > 0 else -np.inf
     if db < s.silence_db:
         return f"silent: peak {db:.1f} dBFS (silence_db is {s.silence_db:g})"
@@ -137,20 +147,31 @@ def trim(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
     below the loudest frame."""
     import librosa
 
-    if not s.trim_db:
+    if not s.trim_db or samples.size == 0:
         return samples
     samples = np.trim_zeros(samples)
+    if samples.size == 0:
+        return samples
     win, hop = s.frame_sizes()
     return librosa.effects.trim(samples, top_db=s.trim_db, frame_length=win,
                                 hop_length=hop)[0]
 
 
+def trimmed(samples: np.ndarray, s: FeatureSettings) -> tuple[np.ndarray, str | None]:
+    """The samples after trimming, and why they cannot make an utterance (None when they
+    can): the same checks in training and serving, before and after trimming."""
+    why = problem(samples, s)
+    if why:
+        return samples, why
+    cut = trim(samples, s)
+    return cut, problem(cut, s)
+
+
 def frames(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
-    """float32 [T, F] after trimming: log-mel energies, or MFCC with first and second
-    deltas."""
+    """float32 [T, F] of (trimmed) samples: log-mel energies, or MFCC with first and
+    second deltas."""
     import librosa
 
-    samples = trim(samples, s)
     win, hop = s.frame_sizes()
     mel = librosa.feature.melspectrogram(y=samples, sr=s.sample_rate, n_fft=win,
                                          hop_length=hop, n_mels=s.n_mels)  # [n_mels, T]
@@ -259,10 +280,10 @@ def utterance_features(data: bytes, name: str, s: FeatureSettings) -> np.ndarray
         samples = decode(data, s.sample_rate)
     except AudioError as err:
         raise AudioError(str(err).replace("audio bytes", name, 1)) from None
-    why = problem(samples, s)
+    cut, why = trimmed(samples, s)
     if why:
         raise AudioError(f"{name}: {why}")
-    return frames(samples, s)
+    return frames(cut, s)
 
 
 def load_features(utts: list[Utterance], s: FeatureSettings, cache_dir: str | Path | None,

@@ -9,8 +9,8 @@ OGG; base64 over REST) or `samples` (array of floats in [-1, 1]) with
 `sample_rate` (Hz); optional `utterance_id`.
 Response, speech-classify: `utterance_id`, `label` (a class, or "unknown"),
 `probability` (of the top class, calibrated), `reason` (why "unknown": silent, too
-short, low confidence, or unlike the training utterances; empty otherwise) and one
-`p_{class}` column per class. speech-forecast: `utterance_id`, `l1` (the
+short, low confidence, or like the non-speech it was trained to reject; empty
+otherwise) and one `p_{class}` column per class. speech-forecast: `utterance_id`, `l1` (the
 mean absolute error of predicting each frame `shift` steps ahead, normalised
 log-mel units) and `embedding` (the mean of the top layer's hidden states).
 Limits: MAX_ROWS utterances per request, MAX_SECONDS of audio each.
@@ -95,14 +95,12 @@ class AudioModel(ServedModel):
         except audio.AudioError as err:
             raise bad(f"row {i}, column 'audio': "
                       f"{str(err).removeprefix('audio bytes: ')}") from None
-        if not np.isfinite(samples).all():  # a broken request, never an utterance
-            raise bad(f"row {i}, column '{where}': contains NaN or infinity")
-        why = audio.problem(samples, s)
-        if why and lenient:
-            return why.split(":")[0]
+        cut, why = audio.trimmed(samples, s)
+        if why and lenient and why.startswith(("silent", "too short")):
+            return why.split(":")[0]  # no utterance in it: "unknown", not a broken request
         if why:
             raise bad(f"row {i}, column '{where}': {why}")
-        return audio.frames(samples, s)
+        return audio.frames(cut, s)
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
         return self.norm.transform(x) if self.norm else audio.utterance_cmvn(x)

@@ -41,7 +41,7 @@ class DataParams:
     val_frac: float = param(0.15, "share for validation: of the calendar (prices) or of the "
                                   "files (speech)")
     test_frac: float = param(0.15, "share for test: the latest dates (prices) or the files "
-                                   "(speech, split=random or speaker)")
+                                   "(speech, split=random)")
 
 
 @dataclass
@@ -298,12 +298,15 @@ def validate(cfg: Config) -> None:
 
 def from_params(params: dict[str, str], base: Path | None = None) -> Config:
     """The config of a logged run. Its params are already resolved, so the preset is not
-    read again (its file may be gone). `mlflow run` logs values that need shell quoting
+    read again (its file may be gone); what training derived and logged as params
+    (the task's `derived_params`) is not config. `mlflow run` logs values that need shell quoting
     quoted ('a b'); they are read back unquoted."""
     def unquote(v: str) -> str:
         return shlex.split(v)[0] if len(v) >= 2 and v[0] == v[-1] == "'" else v
 
-    cfg = build_config({k: unquote(v) for k, v in params.items() if k != "preset"}, base)
+    derived = tasks.load(params.get("task", DataParams.task)).derived_params
+    cfg = build_config({k: unquote(v) for k, v in params.items()
+                        if k != "preset" and k not in derived}, base)
     cfg.tracking.preset = unquote(params.get("preset", ""))
     return cfg
 

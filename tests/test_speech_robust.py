@@ -22,6 +22,12 @@ S = audio.FeatureSettings()
 CLIP = FSDD / "7_lucas_3.wav"
 
 
+def feats(samples: np.ndarray, s: audio.FeatureSettings = S) -> np.ndarray:
+    cut, why = audio.trimmed(samples, s)
+    assert why is None, why
+    return audio.frames(cut, s)
+
+
 def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format=fmt, subtype=subtype)
@@ -48,16 +54,25 @@ def test_padding_with_silence_changes_no_frame():
         samples = audio.decode(FSDD / f"{name}.wav", 8000)
         second = np.zeros(8000, np.float32)
         padded = np.concatenate([second, samples, second[:5000]])
-        assert np.array_equal(audio.frames(samples, S), audio.frames(padded, S))
+        assert np.array_equal(feats(samples), feats(padded))
 
 
 def test_trimming_cuts_quiet_ends_and_can_be_turned_off():
     samples = audio.decode(CLIP, 8000)
     hum = 1e-3 * np.sin(np.arange(4000) * 0.3).astype(np.float32)  # -60 dB, not zeros
     padded = np.concatenate([hum, samples, hum])
-    assert abs(len(audio.frames(padded, S)) - len(audio.frames(samples, S))) <= 2
+    assert abs(len(feats(padded)) - len(feats(samples))) <= 2
     keep = audio.FeatureSettings(trim_db=0)
-    assert len(audio.frames(padded, keep)) > len(audio.frames(padded, S)) + 90
+    assert len(feats(padded, keep)) > len(feats(padded)) + 90
+
+
+def test_what_trimming_leaves_is_checked_and_absurd_samples_are_refused():
+    blip = np.zeros(16000, np.float32)
+    blip[8000] = 0.9  # two seconds, but one sample of sound
+    assert audio.trimmed(blip, S)[1].startswith("too short: 0 ms")
+    assert audio.trimmed(np.zeros(8000, np.float32), S)[1].startswith("silent")
+    loud = audio.decode(CLIP, 8000) * 1e25
+    assert audio.trimmed(loud, S)[1].startswith("out of range: samples reach")
 
 
 def test_augmentation_is_seeded_and_stays_inside_each_utterance():

@@ -72,6 +72,7 @@ class Task(ABC):
     Params: type  # the task's own parameters
     sample: Path  # the bundled data, used when `data` is empty
     score_name: str  # the validation score the registry compares, lower is better
+    derived_params: tuple = ()  # params training logs beside the config (not config)
 
     def validate(self, cfg: Config) -> None:
         """Task rules on the whole config (allowed values are checked already); by

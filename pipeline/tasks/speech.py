@@ -134,6 +134,9 @@ class SpeechTask(Task):
     served: str  # the served model's class in models/speech_model.py
 
     def validate(self, cfg: Config) -> None:
+        if cfg.task.test_speaker and cfg.task.split != "speaker":
+            raise ValueError(f"test_speaker: only split=speaker holds a speaker out (split is "
+                             f"{cfg.task.split})")
         if cfg.model.cell == "mlp":
             raise ValueError(f"task={self.name} needs a recurrent cell (rnn, lstm, gru); an "
                              "MLP on mean-pooled features is trained as a baseline instead")

@@ -61,11 +61,17 @@ class Params(speech.Params):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices", "nonspeech"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) <= LIMITS.get(name, 1000):
+                raise ValueError(f"{name} must be in [0, {LIMITS.get(name, 1000)}], got "
+                                 f"{getattr(self, name)!r}")
+        if self.synthetic_voices and not self.synthetic_cache:
+            raise ValueError("synthetic_cache: give a folder for the synthetic voices")
         if not 0 <= self.unknown_rate < 0.5:
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {self.unknown_rate!r}")
         return self
+
+
+LIMITS = {"synthetic_voices": 5000, "nonspeech": 1000, "noise_snr": 100}
 
 
 class SpeechClassifyTask(SpeechTask):
@@ -73,9 +79,14 @@ class SpeechClassifyTask(SpeechTask):
     Params = Params
     served = "SpeechClassifier"
     score_name = "log_loss"
+    derived_params = ("temperature", "unknown_min_probability")
 
     def validate(self, cfg: Config) -> None:
         super().validate(cfg)
+        if cfg.task.synthetic_voices:
+            from data_loaders.synthetic import espeak
+
+            espeak("--version")  # missing espeak-ng: say so before any work
         if cfg.train.bptt != "full":
             raise ValueError(f"task={self.name} trains by full BPTT over each utterance; "
                              "use bptt=full")
@@ -201,13 +212,14 @@ class SpeechClassifyTask(SpeechTask):
 
 
 def nonspeech_frames(settings, n: int, seed: int) -> list[np.ndarray]:
-    """Raw frames of generated non-speech (data_loaders/nonspeech.py) that makes an
-    utterance (silence never reaches the network: it is "unknown" at once)."""
+    """Raw frames of generated non-speech (data_loaders/nonspeech.py), silence left out
+    (it never reaches the network: the served model calls it "unknown" at once)."""
     from data_loaders import audio, nonspeech
 
-    clips = [c for kind in nonspeech.signals(settings.sample_rate, seed, n).values()
-             for c in kind]
-    return [audio.frames(c, settings) for c in clips if not audio.problem(c, settings)]
+    clips = [c for kind, cs in nonspeech.signals(settings.sample_rate, seed, n).items()
+             if kind != "silence" for c in cs]
+    cut = [audio.trimmed(c, settings) for c in clips]
+    return [audio.frames(c, settings) for c, why in cut if not why]
 
 
 def add_nonspeech(data: SpeechData, settings, n: int, seed: int) -> None:
@@ -221,8 +233,9 @@ def add_nonspeech(data: SpeechData, settings, n: int, seed: int) -> None:
 
 
 def false_accept(net, cfg: Config, data: SpeechData, rule: dict, n: int = 12) -> float:
-    """The share of generated non-speech (other draws than training's) that the model
-    labels as a class: what the served model answers for them."""
+    """The share of generated non-speech (other draws than training's; silence left out,
+    which never reaches the network) that the model labels as a class: what the
+    served model answers for them."""
     from data_loaders import nonspeech
     from models.calibration import apply_rule
     from models.networks import logits, pad
@@ -230,7 +243,7 @@ def false_accept(net, cfg: Config, data: SpeechData, rule: dict, n: int = 12) ->
     frames = nonspeech_frames(cfg.task, n, seed=1)
     x, lengths = pad([data.normalise_one(f) for f in frames])
     _, why = apply_rule(logits(net, x, lengths), rule, len(data.classes))
-    return sum(not w for w in why) / (n * len(nonspeech.KINDS))
+    return sum(not w for w in why) / (n * (len(nonspeech.KINDS) - 1))
 
 
 def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
