@@ -59,7 +59,9 @@ def test_speech_run_is_logged_registered_and_serves_audio(store, small_fsdd):
     got = model.predict(batch)
     assert got.utterance_id.tolist() == [f.stem for f in files]
     probs = got[[f"p_{c}" for c in ("0", "1", "2")]].to_numpy()
-    assert np.allclose(probs.sum(1), 1) and set(got.label) <= {"0", "1", "2"}
+    assert np.allclose(probs.sum(1), 1) and set(got.label) <= {"0", "1", "2", "unknown"}
+    unsure = got.label == "unknown"  # below the confidence threshold (unknown_rate)
+    assert (got.reason[unsure] == "low confidence").all() and (got.reason[~unsure] == "").all()
     samples, rate = sf.read(files[0], dtype="float32")
     import librosa
 
@@ -86,7 +88,7 @@ def classifier(small_fsdd, tmp_path_factory):
     ({"samples": [0.1] * 800, "sample_rate": 0}, "column 'sample_rate': must be a positive"),
     ({"samples": [0.1] * 800}, "column 'sample_rate'"),
     ({"samples": [0.1] * 799 + [float("nan")], "sample_rate": 8000},
-     "column 'samples': contains NaN or infinity"),
+     "column 'samples': samples contain NaN or infinity"),
     ({"samples": [0.3] * (61 * 8000), "sample_rate": 8000}, "60 s limit"),
     ({"utterance_id": "x"}, "send 'audio'"),
 ])
