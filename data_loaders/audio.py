@@ -147,7 +147,7 @@ def trim(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
     below the loudest frame."""
     import librosa
 
-    if not s.trim_db or samples.size == 0:
+    if not s.trim_db:
         return samples
     samples = np.trim_zeros(samples)
     if samples.size == 0:
