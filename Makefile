@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python -m bench.time_to_quality
 	$(BIN)/python -m bench.rest_vs_inprocess
 	$(BIN)/python -m bench.predict_latency
+	$(BIN)/python -m bench.rolling_forecasts
 	$(BIN)/python -m bench.audio_features
 	$(BIN)/python -m bench.speech_trainer_overhead
 

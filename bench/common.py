@@ -40,18 +40,23 @@ def registered_model(tmp: str, **overrides) -> str:
 
     from pipeline.main import main as train_main
 
+    os.makedirs(tmp, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     os.chdir(tmp)
     args = {"epochs": 1, "registered_model": "bench", **overrides}
     train_main([f"--{k}={v}" for k, v in args.items()])
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    return "models:/bench@champion"
+    return f"models:/{args['registered_model']}@champion"
 
 
 def long_history(steps: int):
     """One long real price history: MSFT, then GSPC scaled to continue from MSFT's last
-    close (prices only; the join is one ordinary-looking day)."""
+    close (13,014 days; the join is one ordinary-looking day), dated anew by business
+    day from MSFT's first while pandas' calendar lasts (to 2262) and undated beyond.
+    Longer histories repeat those days' moves (each day's log return, less the mean so
+    that every repeat ends where it began, its high/low range and volume)."""
+    import numpy as np
     import pandas as pd
 
     from data_loaders.prices import read_price_csv
@@ -62,7 +67,17 @@ def long_history(steps: int):
     scale = msft["adj_close"].iloc[-1] / gspc["adj_close"].iloc[0]
     gspc = gspc.assign(**{c: gspc[c] * scale for c in ("open", "high", "low", "close",
                                                          "adj_close")})
-    both = pd.concat([msft, gspc], ignore_index=True)
-    if len(both) < steps:
-        raise ValueError(f"only {len(both)} prices available, {steps} asked for")
-    return both.iloc[:steps]
+    both = pd.concat([msft, gspc])
+    close = both["adj_close"].to_numpy()
+    moves = np.diff(np.log(close))
+    if steps > len(both):
+        moves = moves - moves.mean()
+    idx = np.arange(steps - 1) % len(moves)
+    adj = close[0] * np.exp(np.concatenate([[0.0], np.cumsum(moves[idx])]))
+    day = np.concatenate([[0], idx + 1])  # the real day each step copies its range from
+    frame = pd.DataFrame({c: adj * (both[c].to_numpy() / close)[day]
+                          for c in ("open", "high", "low", "close")})
+    frame["adj_close"], frame["volume"] = adj, both["volume"].to_numpy()[day]
+    if steps < 60_000:
+        frame.index = pd.bdate_range(both.index[0], periods=steps, name="date")
+    return frame

@@ -100,6 +100,28 @@ class Utterance:
     index: int | None
 
 
+def probe(data: bytes) -> tuple[int, int, int]:
+    """(frames, sample rate, channels) of a WAV/FLAC/OGG file's bytes, from its header:
+    what decoding it would cost, known before decoding."""
+    import soundfile
+
+    if not data:
+        raise AudioError("audio bytes: empty (0 bytes)")
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception as err:  # soundfile raises several types for bad data
+        raise AudioError(f"audio bytes: cannot decode as WAV/FLAC/OGG ({type(err).__name__}: "
+                         f"{_plain(err)})") from None
+    if info.samplerate <= 0 or info.frames < 0 or info.channels <= 0:
+        raise AudioError(f"audio bytes: header says {info.frames} frames, {info.samplerate} "
+                         f"Hz, {info.channels} channels")
+    return info.frames, info.samplerate, info.channels
+
+
+def _plain(err: Exception) -> str:
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", str(err))
+
+
 def decode(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
     """Mono float32 samples at `sample_rate` from a file path or the file's bytes."""
     import librosa  # imported here: slow to import, and only audio needs it
@@ -114,24 +136,31 @@ def decode(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
     try:
         samples, _ = librosa.load(source, sr=sample_rate, mono=True)
     except Exception as err:  # soundfile and audioread raise many types for bad data
-        why = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", str(err))
         raise AudioError(f"{name}: cannot decode as WAV/FLAC/OGG ({type(err).__name__}: "
-                         f"{why})") from None
+                         f"{_plain(err)})") from None
     return samples.astype(np.float32)
 
 
 MAX_AMPLITUDE = 100.0  # audio lies in [-1, 1]; far beyond is a scaling mistake
 
 
-def problem(samples: np.ndarray, s: FeatureSettings) -> str | None:
-    """Why these samples cannot make an utterance, or None."""
-    if samples.size == 0:
-        return "no samples"
-    peak = float(np.abs(samples).max())
+def bad_values(samples: np.ndarray) -> str | None:
+    """Why these sample values are no audio (NaN, infinity, far out of range), or None."""
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
     if not np.isfinite(peak):
         return "samples contain NaN or infinity"
     if peak > MAX_AMPLITUDE:
         return f"out of range: samples reach {peak:.3g}, audio lies in [-1, 1]"
+    return None
+
+
+def problem(samples: np.ndarray, s: FeatureSettings) -> str | None:
+    """Why these samples cannot make an utterance, or None."""
+    if samples.size == 0:
+        return "no samples"
+    if why := bad_values(samples):
+        return why
+    peak = float(np.abs(samples).max())
     ms = 1000 * samples.size / s.sample_rate
     if ms < s.min_ms:
         return f"too short: {ms:.0f} ms (min_ms is {s.min_ms:g})"

@@ -105,7 +105,11 @@ def parse_prices(raw: pd.DataFrame, path: Path,
         raw = raw.iloc[:, 1:]
     missing = [c for c in ("date", "open", "high", "low", "close") if c not in raw.columns]
     if missing:
-        raise PriceDataError(f"{path}: missing column(s) {missing}; found {list(raw.columns)}")
+        delimiter = next((d for d in (";", "\t", "|") if d in "".join(raw.columns)), None)
+        hint = (f" (the header holds {delimiter!r}: columns must be separated by commas)"
+                if delimiter else "")
+        raise PriceDataError(f"{path}: missing column(s) {missing}; found "
+                             f"{list(raw.columns)[:10]}{hint}")
     if raw.empty:
         raise PriceDataError(f"{path}: no data rows")
     wanted = ["date", "open", "high", "low", "close", "adj_close", "volume"]
@@ -179,14 +183,35 @@ def read_prices(path: str | Path, repair: str = "none",
         raise FileNotFoundError(f"{what}: {path} does not exist")
     if path.suffix == ".parquet":
         return read_price_parquet(path, repair)
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files:
-        raise PriceDataError(f"{what}: no *.csv files in {path}")
+    files = csv_files(path, what) if path.is_dir() else [path]
     series, repairs = {}, []
     for f in files:
         series[f.stem], fixed = read_price_csv(f, repair)
         repairs += fixed
     return series, repairs
+
+
+def csv_files(folder: Path, what: str = "data") -> list[Path]:
+    """The CSV files directly in `folder` (.csv in any case); what else is there, sub-folders
+    included, is named in a warning, so nothing is left out without a word."""
+    files, skipped = [], []
+    for p in sorted(folder.rglob("*")):
+        if p.is_dir():
+            continue
+        if p.parent == folder and p.suffix.lower() == ".csv":
+            files.append(p)
+        else:
+            why = "in a sub-folder" if p.parent != folder else "not a .csv file"
+            skipped.append(f"{p.relative_to(folder)} ({why})")
+    if skipped:
+        shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10
+                                           else "")
+        log.warning("%s: read %d CSV file(s) in %s; skipped %d: %s", what, len(files), folder,
+                    len(skipped), shown)
+    if not files:
+        raise PriceDataError(f"{what}: no .csv files directly in {folder}"
+                             + (f" (skipped: {shown})" if skipped else ""))
+    return files
 
 
 # --- yfinance -------------------------------------------------------------------------------

@@ -152,21 +152,68 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+WINDOWS_PER_CALL = 2048  # windows per network call: bounds memory whatever the request
+STEPS_PER_CALL = 4096  # time steps per call of a stateful pass, its state carried over
+
+
 @torch.no_grad()
 def forecast_at(model: nn.Module, x: torch.Tensor, anchors: np.ndarray, stateful: bool,
-            lookback: int, chunk: int = 2048) -> torch.Tensor:
-    """Predictions [N, out] at the anchors of one series x [T, F]: from the window of
-    `lookback` steps ending there, or (stateful) from one pass over the whole series."""
+                lookback: int) -> torch.Tensor:
+    """Predictions [N, out] at the anchors of one series x [T, F] (see `forecasts`)."""
+    return forecasts(model, [x], [anchors], stateful, lookback)[0]
+
+
+@torch.no_grad()
+def forecasts(model: nn.Module, xs: list[torch.Tensor], anchors: list[np.ndarray],
+              stateful: bool, lookback: int) -> list[torch.Tensor]:
+    """Predictions [N_i, out] at the anchors of each series xs[i] [T_i, F], all series
+    batched together: from the window of `lookback` steps ending at each anchor, or
+    (stateful) from one pass over each whole series. Work goes in bounded chunks, so
+    time grows linearly with the history and memory stays flat."""
     model.eval()
     if stateful:
-        out, _ = model(x[None])
-        return out[0, torch.as_tensor(anchors)]
-    wins = windows(x, lookback)
-    starts = torch.as_tensor(anchors - lookback + 1)
+        return _stateful(model, xs, anchors)
+    series = torch.cat(xs)  # windows are taken inside each series: no anchor < lookback - 1
+    offsets = np.cumsum([0] + [len(x) for x in xs[:-1]])
+    starts = torch.as_tensor(np.concatenate(
+        [np.asarray(a, np.int64) + o - lookback + 1 for a, o in zip(anchors, offsets,
+                                                                   strict=True)]))
+    out = torch.empty(len(starts), model.head.out_features)
     if len(starts) == 0:
-        return torch.empty(0, model.head.out_features)
-    return torch.cat([model(wins[starts[i:i + chunk]])[0][:, -1]
-                      for i in range(0, len(starts), chunk)])
+        return list(out.split([0] * len(anchors)))
+    wins = windows(series, lookback)
+    for i in range(0, len(starts), WINDOWS_PER_CALL):
+        out[i:i + WINDOWS_PER_CALL] = model(wins[starts[i:i + WINDOWS_PER_CALL]])[0][:, -1]
+    return list(out.split([len(a) for a in anchors]))
+
+
+def _stateful(model: nn.Module, xs: list[torch.Tensor], anchors: list[np.ndarray]):
+    """One pass over all series side by side, STEPS_PER_CALL steps at a time. Series run
+    longest first, so those still running are always the first rows of the batch."""
+    order = sorted(range(len(xs)), key=lambda i: -len(xs[i]))
+    lengths = [len(xs[i]) for i in order]
+    outs: list[list[torch.Tensor]] = [[] for _ in xs]
+    state = None
+    for t in range(0, lengths[0], STEPS_PER_CALL):
+        active = sum(n > t for n in lengths)
+        chunk = torch.zeros(active, min(STEPS_PER_CALL, lengths[0] - t), xs[0].shape[1])
+        for row, i in enumerate(order[:active]):
+            part = xs[i][t:t + STEPS_PER_CALL]
+            chunk[row, :len(part)] = part
+        out, state = model(chunk, _first_rows(state, active))
+        for row, i in enumerate(order[:active]):
+            a = anchors[i][(anchors[i] >= t) & (anchors[i] < t + STEPS_PER_CALL)] - t
+            outs[i].append(out[row, torch.as_tensor(a)])
+    return [torch.cat(o) if o else torch.empty(0, model.head.out_features) for o in outs]
+
+
+def _first_rows(state, n: int):
+    """The carried state of the first n sequences of the batch (layers of h or (h, c))."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state[:, :n]
+    return type(state)(_first_rows(s, n) for s in state)
 
 
 def pad(xs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,6 +242,30 @@ def logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
         n = lengths[i:i + chunk]
         parts.append(model.pooled(x[i:i + chunk, : int(n.max())], n))
     return torch.cat(parts)
+
+
+FRAMES_PER_CALL = 32_768  # padded frames per network call: bounds a request's memory
+
+
+def by_length(lengths: list[int], budget: int = FRAMES_PER_CALL) -> list[list[int]]:
+    """Indices in groups, shortest sequences first, each group padded to its longest
+    within `budget` frames (rows x longest; one row at least): little padding, flat
+    memory whatever the request."""
+    groups: list[list[int]] = [[]]
+    for i in np.argsort(lengths, kind="stable").tolist():
+        if groups[-1] and (len(groups[-1]) + 1) * lengths[i] > budget:
+            groups.append([])
+        groups[-1].append(i)
+    return groups if groups[0] else []
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, xs: list[np.ndarray]) -> torch.Tensor:
+    """The pooled output [N, C] of sequences xs[i] [T_i, F], in groups by length."""
+    out = torch.empty(len(xs), model.head.out_features)
+    for group in by_length([len(x) for x in xs]):
+        out[group] = logits(model, *pad([xs[i] for i in group]))
+    return out
 
 
 def _masked_mean(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -12,25 +12,39 @@ Params: `mode` = `last` (the forecast after the last price, default) or
 Response: one row per forecast: `series_id`, `step` (index of the price the
 forecast is made at), `date` (`dates[step]`, empty when no dates were sent) and
 the forecast columns (`return_h1..hH`, or `volatility_hH`).
-Limits: at most MAX_ROWS series and MAX_PRICES prices per request.
+Checks: prices finite and in SANE ranges, `high` >= `low`, `dates` ISO and strictly
+increasing, `series_id` a string of at most MAX_ID characters; each failure is a 400
+naming the row, the column and the problem.
+Limits (`limits()`): at most MAX_ROWS series, MAX_PRICES prices and, in rolling mode,
+MAX_FORECASTS forecasts (fewer for a windowed model with a long lookback) per request,
+checked from the request's size before any work.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from data_loaders.prices import price_features
 from data_loaders.sequences import Normaliser
-from models.networks import forecast_at
+from models.networks import forecasts
 from models.served import ServedModel, bad, missing
 
 MODES = ("last", "rolling")
-MAX_ROWS = 1_000
-MAX_PRICES = 1_000_000
+# Request limits, set so that the largest request allowed finishes well inside MLflow's
+# 60 s scoring timeout on two cores with well under 1 GB of memory (bench/rolling_forecasts.py).
+MAX_ROWS = 1_000  # series
+MAX_PRICES = 1_000_000  # all series together
+MAX_FORECASTS = 250_000  # rolling forecasts: rows of the response, which MLflow turns
+# into one dict each before writing JSON; 10^6 of them left the server 14 % above idle
+MAX_WINDOW_STEPS = 64_000_000  # rolling forecasts x lookback, for a windowed model
+MAX_ID = 256  # characters of a series_id
+SANE = {"price": (1e-6, 1e9), "volume": (0.0, 1e15)}
 
 
 def output_names(target: str, horizon: int) -> list[str]:
@@ -48,7 +62,8 @@ def request_row(frame: pd.DataFrame, series_id: str, columns: list[str]) -> dict
     """The request row for a price frame (as the loaders return it): what a client sends."""
     source = {"close": "adj_close", "high": "high", "low": "low", "volume": "volume"}
     row = {c: frame[source[c]].astype(float).tolist() for c in columns}
-    row["dates"] = [str(d)[:10] for d in frame.index]
+    if isinstance(frame.index, pd.DatetimeIndex):
+        row["dates"] = [str(d)[:10] for d in frame.index]
     row["series_id"] = str(series_id)
     return row
 
@@ -57,22 +72,117 @@ def _array(row: dict, name: str, i: int) -> np.ndarray:
     values = row.get(name)
     if missing(values):
         raise bad(f"row {i}: missing required column '{name}'")
-    if isinstance(values, str | bytes) or np.ndim(values) != 1:
+    arr = None
+    if not isinstance(values, str | bytes) and hasattr(values, "__len__"):
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+    if arr is None or arr.ndim != 1:
         raise bad(f"row {i}, column '{name}': expected an array of numbers, "
                   f"got {type(values).__name__}")
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise bad(f"row {i}, column '{name}': expected an array of numbers") from None
+    low, high = SANE["volume" if name == "volume" else "price"]
+    if arr.size and not (low <= arr.min() and arr.max() <= high):  # NaN fails too
+        _value_error(arr, name, i, low, high)
+    return arr
+
+
+def _value_error(arr: np.ndarray, name: str, i: int, low: float, high: float):
+    """The first bad value of a price column, named."""
     nonfinite = np.flatnonzero(~np.isfinite(arr))
     if len(nonfinite):
         raise bad(f"row {i}, column '{name}': NaN or infinity at position {nonfinite[0]}")
-    low = np.flatnonzero(arr < 0) if name == "volume" else np.flatnonzero(arr <= 0)
-    if len(low):
-        rule = "must be >= 0" if name == "volume" else "must be > 0"
-        raise bad(f"row {i}, column '{name}': {rule}, "
-                  f"got {float(arr[low[0]])} at position {low[0]}")
-    return arr
+    k = np.flatnonzero((arr < low) | (arr > high))[0]
+    value = float(arr[k])
+    rule = (f"must lie in [{low:g}, {high:g}]" if value > 0 or (value == 0 and name == "volume")
+            else "must be >= 0" if name == "volume" else "must be > 0")
+    raise bad(f"row {i}, column '{name}': {rule}, got {value} at position {k}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _dates(rows: list[dict], lengths: list[int]) -> list[list | None]:
+    """The `dates` of every row (None where not sent), checked: ISO date strings, one
+    per price, strictly increasing. Checked for all rows at once: cheaper per date."""
+    given = {}
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        values = row.get("dates")
+        if missing(values):
+            continue
+        if isinstance(values, np.ndarray) and values.ndim == 1:
+            values = values.tolist()
+        if not isinstance(values, list | tuple):  # np.ndim would copy a list: slow
+            raise bad(f"row {i}, column 'dates': expected an array of ISO date strings, "
+                      f"got {type(values).__name__}")
+        if len(values) != n:
+            raise bad(f"row {i}, column 'dates': {len(values)} dates for {n} prices "
+                      "(one date per price)")
+        given[i] = values
+    flat = [d for values in given.values() for d in values]
+    if given and not set(map(type, flat)) <= {str}:  # a set of types is quick to build
+        for i, values in given.items():
+            k = next((k for k, v in enumerate(values) if not isinstance(v, str)), None)
+            if k is not None:
+                raise bad(f"row {i}, column 'dates': position {k}: expected an ISO date "
+                          f"string, got {_short(values[k])}")
+    parsed = _iso_dates(flat)
+    starts = np.cumsum([0] + [len(v) for v in given.values()])
+    rows_of = list(given)
+    later = np.diff(parsed) > np.timedelta64(0)
+    later[starts[1:-1] - 1] = True  # the first date of a row need not follow the last row's
+    bad_at = np.flatnonzero(np.isnat(parsed))
+    order = np.flatnonzero(~later) + 1
+    if len(bad_at) or len(order):
+        unread = len(bad_at) and (not len(order) or bad_at[0] <= order[0])
+        at = bad_at[0] if unread else order[0]
+        r = int(np.searchsorted(starts, at, side="right")) - 1
+        i, k, values = rows_of[r], at - starts[r], given[rows_of[r]]
+        where = f"row {i}, column 'dates': position {k}"
+        if unread:
+            raise bad(f"{where}: cannot read {_short(values[k])} as an ISO date (YYYY-MM-DD)")
+        raise bad(f"{where}: {_short(values[k])} is not after {_short(values[k - 1])}; "
+                  "dates must be strictly increasing (oldest first)")
+    return [given.get(i) for i in range(len(rows))]
+
+
+def _dates_at(dates: list | None, steps: np.ndarray) -> np.ndarray:
+    """The dates sent at these steps ("" when none were sent)."""
+    if dates is None:
+        return np.full(len(steps), "", object)
+    if len(steps) < 100:  # the usual last forecast: no copy of the whole list
+        return np.array([dates[k] for k in steps], object)
+    return np.asarray(dates, dtype=object)[steps]
+
+
+def _iso_dates(values: list[str]) -> np.ndarray:
+    """ISO 8601 strings -> datetime64[s] (NumPy's reader, fast), NaT where one cannot be read."""
+    with warnings.catch_warnings():  # "...Z" or "+01:00": read as UTC, which orders them right
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return np.asarray(values, dtype="datetime64[s]")
+        except ValueError:
+            return np.array([_iso_date(v) for v in values], dtype="datetime64[s]")
+
+
+def _iso_date(text: str) -> np.datetime64:
+    try:
+        return np.datetime64(text, "s")
+    except ValueError:
+        return np.datetime64("NaT")
+
+
+def _series_id(row: dict, i: int) -> str:
+    sid = row.get("series_id")
+    if missing(sid):
+        return str(i)
+    if not isinstance(sid, str):
+        raise bad(f"row {i}, column 'series_id': expected a string, got {type(sid).__name__}")
+    if len(sid) > MAX_ID:
+        raise bad(f"row {i}, column 'series_id': {len(sid)} characters; the limit is {MAX_ID}")
+    return sid
 
 
 class PriceForecaster(ServedModel):
@@ -82,9 +192,12 @@ class PriceForecaster(ServedModel):
 
     @staticmethod
     def signature(spec: dict) -> ModelSignature:
-        inputs = [ColSpec(Array(DataType.double), c) for c in price_columns(spec)]
-        inputs += [ColSpec(DataType.string, "series_id", required=False),
-                   ColSpec(Array(DataType.string), "dates", required=False)]
+        # Inputs are typed Any: MLflow would enforce an Array column cell by cell through
+        # pandas (about 25 ms per 100 series of 500 prices) and turn ["a"] into "['a']";
+        # the model's own checks are stricter and name the row, the column and the position.
+        inputs = [ColSpec(AnyType(), c) for c in price_columns(spec)]
+        inputs += [ColSpec(AnyType(), "series_id", required=False),
+                   ColSpec(AnyType(), "dates", required=False)]
         outputs = [ColSpec(DataType.string, "series_id"), ColSpec(DataType.long, "step"),
                    ColSpec(DataType.string, "date")]
         outputs += [ColSpec(DataType.double, c) for c in spec["outputs"]]
@@ -94,8 +207,35 @@ class PriceForecaster(ServedModel):
     def setup(self) -> None:
         self.x_norm = Normaliser.from_dict(self.normaliser["x"])
         self.y_norm = Normaliser.from_dict(self.normaliser["y"])
+        self.stateful = self.spec["bptt"] == "truncated"
 
-    def _prices(self, row: dict, i: int) -> dict[str, np.ndarray]:
+    def limits(self) -> dict[str, int]:
+        """What one request may ask for. A windowed model's rolling forecast costs a pass
+        over `lookback` steps, a stateful one's a single step."""
+        steps = 1 if self.stateful else self.spec["lookback"]
+        return {"prices": MAX_PRICES,
+                "rolling forecasts": min(MAX_FORECASTS, MAX_WINDOW_STEPS // steps)}
+
+    def size(self, row: dict) -> float:
+        return len(row["close"]) if hasattr(row.get("close"), "__len__") else 0
+
+    def budget(self) -> float:
+        return min(self.limits().values())  # prices; a series has fewer rolling forecasts
+
+    def check_cost(self, rows: list[dict], mode: str) -> None:
+        """Refuse a request over the limits before any work, from its size alone."""
+        lengths = [self.size(r) for r in rows]
+        cost = {"prices": sum(lengths)}
+        if mode == "rolling":
+            cost["rolling forecasts"] = sum(max(0, n - self.spec["lookback"]) for n in lengths)
+        for what, n in cost.items():
+            limit = self.limits()[what]
+            if n > limit:
+                raise bad(f"request has {n:,} {what}; the limit is {limit:,} per request: "
+                          f"split the series across {-(-n // limit)} or more requests")
+
+    def _series(self, row: dict, i: int) -> dict:
+        """One request row, checked: prices and id (dates: `_dates`, for all rows)."""
         cols = {name: _array(row, name, i) for name in price_columns(self.spec)}
         lengths = {k: len(v) for k, v in cols.items()}
         if len(set(lengths.values())) > 1:
@@ -104,43 +244,47 @@ class PriceForecaster(ServedModel):
         if lengths["close"] < need:
             raise bad(f"row {i}, column 'close': {lengths['close']} prices is shorter than "
                       f"the {need} this model needs (lookback {self.spec['lookback']} + 1)")
-        return cols
+        if (cols["high"] < cols["low"]).any():
+            k = np.flatnonzero(cols["high"] < cols["low"])[0]
+            raise bad(f"row {i}, column 'high': {cols['high'][k]} is below 'low' "
+                      f"({cols['low'][k]}) at position {k}")
+        cols["adj_close"] = cols.pop("close")
+        return {"prices": cols, "id": _series_id(row, i)}
 
-    def _forecast(self, row: dict, i: int, mode: str) -> dict:
-        """The forecasts for one request row, as columns."""
-        prices = self._prices(row, i)
-        prices["adj_close"] = prices.pop("close")
-        x = torch.as_tensor(self.x_norm.transform(price_features(prices, "volume" in prices)))
+    def forecast(self, rows: list[dict], mode: str) -> pd.DataFrame:
+        """The forecasts of checked rows, all series through the network together."""
+        series = [self._series(r, i) for i, r in enumerate(rows)]
+        dates = _dates(rows, [len(s["prices"]["adj_close"]) for s in series])
         lookback = self.spec["lookback"]
-        anchors = np.arange(lookback - 1 if mode == "rolling" else len(x) - 1, len(x))
-        with torch.no_grad():
-            pred = forecast_at(self.net, x, anchors, self.spec["bptt"] == "truncated", lookback)
-        values = self.y_norm.inverse_transform(pred.numpy()).astype(np.float64)
-        if not np.isfinite(values).all():
-            raise bad(f"row {i}: the model produced a non-finite forecast")
-        steps = anchors + 1  # feature step t is known at price t+1
-        dates = row.get("dates")
-        if dates is not None and not np.isscalar(dates):
-            if len(dates) != len(prices["adj_close"]):
-                raise bad(f"row {i}, column 'dates': {len(dates)} dates for "
-                          f"{len(prices['adj_close'])} prices")
-            date = np.asarray(dates, dtype=str)[steps]
-        else:
-            date = np.full(len(steps), "")
-        sid = str(i) if missing(row.get("series_id")) else str(row["series_id"])
-        return {"series_id": np.full(len(steps), sid, dtype=object), "step": steps,
-                "date": date, "values": values}
+        # the last forecast of a windowed model reads only the last lookback + 1 prices
+        keep = 0 if mode == "rolling" or self.stateful else lookback + 1
+        xs = [torch.as_tensor(self.x_norm.transform(price_features(
+            {k: v[-keep:] for k, v in s["prices"].items()}, "volume" in s["prices"])))
+            for s in series]
+        anchors = [np.arange(lookback - 1 if mode == "rolling" else len(x) - 1, len(x))
+                   for x in xs]
+        preds = forecasts(self.net, xs, anchors, self.stateful, lookback)
+        values = self.y_norm.inverse_transform(torch.cat(preds).numpy()).astype(np.float64)
+        counts = [len(a) for a in anchors]
+        bad_rows = np.flatnonzero(~np.isfinite(values).all(1))
+        if len(bad_rows):
+            i = int(np.searchsorted(np.cumsum(counts), bad_rows[0], side="right"))
+            raise bad(f"row {i}: the model produced a non-finite forecast (prices far outside "
+                      "what it was trained on?)")
+        # feature step t is known at price t+1 (counted from the first price sent)
+        steps = [a + len(s["prices"]["adj_close"]) - len(x)
+                 for a, s, x in zip(anchors, series, xs, strict=True)]
+        out = {"series_id": np.repeat(np.array([s["id"] for s in series], object), counts),
+               "step": np.concatenate(steps),
+               "date": np.concatenate([_dates_at(d, st) for d, st in zip(dates, steps,
+                                                                        strict=True)])}
+        out.update({name: values[:, j] for j, name in enumerate(self.spec["outputs"])})
+        return pd.DataFrame(out)
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        mode = (params or {}).get("mode") or "last"
+    def serve(self, model_input, params: dict) -> pd.DataFrame:
+        mode = params.get("mode") or "last"
         if mode not in MODES:
             raise bad(f"params.mode must be one of {list(MODES)}, got {mode!r}")
         rows = self.rows(model_input)
-        total = sum(np.size(r.get("close")) for r in rows if r.get("close") is not None)
-        if total > MAX_PRICES:
-            raise bad(f"request has {total} prices in 'close'; the limit is {MAX_PRICES}")
-        parts = [self._forecast(r, i, mode) for i, r in enumerate(rows)]
-        out = {k: np.concatenate([p[k] for p in parts]) for k in ("series_id", "step", "date")}
-        values = np.concatenate([p["values"] for p in parts])
-        out.update({name: values[:, j] for j, name in enumerate(self.spec["outputs"])})
-        return pd.DataFrame(out)
+        self.check_cost(rows, mode)
+        return self.forecast(rows, mode)

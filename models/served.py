@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     needs: tuple = ()  # training-only packages it needs to serve too (librosa for audio)
 
     def load_context(self, context) -> None:
+        self.memory = MemoryKeeper()  # only a server (or a user) loading the model runs it
         self.load(context.artifacts)
 
     def load(self, artifacts: dict) -> ServedModel:
@@ -64,6 +66,25 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     def setup(self) -> None:
         """After loading: what a subclass derives from the spec and normaliser."""
 
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        try:
+            return self.serve(model_input, params or {})
+        finally:
+            if memory := getattr(self, "memory", None):
+                memory.request_done()
+
+    def serve(self, model_input, params: dict):
+        """The task's prediction for a request (MLflow calls `predict`)."""
+        raise NotImplementedError
+
+    def size(self, row: dict) -> float:
+        """What a row costs in the units of `budget` (a subclass with a budget says)."""
+        return 0.0
+
+    def budget(self) -> float:
+        """The most that the rows of one request may cost together."""
+        return float("inf")
+
     def rows(self, model_input) -> list[dict]:
         """The request as one dict per row, after the batch-level checks."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -74,6 +95,39 @@ class ServedModel(mlflow.pyfunc.PythonModel):
                       f"{self.unit}s per request")
         columns = {c: frame[c].tolist() for c in frame.columns}  # cheaper than to_dict rows
         return [{c: v[i] for c, v in columns.items()} for i in range(len(frame))]
+
+
+class MemoryKeeper:
+    """Hands memory freed after a request back to the OS. glibc keeps freed memory in
+    its heaps (one per server thread), so after a large request the server would stay
+    hundreds of MB above its idle size; a daemon thread calls malloc_trim for a while
+    after each request, once the response has been sent and its buffers freed."""
+
+    def __init__(self, seconds: float = 1.0, window: float = 30.0):
+        import ctypes
+        import ctypes.util
+        import threading
+
+        try:
+            self.trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+            self.trim = None
+        self.seconds, self.window, self.last = seconds, window, float("-inf")
+        self.wake = threading.Event()
+        if self.trim is not None:
+            threading.Thread(target=self._run, daemon=True, name="memory-keeper").start()
+
+    def request_done(self) -> None:
+        self.last = time.monotonic()
+        self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()  # a request ending from here on extends the loop
+            while time.monotonic() - self.last < self.window:
+                time.sleep(self.seconds)
+                self.trim(0)
 
 
 def write_artifacts(folder: Path, net: torch.nn.Module, spec: dict, normaliser: dict) -> dict:

@@ -13,27 +13,37 @@ short, low confidence, or like the non-speech it was trained to reject; empty
 otherwise) and one `p_{class}` column per class. speech-forecast: `utterance_id`, `l1` (the
 mean absolute error of predicting each frame `shift` steps ahead, normalised
 log-mel units) and `embedding` (the mean of the top layer's hidden states).
-Limits: MAX_ROWS utterances per request, MAX_SECONDS of audio each.
+Limits (checked from the file headers before anything is decoded): MAX_ROWS clips and
+MAX_REQUEST_SECONDS of audio per request, MAX_SECONDS and MAX_CLIP_SAMPLES per clip.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from data_loaders import audio
 from data_loaders.sequences import Normaliser
 from models.calibration import UNKNOWN, apply_rule
-from models.networks import logits, pad
+from models.networks import by_length, logits_of, pad
 from models.served import ServedModel, bad, missing
 
-MAX_ROWS = 256
-MAX_SECONDS = 60.0
+# Request limits, set so that the largest request allowed finishes well inside MLflow's
+# 60 s scoring timeout on two cores with well under 1 GB of memory: 600 s of 44.1 kHz
+# stereo in 10 clips took 1.8 s and 176 MiB in process (the preset's network, one thread).
+MAX_ROWS = 256  # clips
+MAX_SECONDS = 60.0  # per clip
+MAX_CLIP_SAMPLES = int(MAX_SECONDS * 48_000 * 2)  # per clip as stored: 60 s of 48 kHz stereo
+MAX_REQUEST_SECONDS = 600.0  # all clips together
+MAX_ID = 256  # characters of an utterance_id
 INPUTS = Schema([ColSpec(DataType.binary, "audio", required=False),
                  ColSpec(Array(DataType.double), "samples", required=False),
                  ColSpec(DataType.long, "sample_rate", required=False),
@@ -52,49 +62,62 @@ class AudioModel(ServedModel):
         self.settings = audio.FeatureSettings(**self.spec["audio"])
         self.norm = Normaliser.from_dict(self.normaliser) if self.normaliser else None
 
-    def _samples(self, row: dict, i: int) -> np.ndarray:
-        """Samples at the model's rate, from `samples` + `sample_rate`."""
-        import librosa
+    def source(self, row: dict, i: int) -> tuple[str, object, float]:
+        """What a row sends, checked against the per-clip limits before any decoding:
+        (column, the file's bytes or (samples, rate), seconds of audio)."""
+        if not missing(row.get("audio")):
+            return self._file(row["audio"], i)
+        if not missing(row.get("samples")) and np.size(row.get("samples")):
+            return self._samples(row, i)
+        raise bad(f"row {i}: send 'audio' (the file's bytes) or 'samples' with 'sample_rate'")
 
+    def _file(self, cell, i: int) -> tuple[str, bytes, float]:
+        data = file_bytes(cell, i)
+        try:
+            frames, rate, channels = audio.probe(data)
+        except audio.AudioError as err:
+            raise _named(err, i) from None
+        seconds = frames / rate
+        _check_seconds(seconds, i, "audio")
+        if frames * channels > MAX_CLIP_SAMPLES:
+            raise bad(f"row {i}, column 'audio': {channels} channel(s) at {rate} Hz for "
+                      f"{seconds:.1f} s are {frames * channels:,} samples; the limit is "
+                      f"{MAX_CLIP_SAMPLES:,} per clip ({MAX_SECONDS:g} s of 48 kHz stereo): "
+                      f"resample it to {self.settings.sample_rate} Hz mono or cut it")
+        return "audio", data, seconds
+
+    def _samples(self, row: dict, i: int) -> tuple[str, tuple, float]:
         rate = row.get("sample_rate")
         if missing(rate) or not float(rate).is_integer() or float(rate) <= 0:
-            raise bad(f"row {i}, column 'sample_rate': must be a positive whole number of Hz "
-                      f"when 'samples' is sent, got {rate!r}")
+            raise bad(f"row {i}, column 'sample_rate': must be a positive whole number of "
+                      f"Hz when 'samples' is sent, got {rate!r}")
         try:
             samples = np.asarray(row["samples"], dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
             raise bad(f"row {i}, column 'samples': expected an array of numbers") from None
-        if len(samples) > MAX_SECONDS * float(rate):
-            raise bad(f"row {i}, column 'samples': longer than the {MAX_SECONDS:g} s limit")
-        if int(rate) != self.settings.sample_rate and len(samples):
-            samples = librosa.resample(samples, orig_sr=int(rate),
-                                       target_sr=self.settings.sample_rate)
-        return samples
+        seconds = len(samples) / float(rate)
+        _check_seconds(seconds, i, "samples")
+        if why := audio.bad_values(samples):
+            raise bad(f"row {i}, column 'samples': {why}")
+        return "samples", (samples, int(rate)), seconds
 
-    def frames(self, row: dict, i: int, lenient: bool = False):
-        """Raw (unnormalised) feature frames [T, F] of one row. Audio that cannot make an
-        utterance (silent, too short) is a request error, or with `lenient` the
+    def frames(self, source: tuple, i: int, lenient: bool = False):
+        """Raw (unnormalised) feature frames [T, F] of one row's source. Audio that cannot
+        make an utterance (silent, too short) is a request error, or with `lenient` the
         reason, returned instead of frames."""
+        import librosa
+
         s = self.settings
-        try:
-            if not missing(row.get("audio")):
-                data = row["audio"]
-                if not isinstance(data, bytes | bytearray):
-                    raise bad(f"row {i}, column 'audio': expected the file's bytes "
-                              f"(base64 over REST), got {type(data).__name__}")
-                samples = audio.decode(bytes(data), s.sample_rate)
-                if len(samples) > MAX_SECONDS * s.sample_rate:
-                    raise bad(f"row {i}, column 'audio': longer than the {MAX_SECONDS:g} s "
-                              "limit")
-                where = "audio"
-            elif not missing(row.get("samples")) and np.size(row.get("samples")):
-                samples, where = self._samples(row, i), "samples"
-            else:
-                raise bad(f"row {i}: send 'audio' (the file's bytes) or 'samples' with "
-                          "'sample_rate'")
-        except audio.AudioError as err:
-            raise bad(f"row {i}, column 'audio': "
-                      f"{str(err).removeprefix('audio bytes: ')}") from None
+        where, data, _ = source
+        if where == "audio":
+            try:
+                samples = audio.decode(data, s.sample_rate)
+            except audio.AudioError as err:
+                raise _named(err, i) from None
+        else:
+            samples, rate = data
+            if rate != s.sample_rate:
+                samples = librosa.resample(samples, orig_sr=rate, target_sr=s.sample_rate)
         cut, why = audio.trimmed(samples, s)
         if why and lenient and why.startswith(("silent", "too short")):
             return why.split(":")[0]  # no utterance in it: "unknown", not a broken request
@@ -105,12 +128,72 @@ class AudioModel(ServedModel):
     def normalise(self, x: np.ndarray) -> np.ndarray:
         return self.norm.transform(x) if self.norm else audio.utterance_cmvn(x)
 
+    def size(self, row: dict) -> float:
+        """Seconds of audio, from the header (0 for a row the checks will refuse)."""
+        try:
+            return self.source(row, 0)[2]
+        except MlflowException:
+            return 0.0
+
+    def budget(self) -> float:
+        return MAX_REQUEST_SECONDS
+
     def batch(self, model_input, lenient: bool = False) -> tuple[list, list[str]]:
-        """Raw frames (see `frames`) and ids of every row of a request."""
+        """Raw frames (see `frames`) and ids of every row of a request, after every row
+        has passed the limits (read from the headers: nothing is decoded before)."""
         rows = self.rows(model_input)
-        ids = [str(i) if missing(r.get("utterance_id")) else str(r["utterance_id"])
-               for i, r in enumerate(rows)]
-        return [self.frames(r, i, lenient) for i, r in enumerate(rows)], ids
+        ids = [_utterance_id(r, i) for i, r in enumerate(rows)]
+        sources = [self.source(r, i) for i, r in enumerate(rows)]
+        total = sum(seconds for *_, seconds in sources)
+        if total > MAX_REQUEST_SECONDS:
+            raise bad(f"request has {total:.1f} s of audio; the limit is "
+                      f"{MAX_REQUEST_SECONDS:g} s per request: split the clips across "
+                      f"{int(-(-total // MAX_REQUEST_SECONDS))} or more requests")
+        return [self.frames(src, i, lenient) for i, src in enumerate(sources)], ids
+
+
+def _named(err: audio.AudioError, i: int) -> MlflowException:
+    return bad(f"row {i}, column 'audio': {str(err).removeprefix('audio bytes: ')}")
+
+
+def _check_seconds(seconds: float, i: int, column: str) -> None:
+    if seconds > MAX_SECONDS:
+        raise bad(f"row {i}, column '{column}': {seconds:.1f} s is longer than the "
+                  f"{MAX_SECONDS:g} s limit per clip: cut it into shorter clips")
+
+
+def _utterance_id(row: dict, i: int) -> str:
+    uid = row.get("utterance_id")
+    if missing(uid):
+        return str(i)
+    if not isinstance(uid, str) or len(uid) > MAX_ID:
+        raise bad(f"row {i}, column 'utterance_id': expected a string of at most {MAX_ID} "
+                  f"characters, got {type(uid).__name__}"
+                  + (f" of {len(uid)}" if isinstance(uid, str) else ""))
+    return uid
+
+
+MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS")  # how WAV, FLAC and OGG files begin
+
+
+def file_bytes(value, i: int) -> bytes:
+    """An audio file's bytes from the `audio` cell of any request format: MLflow decodes
+    the base64 of dataframe_split and dataframe_records into bytes, but hands `inputs`
+    and `instances` over as the base64 text (in an array)."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes | bytearray):
+        raise bad(f"row {i}, column 'audio': expected the file's bytes (base64 over REST), "
+                  f"got {type(value).__name__}")
+    value = bytes(value)
+    if not value.startswith(MAGIC):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            pass  # not base64 either: decoding will say what is wrong with it
+    return value
 
 
 class SpeechClassifier(AudioModel):
@@ -123,14 +206,13 @@ class SpeechClassifier(AudioModel):
         outputs += [ColSpec(DataType.double, f"p_{c}") for c in spec["classes"]]
         return ModelSignature(INPUTS, Schema(outputs))
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def serve(self, model_input, params: dict) -> pd.DataFrame:
         raw, ids = self.batch(model_input, lenient=True)
         classes = self.spec["classes"]
         probs = np.full((len(raw), len(classes)), 1 / len(classes))  # no audio: no opinion
         reasons = [f if isinstance(f, str) else "" for f in raw]
         if ok := [i for i, f in enumerate(raw) if not isinstance(f, str)]:
-            x, lengths = pad([self.normalise(raw[i]) for i in ok])
-            out = logits(self.net, x, lengths)
+            out = logits_of(self.net, [self.normalise(raw[i]) for i in ok])
             if not torch.isfinite(out).all():
                 raise bad("the model produced non-finite outputs")
             probs[ok], why = self.probabilities(out)
@@ -163,16 +245,15 @@ class SpeechForecaster(AudioModel):
                                               ColSpec(DataType.double, "l1"),
                                               ColSpec(Array(DataType.double), "embedding")]))
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def serve(self, model_input, params: dict) -> pd.DataFrame:
         raw, ids = self.batch(model_input)
-        x, lengths = self._check([self.normalise(f) for f in raw])
-        with torch.no_grad():
-            out, _ = self.net(x)
-        hidden = self.net.top_hidden  # [N, T, H]
-        shift, l1, emb = self.spec["shift"], [], []
-        for i, n in enumerate(lengths.tolist()):
-            l1.append(float((out[i, : n - shift] - x[i, shift:n]).abs().mean()))
-            emb.append(hidden[i, :n].mean(0).double().tolist())
+        l1, emb = [0.0] * len(raw), [None] * len(raw)
+        for group, x, out, lengths in self._forward([self.normalise(f) for f in raw]):
+            hidden = self.net.top_hidden  # [N, T, H]
+            for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
+                l1[i] = float((out[row, : n - self.spec["shift"]]
+                               - x[row, self.spec["shift"]:n]).abs().mean())
+                emb[i] = hidden[row, :n].mean(0).double().tolist()
         if not np.isfinite(l1).all() or not np.isfinite(np.concatenate(emb)).all():
             raise bad("the model produced a non-finite error or embedding")
         return pd.DataFrame({"utterance_id": ids, "l1": l1, "embedding": emb})
@@ -181,28 +262,31 @@ class SpeechForecaster(AudioModel):
         """Per utterance, the L1 error in raw feature units (log-mel, not normalised), so
         models with other normalisers compare on the same scale."""
         raw, _ = self.batch(model_input)
-        x, lengths = self._check([self.normalise(f) for f in raw])
-        with torch.no_grad():
-            out = self.net(x)[0].numpy()
-        shift, errors = self.spec["shift"], []
-        for i, (f, n) in enumerate(zip(raw, lengths.tolist(), strict=True)):
-            pred = out[i, : n - shift]
-            if self.norm:
-                pred = self.norm.inverse_transform(pred)
-            else:  # per-utterance CMVN: undo with this utterance's own mean and std
-                std = f.std(axis=0)
-                pred = pred * np.where(std > 1e-8, std, 1.0) + f.mean(axis=0)
-            errors.append(float(np.abs(pred - f[shift:n]).mean()))
-        return np.array(errors)
+        shift, errors = self.spec["shift"], np.zeros(len(raw))
+        for group, _, out, lengths in self._forward([self.normalise(f) for f in raw]):
+            for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
+                f, pred = raw[i], out[row, : n - shift].numpy()
+                if self.norm:
+                    pred = self.norm.inverse_transform(pred)
+                else:  # per-utterance CMVN: undo with this utterance's own mean and std
+                    std = f.std(axis=0)
+                    pred = pred * np.where(std > 1e-8, std, 1.0) + f.mean(axis=0)
+                errors[i] = float(np.abs(pred - f[shift:n]).mean())
+        return errors
 
-    def _check(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, frames: list[np.ndarray]):
+        """(row indices, x, outputs, lengths) per group of rows of similar length."""
         shift = self.spec["shift"]
         short = [i for i, f in enumerate(frames) if len(f) <= shift]
         if short:
             raise bad(f"row {short[0]}: {len(frames[short[0]])} frames leave nothing to "
                       f"predict {shift} frames ahead")
         self.net.eval()
-        return pad(frames)
+        for group in by_length([len(f) for f in frames]):
+            x, lengths = pad([frames[i] for i in group])
+            with torch.no_grad():
+                out, _ = self.net(x)
+            yield group, x, out, lengths.tolist()
 
 
 def audio_request(paths: list[Path], ids: list[str]) -> pd.DataFrame:

@@ -80,3 +80,27 @@ def mlflow_run(entry: str, params: dict, cwd: Path, uri: str, experiment: str | 
         cmd += ["-P", f"{k}={v}"]
     return subprocess.run(cmd, cwd=cwd, env=launch_env(uri), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: str = "gru"):
+    """A served price model with random weights (GRU hidden 8, 2-day returns), loaded
+    the way MLflow loads it, without training."""
+    import numpy as np
+    import torch
+
+    from data_loaders.sequences import Normaliser
+    from models.networks import build_model
+    from models.price_model import PriceForecaster
+    from models.served import write_artifacts
+
+    torch.manual_seed(0)
+    spec = {"task": "prices", "n_in": 3, "n_out": 2,
+            "model": {"cell": cell, "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
+                      "init": "orthogonal", "lookback": lookback},
+            "bptt": bptt, "lookback": lookback, "target": "returns", "horizon": 2,
+            "features": ["log_return", "log_range", "log_volume_change"],
+            "outputs": ["return_h1", "return_h2"]}
+    net = build_model(spec["model"], 3, 2)
+    norm = {"x": Normaliser(np.zeros(3), np.ones(3)).to_dict(),
+            "y": Normaliser(np.zeros(2), np.ones(2)).to_dict()}
+    return PriceForecaster().load(write_artifacts(folder, net, spec, norm))

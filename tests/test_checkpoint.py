@@ -105,3 +105,15 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(bptt, tmp_path, mo
     best = ckpt.load(BEST)
     assert best["epoch"] == whole.best_epoch
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+
+@pytest.mark.parametrize("keep", [0, 10, 200, 0.5, 0.99])
+def test_a_truncated_checkpoint_is_named_and_called_damaged(tmp_path, keep):
+    ckpt = Checkpoints(tmp_path)
+    path = ckpt.save(LATEST, {"epoch": 1, "w": torch.randn(1000)})
+    data = path.read_bytes()
+    path.write_bytes(data[:int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError) as err:
+        ckpt.load(LATEST)
+    assert str(err.value).startswith(f"checkpoint {path} cannot be read")
+    assert "it is damaged: delete it to train afresh" in str(err.value)

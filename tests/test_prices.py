@@ -210,3 +210,43 @@ def test_bad_values_are_quoted_as_numbers_not_numpy_reprs(tmp_path):
         read_price_csv(path)
     assert str(err.value).startswith(f"{path}: line 2, column 'low': non-positive price -5; "
                                      "line 2, column 'volume': negative volume -10. Fix")
+
+
+def test_folder_discovery_takes_any_case_and_names_what_it_skips(tmp_path, caplog):
+    spy = (DATA / "SPY.csv").read_bytes()
+    (tmp_path / "SPY.CSV").write_bytes(spy)
+    (tmp_path / "aapl.csv").write_bytes((DATA / "AAPL.csv").read_bytes())
+    (tmp_path / "notes.txt").write_text("not prices")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "MSFT.csv").write_bytes(spy)
+    series, _ = prices.read_prices(tmp_path)
+    assert sorted(series) == ["SPY", "aapl"]
+    assert ("data: read 2 CSV file(s) in " in caplog.text
+            and "skipped 2: notes.txt (not a .csv file), old/MSFT.csv (in a sub-folder)"
+            in caplog.text)
+    (tmp_path / "SPY.CSV").unlink()
+    (tmp_path / "aapl.csv").unlink()
+    with pytest.raises(PriceDataError, match=r"no \.csv files directly in .*skipped: notes"):
+        prices.read_prices(tmp_path)
+
+
+def test_a_semicolon_file_says_what_separates_its_columns(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("Date;Open;High;Low;Close\n2020-01-02;1;2;1;2\n")
+    with pytest.raises(PriceDataError, match=r"semi.csv: missing column.*holds ';': columns "
+                                             r"must be separated by commas"):
+        read_price_csv(path)
+
+
+def test_a_series_outside_a_split_is_named_and_an_empty_split_is_an_error(caplog):
+    import pandas as pd
+
+    from pipeline.tasks.prices import check_splits
+
+    cutoffs = (pd.Timestamp("2015-01-01"), pd.Timestamp("2016-01-01"))
+    both, early = np.array([0, 0, 1, 2]), np.array([0, 0, 0, 0])
+    check_splits(["SPY", "OLD"], [both, early], cutoffs)
+    assert "no validation (from 2015-01-01) samples in OLD" in caplog.text
+    assert "no test (from 2016-01-01) samples in OLD" in caplog.text
+    with pytest.raises(ValueError, match=r"the test \(from 2016-01-01\) split is empty for every"):
+        check_splits(["A", "B"], [np.array([0, 1]), np.array([0, 0, 1])], cutoffs)

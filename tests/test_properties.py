@@ -9,17 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
 from data_loaders import audio
 from data_loaders.prices import PriceDataError, read_price_csv
-from data_loaders.sequences import Normaliser
-from models.networks import build_model
-from models.price_model import PriceForecaster
-from models.served import write_artifacts
+from tests.conftest import price_forecaster
 
 # derandomize: the same examples every run, so a CI failure can be reproduced as it was
 BOUNDED = settings(max_examples=60, deadline=None, derandomize=True,
@@ -105,18 +101,7 @@ def test_audio_gives_finite_features_or_a_named_error(data):
 
 @pytest.fixture(scope="module")
 def forecaster(tmp_path_factory):
-    torch.manual_seed(0)
-    spec = {"task": "prices", "n_in": 3, "n_out": 2,
-            "model": {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
-                      "init": "orthogonal", "lookback": 8},
-            "bptt": "full", "lookback": 8, "target": "returns", "horizon": 2,
-            "features": ["log_return", "log_range", "log_volume_change"],
-            "outputs": ["return_h1", "return_h2"]}
-    net = build_model(spec["model"], 3, 2)
-    norm = {"x": Normaliser(np.zeros(3), np.ones(3)).to_dict(),
-            "y": Normaliser(np.zeros(2), np.ones(2)).to_dict()}
-    artifacts = write_artifacts(Path(tmp_path_factory.mktemp("m")), net, spec, norm)
-    return PriceForecaster().load(artifacts)
+    return price_forecaster(tmp_path_factory.mktemp("m"))
 
 
 price_arrays = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=30)
@@ -124,31 +109,48 @@ SPY = pd.read_csv(Path(__file__).resolve().parents[1] / "data" / "prices" / "SPY
 
 
 @st.composite
-def real_price_row(draw):
-    """A window of real SPY prices, sometimes with one bad value put in."""
-    n = draw(st.integers(0, 30))
+def real_price_row(draw, damage: bool = True):
+    """A window of real SPY prices with its dates; with `damage`, sometimes too short, with
+    one bad value put in, or its dates shuffled, repeated or cut short."""
+    n = draw(st.integers(0, 30) if damage else st.integers(9, 30))  # lookback 8 + 1
     start = draw(st.integers(0, len(SPY) - 31))
     part = SPY.iloc[start:start + n]
     row = {"close": part["Adj Close"].tolist(), "high": part["High"].tolist(),
-           "low": part["Low"].tolist(), "volume": part["Volume"].astype(float).tolist()}
-    if n and draw(st.booleans()):
+           "low": part["Low"].tolist(), "volume": part["Volume"].astype(float).tolist(),
+           "dates": part["Date"].tolist()}
+    if n and damage and draw(st.booleans()):
         column = draw(st.sampled_from(list(row)))
         row[column][draw(st.integers(0, n - 1))] = draw(
-            st.sampled_from([float("nan"), float("inf"), 0.0, -1.0]))
+            st.sampled_from([float("nan"), float("inf"), 0.0, -1.0, 1e30, None, "x"]))
+    if n > 1 and damage and draw(st.booleans()):
+        how = draw(st.sampled_from(["reverse", "repeat", "cut"]))
+        row["dates"] = {"reverse": row["dates"][::-1], "repeat": row["dates"][:1] * n,
+                        "cut": row["dates"][:-1]}[how]
     return row
 
 
+FIELDS = ("close", "high", "low", "volume", "series_id", "dates")
+series_ids = st.one_of(st.text(max_size=5), st.text(min_size=250, max_size=300),
+                       st.lists(st.text(max_size=2), max_size=2), st.integers(), st.none())
+
+
 @BOUNDED
-@given(rows=st.lists(st.one_of(real_price_row(), st.fixed_dictionaries(
+@given(rows=st.lists(st.one_of(*[real_price_row(damage=False)] * 3, real_price_row(),
+                               st.fixed_dictionaries(
     {"close": price_arrays, "high": price_arrays, "low": price_arrays, "volume": price_arrays},
-    optional={"series_id": st.text(max_size=5), "dates": st.lists(st.text(max_size=4))})),
-    max_size=4), mode=st.sampled_from(["last", "last", "rolling", "sideways"]))
-def test_serving_validation_gives_finite_forecasts_or_a_400(forecaster, rows, mode):
+    optional={"series_id": series_ids, "dates": st.lists(st.one_of(st.text(max_size=4),
+                                                                   st.none()))})),
+    max_size=3), mode=st.sampled_from(["last", "rolling"] * 3 + ["sideways"]))
+def test_serving_gives_finite_forecasts_or_a_400_naming_the_field(forecaster, rows, mode):
     try:
         out = forecaster.predict(None, pd.DataFrame(rows), params={"mode": mode})
     except MlflowException as err:
         assert err.error_code == "INVALID_PARAMETER_VALUE"
+        named = [f for f in FIELDS if f"'{f}'" in err.message]
+        assert named or "params.mode" in err.message or "empty batch" in err.message, \
+            err.message
         event("400")
         return
     event("forecasts")
     assert len(out) > 0 and np.isfinite(out[["return_h1", "return_h2"]].to_numpy()).all()
+    assert out.series_id.map(lambda v: isinstance(v, str) and len(v) <= 256).all()

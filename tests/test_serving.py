@@ -116,6 +116,17 @@ def bad_requests():
                         ["empty batch"]),
         "over the size limit": (split_body(too_many), [f"limit is {MAX_ROWS} series"]),
         "unknown mode": (split_body(good, mode="sideways"), ["params.mode", "'sideways'"]),
+        "long series_id": (split_body(_with(good, "series_id", "x" * 100_000)),
+                           ["'series_id'", "100000 characters", "limit is 256"]),
+        "series_id list": (split_body(_with(good, "series_id", ["a"])),
+                           ["'series_id'", "expected a string, got list"]),
+        "null date": (split_body(_with(good, "dates", [None] + list(row.dates[1:]))),
+                      ["'dates'", "position 0", "expected an ISO date string"]),
+        "newest first": (split_body(_with(good, "dates", list(row.dates[::-1]))),
+                         ["'dates'", "position 1", "strictly increasing"]),
+        "high below low": (split_body(_with(good, "high", list(row.low[:3]) + [0.5]
+                                            + list(row.high[4:]))),
+                           ["'high'", "below 'low'", "position 3"]),
     }
 
 
@@ -259,3 +270,48 @@ def test_bounded_load_on_loopback(server, capsys):
     assert len(done) == len(plans), "the 180 s bound cut the run short"
     assert good.count(200) == len(good) and bad.count(400) == len(bad)
     assert rss_end <= rss_start * 1.10 + 10, (rss_start, rss_end)
+
+
+@pytest.mark.parametrize("mode", ["rolling", "last"])
+def test_the_largest_request_allowed_finishes_and_gives_its_memory_back(server, capsys, mode):
+    """The most forecasts (rolling) and the most prices (last) one request may ask for:
+    inside MLflow's 60 s scoring timeout, at most 1 GiB above the idle server while it
+    runs, and back within 10 % of idle a few seconds after."""
+    import threading
+    import time
+
+    from mlflow_server import tree_rss_mib
+
+    from bench.common import long_history
+    from models.price_model import MAX_FORECASTS, MAX_PRICES
+
+    prices = MAX_FORECASTS + 16 if mode == "rolling" else MAX_PRICES  # lookback 16
+    row = request_row(long_history(prices), "long", COLUMNS)
+    body = split_body(pd.DataFrame([row]), mode=mode)
+    del row
+    assert post(server, split_body(batch(("SPY",))))[0] == 200  # warm: what idle means
+    time.sleep(3)
+    idle, peak, done = tree_rss_mib(server.pid), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_mib(server.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    t0 = time.perf_counter()
+    status, text = post(server, body)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    assert status == 200, text[-300:]
+    assert len(json.loads(text)["predictions"]) == (MAX_FORECASTS if mode == "rolling" else 1)
+    del text, body
+    time.sleep(5)
+    after = tree_rss_mib(server.pid)
+    with capsys.disabled():
+        print(f"\nlargest request ({prices:,} prices, {mode}): {seconds:.1f} s; server RSS "
+              f"idle {idle:.0f} MiB, peak {peak[0]:.0f}, 5 s after {after:.0f}")
+    assert seconds < 60 and peak[0] - idle < 1024
+    assert after <= 1.10 * idle

@@ -1,5 +1,6 @@
 """Speech through the same trainer, MLflow run, registry and pyfunc as prices."""
 
+import io
 import shutil
 
 import mlflow
@@ -142,6 +143,13 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
                                            "utterance_id": [f.stem for f in files]}))
         assert got.label.tolist() == want.label.tolist()
         assert np.allclose(got.probability, want.probability, atol=1e-6)
+        for other in ({"inputs": {"audio": [r[0] for r in rows]}},
+                      {"instances": [{"audio": r[0]} for r in rows]},
+                      {"dataframe_records": [{"audio": r[0]} for r in rows]}):
+            status, text = post(url, other)
+            assert status == 200, text[-300:]
+            assert pd.DataFrame(json.loads(text)["predictions"]).label.tolist() == \
+                want.label.tolist(), list(other)
         garbage = base64.b64encode(b"definitely not a wav file").decode()
         bad = {
             "cannot decode": {"dataframe_split": {"columns": ["audio"], "data": [[garbage]]}},
@@ -239,3 +247,53 @@ def test_speech_memory_horizon_reaches_back_and_skips_too_short_utterances():
     assert len(norms) == 15  # the last 3 frames have no target
     too_far = build_config({"task": "speech-forecast", "shift": 30})
     assert forecast.horizon(build_model(spec, 8, 8), too_far, data) is None
+
+
+def _flac(seconds: float, rate: int, channels: int) -> bytes:
+    """Silence in a FLAC file: tiny on the wire, large once decoded."""
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((int(seconds * rate), channels), np.int16), rate, format="FLAC")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clips, message", [
+    ((1, 61, 44100, 2), "row 0, column 'audio': 61.0 s is longer than the 60 s limit per clip"),
+    ((1, 20, 96000, 4), "row 0, column 'audio': 4 channel(s) at 96000 Hz for 20.0 s are "
+                        "7,680,000 samples; the limit is 5,760,000 per clip"),
+    ((11, 59, 8000, 1), "request has 649.0 s of audio; the limit is 600 s per request: "
+                        "split the clips across 2 or more requests"),
+])
+def test_audio_limits_are_checked_from_the_headers_before_decoding(classifier, monkeypatch,
+                                                                   clips, message):
+    count, seconds, rate, channels = clips
+    frame = pd.DataFrame({"audio": [_flac(seconds, rate, channels)] * count})
+    monkeypatch.setattr(audio, "decode", lambda *a: pytest.fail("decoded before the checks"))
+    with pytest.raises(mlflow.exceptions.MlflowException) as err:
+        classifier.predict(None, frame)
+    assert message in err.value.message
+
+
+@pytest.mark.slow
+def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier):
+    import base64
+
+    wav = (FSDD / "3_george_7.wav").read_bytes()
+    text = base64.b64encode(wav).decode()
+    want = classifier.predict(None, pd.DataFrame({"audio": [wav]}))
+    for cell in (text, text.encode(), np.array([text.encode()]), np.bytes_(text.encode())):
+        got = classifier.predict(None, pd.DataFrame({"audio": [cell]}))
+        assert got.label[0] == want.label[0] and got.probability[0] == want.probability[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row, message", [
+    ({"samples": [0.1] * 799 + [1e30], "sample_rate": 8000},
+     "row 0, column 'samples': out of range: samples reach 1e+30"),
+    ({"samples": [0.1] * 800, "sample_rate": 16000, "utterance_id": "u" * 300},
+     "row 0, column 'utterance_id': expected a string of at most 256 characters, got str of 300"),
+])
+def test_absurd_samples_and_ids_are_named(classifier, row, message):
+    with pytest.raises(mlflow.exceptions.MlflowException) as err:
+        classifier.predict(None, pd.DataFrame([row]))
+    assert message in err.value.message

@@ -94,6 +94,27 @@ class PriceData:
         return self.table().to_string(index=False)
 
 
+def check_splits(names: list[str], split: list[np.ndarray], cutoffs) -> None:
+    """Every series shares one calendar, so one that ends early (or starts late) can have
+    no validation or test samples: a warning naming it, or an error when a whole split
+    is empty."""
+    import logging
+
+    from data_loaders.sequences import TEST, VAL
+
+    starts = {VAL: f"validation (from {cutoffs[0].date()})",
+              TEST: f"test (from {cutoffs[1].date()})"}
+    for which, label in starts.items():
+        without = [n for n, s in zip(names, split, strict=True) if not (s == which).any()]
+        if len(without) == len(names):
+            raise ValueError(f"data: the {label} split is empty for every series; "
+                             "change val_frac/test_frac or give more data")
+        if without:
+            logging.getLogger(__name__).warning(
+                "data: no %s samples in %s: their dates do not reach it", label,
+                ", ".join(without))
+
+
 class PricesTask(Task):
     name = "prices"
     sample = SAMPLE  # the bundled data, for empty `data`
@@ -162,6 +183,7 @@ class PricesTask(Task):
         train_y = np.concatenate([yi[s == 0] for yi, s in zip(y, split, strict=True)])
         if len(train_x) == 0:
             raise ValueError(f"data: no training samples before {cutoffs[0].date()}")
+        check_splits(names, split, cutoffs)
         return PriceData(names, frames, dates, x, y, split, feature_names(use_volume), cutoffs,
                          Normaliser().fit(train_x), Normaliser().fit(train_y), repairs,
                          source, origin)

@@ -1,0 +1,152 @@
+"""The served price model in process: batching across series gives what each series gives
+alone, work goes in bounded chunks, a request's cost is checked from its size before any
+work, and every bad field is a 400 naming row, column and problem."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+
+from data_loaders.prices import read_price_csv
+from models import networks, price_model
+from models.price_model import request_row
+from tests.conftest import PRICES, price_forecaster
+
+COLUMNS = ["close", "high", "low", "volume"]
+SPY, _ = read_price_csv(PRICES / "SPY.csv")
+
+
+@pytest.fixture(scope="module", params=["full", "truncated"])
+def model(request, tmp_path_factory):
+    """A windowed (full BPTT) and a stateful (truncated BPTT) model."""
+    return price_forecaster(tmp_path_factory.mktemp(request.param), bptt=request.param)
+
+
+def rows(lengths, start=0) -> pd.DataFrame:
+    return pd.DataFrame([request_row(SPY.iloc[start + 7 * i:start + 7 * i + n], f"s{i}",
+                                     COLUMNS) for i, n in enumerate(lengths)])
+
+
+@pytest.mark.parametrize("mode", ["last", "rolling"])
+def test_a_batch_gives_what_each_series_gives_alone(model, mode):
+    batch = rows([40, 9, 300, 57, 9])
+    together = model.predict(None, batch, {"mode": mode})
+    alone = pd.concat([model.predict(None, batch.iloc[[i]], {"mode": mode})
+                       for i in range(len(batch))], ignore_index=True)
+    pd.testing.assert_frame_equal(together[["series_id", "step", "date"]],
+                                  alone[["series_id", "step", "date"]])
+    assert np.allclose(together[["return_h1", "return_h2"]], alone[["return_h1", "return_h2"]],
+                       rtol=1e-5, atol=1e-7)
+    if mode == "last":
+        assert together.step.tolist() == [n - 1 for n in (40, 9, 300, 57, 9)]
+        assert together.date.tolist() == [r[-1] for r in batch.dates]
+
+
+def test_chunks_change_nothing(model, monkeypatch):
+    batch = rows([300, 120, 9])
+    whole = model.predict(None, batch, {"mode": "rolling"})
+    monkeypatch.setattr(networks, "WINDOWS_PER_CALL", 7)
+    monkeypatch.setattr(networks, "STEPS_PER_CALL", 13)
+    chunked = model.predict(None, batch, {"mode": "rolling"})
+    assert np.allclose(whole[["return_h1", "return_h2"]], chunked[["return_h1", "return_h2"]],
+                       rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("limit, mode, words", [
+    ("MAX_PRICES", "last", ["request has 400 prices", "limit is 399 per request",
+                            "split the series across 2 or more requests"]),
+    ("MAX_FORECASTS", "rolling", ["request has 368 rolling forecasts", "limit is 100",
+                                  "across 4 or more"]),
+])
+def test_a_request_over_a_limit_is_refused_before_any_work(model, monkeypatch, limit, mode,
+                                                           words):
+    monkeypatch.setattr(price_model, limit, {"MAX_PRICES": 399, "MAX_FORECASTS": 100}[limit])
+    monkeypatch.setattr(type(model), "_series", lambda *a: pytest.fail("work started"))
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, rows([100] * 4), {"mode": mode})
+    for word in words:
+        assert word in err.value.message
+
+
+def test_a_windowed_model_s_rolling_limit_counts_its_lookback(tmp_path):
+    windowed = price_forecaster(tmp_path / "w", lookback=64)
+    stateful = price_forecaster(tmp_path / "s", bptt="truncated", lookback=64)
+    assert windowed.limits()["rolling forecasts"] == min(price_model.MAX_FORECASTS,
+                                                         price_model.MAX_WINDOW_STEPS // 64)
+    assert stateful.limits()["rolling forecasts"] == price_model.MAX_FORECASTS
+
+
+def _with(**changes) -> pd.DataFrame:
+    row = request_row(SPY.iloc[100:130], "SPY", COLUMNS)
+    for key, change in changes.items():
+        row[key] = change(row[key]) if callable(change) else change
+    return pd.DataFrame([row])
+
+
+def _at(values, k, value):
+    values = list(values)
+    values[k] = value
+    return values
+
+
+BAD = {
+    "long series_id": (_with(series_id="x" * 257), "row 0, column 'series_id': 257 characters; "
+                                                   "the limit is 256"),
+    "series_id list": (_with(series_id=["a"]), "column 'series_id': expected a string, got list"),
+    "null date": (_with(dates=lambda d: _at(d, 3, None)),
+                  "column 'dates': position 3: expected an ISO date string, got None"),
+    "garbage date": (_with(dates=lambda d: _at(d, 4, "soon")),
+                     "position 4: cannot read 'soon' as an ISO date"),
+    "newest first": (_with(dates=lambda d: d[::-1]), "position 1: '2008-07-03' is not after "
+                                                     "'2008-07-07'; dates must be strictly "
+                                                     "increasing"),
+    "repeated date": (_with(dates=lambda d: _at(d, 5, d[4])), "position 5"),
+    "dates short": (_with(dates=lambda d: d[:-1]), "29 dates for 30 prices"),
+    "dates a string": (_with(dates="2020-01-01"), "expected an array of ISO date strings"),
+    "high below low": (_with(high=lambda h: _at(h, 2, 1.0)),
+                       "row 0, column 'high': 1.0 is below 'low'"),
+    "absurd price": (_with(close=lambda c: _at(c, 6, 1e30)),
+                     "column 'close': must lie in [1e-06, 1e+09], got 1e+30 at position 6"),
+    "absurd volume": (_with(volume=lambda v: _at(v, 1, 1e20)), "column 'volume': must lie in"),
+    "nested arrays": (_with(low=lambda v: [v]), "column 'low': expected an array of numbers"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_fields_are_named(tmp_path_factory, case):
+    model = price_forecaster(tmp_path_factory.mktemp("m"))
+    frame, message = BAD[case]
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, frame, {"mode": "rolling"})
+    assert message in err.value.message
+
+
+def test_ids_and_dates_come_back_as_sent(tmp_path):
+    model = price_forecaster(tmp_path)
+    frame = _with(series_id="é" * 256)
+    got = model.predict(None, frame, {"mode": "rolling"})
+    assert (got.series_id == "é" * 256).all()
+    assert got.date.tolist() == frame.dates[0][8:]
+    undated = model.predict(None, frame.drop(columns=["dates", "series_id"]))
+    assert undated.series_id.tolist() == ["0"] and undated.date.tolist() == [""]
+
+
+def test_batch_prediction_splits_its_calls_by_the_model_s_budget(tmp_path, monkeypatch):
+    from pipeline import predict
+
+    model = price_forecaster(tmp_path)
+
+    class PyFunc:  # the two methods predict_rows uses of a loaded pyfunc
+        def unwrap_python_model(self):
+            return model
+
+        def predict(self, frame, params=None):
+            return model.predict(None, frame, params)
+
+    monkeypatch.setattr(price_model, "MAX_PRICES", 250)
+    frame = rows([100] * 5)
+    assert predict.calls(PyFunc(), frame) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    got = predict.predict_rows(PyFunc(), frame, {"mode": "rolling"}, progress=False)
+    assert got.groupby("series_id").size().tolist() == [92] * 5
+    with pytest.raises(ValueError, match=r"^input s0: request has 300 prices; the limit is 250"):
+        predict.predict_rows(PyFunc(), rows([300]), progress=False)
