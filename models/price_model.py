@@ -13,7 +13,7 @@ Response: one row per forecast: `series_id`, `step` (index of the price the
 forecast is made at), `date` (`dates[step]`, empty when no dates were sent) and
 the forecast columns (`return_h1..hH`, or `volatility_hH`).
 Checks: prices finite and in SANE ranges, `high` >= `low`, `dates` ISO and strictly
-increasing, `series_id` a string of at most MAX_ID characters; each failure is a 400
+increasing, `series_id` a string of at most 256 characters; each failure is a 400
 naming the row, the column and the problem.
 Limits (`limits()`): at most MAX_ROWS series, MAX_PRICES prices and, in rolling mode,
 MAX_FORECASTS forecasts (fewer for a windowed model with a long lookback) per request,
@@ -33,7 +33,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSp
 from data_loaders.prices import price_features
 from data_loaders.sequences import Normaliser
 from models.networks import forecasts
-from models.served import ServedModel, bad, missing
+from models.served import ServedModel, bad, missing, row_id
 
 MODES = ("last", "rolling")
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
@@ -43,8 +43,8 @@ MAX_PRICES = 1_000_000  # all series together
 MAX_FORECASTS = 250_000  # rolling forecasts: rows of the response, which MLflow turns
 # into one dict each before writing JSON; 10^6 of them left the server 14 % above idle
 MAX_WINDOW_STEPS = 64_000_000  # rolling forecasts x lookback, for a windowed model
-MAX_ID = 256  # characters of a series_id
 SANE = {"price": (1e-6, 1e9), "volume": (0.0, 1e15)}
+YEARS = (np.datetime64("1800-01-01"), np.datetime64("2300-01-01"))  # dates outside: a typo
 
 
 def output_names(target: str, horizon: int) -> list[str]:
@@ -75,12 +75,18 @@ def _array(row: dict, name: str, i: int) -> np.ndarray:
     arr = None
     if not isinstance(values, str | bytes) and hasattr(values, "__len__"):
         try:
-            arr = np.asarray(values, dtype=np.float64)
+            arr = np.asarray(values)  # numbers only give a numeric array: no "1.5", no true
         except (TypeError, ValueError):
             pass
     if arr is None or arr.ndim != 1:
         raise bad(f"row {i}, column '{name}': expected an array of numbers, "
                   f"got {type(values).__name__}")
+    if arr.dtype.kind not in "fiu" and len(arr):
+        k = next((k for k, v in enumerate(values) if isinstance(v, bool)
+                  or not isinstance(v, int | float | np.number)), 0)
+        raise bad(f"row {i}, column '{name}': position {k}: expected a number, "
+                  f"got {_short(values[k])}")
+    arr = arr.astype(np.float64, copy=False)
     low, high = SANE["volume" if name == "volume" else "price"]
     if arr.size and not (low <= arr.min() and arr.max() <= high):  # NaN fails too
         _value_error(arr, name, i, low, high)
@@ -128,7 +134,15 @@ def _dates(rows: list[dict], lengths: list[int]) -> list[list | None]:
             if k is not None:
                 raise bad(f"row {i}, column 'dates': position {k}: expected an ISO date "
                           f"string, got {_short(values[k])}")
+    # NumPy reads "now" and "today" too: an ISO date starts with its year's digits
+    if flat and not (min(flat)[:1].isdigit() and max(flat)[:1].isdigit()):
+        for i, values in given.items():
+            k = next((k for k, v in enumerate(values) if not v[:1].isdigit()), None)
+            if k is not None:
+                raise bad(f"row {i}, column 'dates': position {k}: cannot read "
+                          f"{_short(values[k])} as an ISO date (YYYY-MM-DD)")
     parsed = _iso_dates(flat)
+    parsed[(parsed < YEARS[0]) | (parsed >= YEARS[1])] = np.datetime64("NaT")
     starts = np.cumsum([0] + [len(v) for v in given.values()])
     rows_of = list(given)
     later = np.diff(parsed) > np.timedelta64(0)
@@ -142,7 +156,8 @@ def _dates(rows: list[dict], lengths: list[int]) -> list[list | None]:
         i, k, values = rows_of[r], at - starts[r], given[rows_of[r]]
         where = f"row {i}, column 'dates': position {k}"
         if unread:
-            raise bad(f"{where}: cannot read {_short(values[k])} as an ISO date (YYYY-MM-DD)")
+            raise bad(f"{where}: cannot read {_short(values[k])} as an ISO date (YYYY-MM-DD, "
+                  "years 1800-2299)")
         raise bad(f"{where}: {_short(values[k])} is not after {_short(values[k - 1])}; "
                   "dates must be strictly increasing (oldest first)")
     return [given.get(i) for i in range(len(rows))]
@@ -174,17 +189,6 @@ def _iso_date(text: str) -> np.datetime64:
         return np.datetime64("NaT")
 
 
-def _series_id(row: dict, i: int) -> str:
-    sid = row.get("series_id")
-    if missing(sid):
-        return str(i)
-    if not isinstance(sid, str):
-        raise bad(f"row {i}, column 'series_id': expected a string, got {type(sid).__name__}")
-    if len(sid) > MAX_ID:
-        raise bad(f"row {i}, column 'series_id': {len(sid)} characters; the limit is {MAX_ID}")
-    return sid
-
-
 class PriceForecaster(ServedModel):
     entry = "price_entry.py"
     unit = "series"
@@ -195,9 +199,9 @@ class PriceForecaster(ServedModel):
         # Inputs are typed Any: MLflow would enforce an Array column cell by cell through
         # pandas (about 25 ms per 100 series of 500 prices) and turn ["a"] into "['a']";
         # the model's own checks are stricter and name the row, the column and the position.
-        inputs = [ColSpec(AnyType(), c) for c in price_columns(spec)]
-        inputs += [ColSpec(AnyType(), "series_id", required=False),
-                   ColSpec(AnyType(), "dates", required=False)]
+        # Nothing is required here either: the model names a missing column by row.
+        inputs = [ColSpec(AnyType(), c, required=False)
+                  for c in [*price_columns(spec), "series_id", "dates"]]
         outputs = [ColSpec(DataType.string, "series_id"), ColSpec(DataType.long, "step"),
                    ColSpec(DataType.string, "date")]
         outputs += [ColSpec(DataType.double, c) for c in spec["outputs"]]
@@ -231,8 +235,11 @@ class PriceForecaster(ServedModel):
         for what, n in cost.items():
             limit = self.limits()[what]
             if n > limit:
-                raise bad(f"request has {n:,} {what}; the limit is {limit:,} per request: "
-                          f"split the series across {-(-n // limit)} or more requests")
+                how = (f"split the series across {-(-n // limit)} or more requests"
+                       if what == "prices" else
+                       f"send a long series in parts of at most {limit:,} forecasts, each part "
+                       f"with the {self.spec['lookback']} prices before its first forecast")
+                raise bad(f"request has {n:,} {what}; the limit is {limit:,} per request: {how}")
 
     def _series(self, row: dict, i: int) -> dict:
         """One request row, checked: prices and id (dates: `_dates`, for all rows)."""
@@ -249,7 +256,7 @@ class PriceForecaster(ServedModel):
             raise bad(f"row {i}, column 'high': {cols['high'][k]} is below 'low' "
                       f"({cols['low'][k]}) at position {k}")
         cols["adj_close"] = cols.pop("close")
-        return {"prices": cols, "id": _series_id(row, i)}
+        return {"prices": cols, "id": row_id(row, "series_id", i)}
 
     def forecast(self, rows: list[dict], mode: str) -> pd.DataFrame:
         """The forecasts of checked rows, all series through the network together."""

@@ -28,13 +28,13 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
 from data_loaders import audio
 from data_loaders.sequences import Normaliser
 from models.calibration import UNKNOWN, apply_rule
 from models.networks import by_length, logits_of, pad
-from models.served import ServedModel, bad, missing
+from models.served import ServedModel, bad, cell, missing, row_id
 
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
 # 60 s scoring timeout on two cores with well under 1 GB of memory: 600 s of 44.1 kHz
@@ -43,11 +43,11 @@ MAX_ROWS = 256  # clips
 MAX_SECONDS = 60.0  # per clip
 MAX_CLIP_SAMPLES = int(MAX_SECONDS * 48_000 * 2)  # per clip as stored: 60 s of 48 kHz stereo
 MAX_REQUEST_SECONDS = 600.0  # all clips together
-MAX_ID = 256  # characters of an utterance_id
-INPUTS = Schema([ColSpec(DataType.binary, "audio", required=False),
-                 ColSpec(Array(DataType.double), "samples", required=False),
-                 ColSpec(DataType.long, "sample_rate", required=False),
-                 ColSpec(DataType.string, "utterance_id", required=False)])
+# Inputs are typed Any, so that every bad value reaches the model's own checks, which
+# name row and column (MLflow's would answer garbage base64 or a null with a bare
+# TypeError); `audio` is the file's bytes in process and its base64 text over REST.
+INPUTS = Schema([ColSpec(AnyType(), c, required=False)
+                 for c in ("audio", "samples", "sample_rate", "utterance_id")])
 
 
 class AudioModel(ServedModel):
@@ -71,8 +71,8 @@ class AudioModel(ServedModel):
             return self._samples(row, i)
         raise bad(f"row {i}: send 'audio' (the file's bytes) or 'samples' with 'sample_rate'")
 
-    def _file(self, cell, i: int) -> tuple[str, bytes, float]:
-        data = file_bytes(cell, i)
+    def _file(self, value, i: int) -> tuple[str, bytes, float]:
+        data = file_bytes(value, i)
         try:
             frames, rate, channels = audio.probe(data)
         except audio.AudioError as err:
@@ -87,14 +87,18 @@ class AudioModel(ServedModel):
         return "audio", data, seconds
 
     def _samples(self, row: dict, i: int) -> tuple[str, tuple, float]:
-        rate = row.get("sample_rate")
-        if missing(rate) or not float(rate).is_integer() or float(rate) <= 0:
+        rate = cell(row.get("sample_rate"))
+        if (not isinstance(rate, int | float) or isinstance(rate, bool) or missing(rate)
+                or not float(rate).is_integer() or rate <= 0):
             raise bad(f"row {i}, column 'sample_rate': must be a positive whole number of "
                       f"Hz when 'samples' is sent, got {rate!r}")
         try:
-            samples = np.asarray(row["samples"], dtype=np.float32).reshape(-1)
+            samples = np.asarray(row["samples"])
         except (TypeError, ValueError):
-            raise bad(f"row {i}, column 'samples': expected an array of numbers") from None
+            samples = None
+        if samples is None or samples.ndim != 1 or samples.dtype.kind not in "fiu":
+            raise bad(f"row {i}, column 'samples': expected an array of numbers")
+        samples = samples.astype(np.float32)
         seconds = len(samples) / float(rate)
         _check_seconds(seconds, i, "samples")
         if why := audio.bad_values(samples):
@@ -128,6 +132,17 @@ class AudioModel(ServedModel):
     def normalise(self, x: np.ndarray) -> np.ndarray:
         return self.norm.transform(x) if self.norm else audio.utterance_cmvn(x)
 
+    def rows(self, model_input) -> list[dict]:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if len(frame) == 1 and all(isinstance(v, list) for v in frame.iloc[0]) and any(
+                c in frame for c in ("audio", "sample_rate", "utterance_id")):
+            # `inputs` as a dict of columns reaches the model as one row of lists
+            try:
+                frame = pd.DataFrame({c: list(frame[c].iloc[0]) for c in frame.columns})
+            except (TypeError, ValueError) as err:
+                raise bad(f"inputs: the columns cannot make rows ({err})") from None
+        return super().rows(frame)
+
     def size(self, row: dict) -> float:
         """Seconds of audio, from the header (0 for a row the checks will refuse)."""
         try:
@@ -142,7 +157,7 @@ class AudioModel(ServedModel):
         """Raw frames (see `frames`) and ids of every row of a request, after every row
         has passed the limits (read from the headers: nothing is decoded before)."""
         rows = self.rows(model_input)
-        ids = [_utterance_id(r, i) for i, r in enumerate(rows)]
+        ids = [row_id(r, "utterance_id", i) for i, r in enumerate(rows)]
         sources = [self.source(r, i) for i, r in enumerate(rows)]
         total = sum(seconds for *_, seconds in sources)
         if total > MAX_REQUEST_SECONDS:
@@ -158,42 +173,33 @@ def _named(err: audio.AudioError, i: int) -> MlflowException:
 
 def _check_seconds(seconds: float, i: int, column: str) -> None:
     if seconds > MAX_SECONDS:
-        raise bad(f"row {i}, column '{column}': {seconds:.1f} s is longer than the "
+        raise bad(f"row {i}, column '{column}': {seconds:.2f} s is longer than the "
                   f"{MAX_SECONDS:g} s limit per clip: cut it into shorter clips")
-
-
-def _utterance_id(row: dict, i: int) -> str:
-    uid = row.get("utterance_id")
-    if missing(uid):
-        return str(i)
-    if not isinstance(uid, str) or len(uid) > MAX_ID:
-        raise bad(f"row {i}, column 'utterance_id': expected a string of at most {MAX_ID} "
-                  f"characters, got {type(uid).__name__}"
-                  + (f" of {len(uid)}" if isinstance(uid, str) else ""))
-    return uid
 
 
 MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS")  # how WAV, FLAC and OGG files begin
 
 
 def file_bytes(value, i: int) -> bytes:
-    """An audio file's bytes from the `audio` cell of any request format: MLflow decodes
-    the base64 of dataframe_split and dataframe_records into bytes, but hands `inputs`
-    and `instances` over as the base64 text (in an array)."""
-    if isinstance(value, np.ndarray) and value.size == 1:
-        value = value.reshape(-1)[0]
-    if isinstance(value, str):
+    """An audio file's bytes from the `audio` cell: the bytes themselves (in process), or
+    their base64 text (over REST, in every request format; in an array of one in
+    `inputs` and `instances`)."""
+    value = cell(value)
+    text = isinstance(value, str)
+    if text:
         value = value.encode()
     if not isinstance(value, bytes | bytearray):
         raise bad(f"row {i}, column 'audio': expected the file's bytes (base64 over REST), "
                   f"got {type(value).__name__}")
     value = bytes(value)
-    if not value.startswith(MAGIC):
-        try:
-            value = base64.b64decode(value, validate=True)
-        except binascii.Error:
-            pass  # not base64 either: decoding will say what is wrong with it
-    return value
+    if value.startswith(MAGIC):
+        return value
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as err:
+        if text:
+            raise bad(f"row {i}, column 'audio': not base64 text ({err})") from None
+        return value  # raw bytes of something else: decoding will say what is wrong
 
 
 class SpeechClassifier(AudioModel):

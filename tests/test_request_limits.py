@@ -56,7 +56,8 @@ def test_chunks_change_nothing(model, monkeypatch):
     ("MAX_PRICES", "last", ["request has 400 prices", "limit is 399 per request",
                             "split the series across 2 or more requests"]),
     ("MAX_FORECASTS", "rolling", ["request has 368 rolling forecasts", "limit is 100",
-                                  "across 4 or more"]),
+                                  "in parts of at most 100 forecasts, each part with the 8 "
+                                  "prices before its first forecast"]),
 ])
 def test_a_request_over_a_limit_is_refused_before_any_work(model, monkeypatch, limit, mode,
                                                            words):
@@ -109,6 +110,16 @@ BAD = {
                      "column 'close': must lie in [1e-06, 1e+09], got 1e+30 at position 6"),
     "absurd volume": (_with(volume=lambda v: _at(v, 1, 1e20)), "column 'volume': must lie in"),
     "nested arrays": (_with(low=lambda v: [v]), "column 'low': expected an array of numbers"),
+    "a word among prices": (_with(close=lambda c: _at(c, 7, "abc")),
+                            "column 'close': position 7: expected a number, got 'abc'"),
+    "a number as text": (_with(volume=lambda v: _at(v, 2, "250.1")),
+                         "column 'volume': position 2: expected a number, got '250.1'"),
+    "a boolean": (_with(high=lambda h: [True] * len(h)), "column 'high': position 0: expected "
+                                                         "a number, got True"),
+    "now as a date": (_with(dates=lambda d: _at(d, 29, "now")),
+                      "column 'dates': position 29: cannot read 'now' as an ISO date"),
+    "year 99999": (_with(dates=lambda d: _at(d, 29, "99999-01-01")), "position 29: cannot read"),
+    "year 1066": (_with(dates=lambda d: ["1066-10-14"] + d[1:]), "position 0: cannot read"),
 }
 
 

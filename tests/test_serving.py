@@ -114,7 +114,9 @@ def bad_requests():
         "wrong type": (split_body(_with(good, "close", "abc")), ["close"]),
         "empty batch": ({"dataframe_split": {"columns": list(good.columns), "data": []}},
                         ["empty batch"]),
-        "over the size limit": (split_body(too_many), [f"limit is {MAX_ROWS} series"]),
+        "over the size limit": (split_body(too_many), [f"request has {MAX_ROWS + 1:,} rows (one "
+                                                       f"series each)", f"limit is {MAX_ROWS:,} "
+                                                       "per request", "across 2 or more"]),
         "unknown mode": (split_body(good, mode="sideways"), ["params.mode", "'sideways'"]),
         "long series_id": (split_body(_with(good, "series_id", "x" * 100_000)),
                            ["'series_id'", "100000 characters", "limit is 256"]),

@@ -143,13 +143,15 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
                                            "utterance_id": [f.stem for f in files]}))
         assert got.label.tolist() == want.label.tolist()
         assert np.allclose(got.probability, want.probability, atol=1e-6)
-        for other in ({"inputs": {"audio": [r[0] for r in rows]}},
-                      {"instances": [{"audio": r[0]} for r in rows]},
-                      {"dataframe_records": [{"audio": r[0]} for r in rows]}):
+        records = [{"audio": a, "utterance_id": u} for a, u in rows]
+        columns = {"audio": [a for a, _ in rows], "utterance_id": [u for _, u in rows]}
+        for other in ({"inputs": columns}, {"inputs": records}, {"instances": records},
+                      {"dataframe_records": records}):
             status, text = post(url, other)
             assert status == 200, text[-300:]
-            assert pd.DataFrame(json.loads(text)["predictions"]).label.tolist() == \
-                want.label.tolist(), list(other)
+            again = pd.DataFrame(json.loads(text)["predictions"])
+            assert again[["utterance_id", "label"]].equals(want[["utterance_id", "label"]]), \
+                list(other)
         garbage = base64.b64encode(b"definitely not a wav file").decode()
         bad = {
             "cannot decode": {"dataframe_split": {"columns": ["audio"], "data": [[garbage]]}},
@@ -258,7 +260,7 @@ def _flac(seconds: float, rate: int, channels: int) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("clips, message", [
-    ((1, 61, 44100, 2), "row 0, column 'audio': 61.0 s is longer than the 60 s limit per clip"),
+    ((1, 61, 44100, 2), "row 0, column 'audio': 61.00 s is longer than the 60 s limit per clip"),
     ((1, 20, 96000, 4), "row 0, column 'audio': 4 channel(s) at 96000 Hz for 20.0 s are "
                         "7,680,000 samples; the limit is 5,760,000 per clip"),
     ((11, 59, 8000, 1), "request has 649.0 s of audio; the limit is 600 s per request: "
@@ -282,18 +284,94 @@ def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier
     text = base64.b64encode(wav).decode()
     want = classifier.predict(None, pd.DataFrame({"audio": [wav]}))
     for cell in (text, text.encode(), np.array([text.encode()]), np.bytes_(text.encode())):
-        got = classifier.predict(None, pd.DataFrame({"audio": [cell]}))
+        got = classifier.predict(None, pd.DataFrame({"audio": [cell],
+                                                     "utterance_id": [np.array(["u"])]}))
         assert got.label[0] == want.label[0] and got.probability[0] == want.probability[0]
+        assert got.utterance_id[0] == "u"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("row, message", [
     ({"samples": [0.1] * 799 + [1e30], "sample_rate": 8000},
      "row 0, column 'samples': out of range: samples reach 1e+30"),
+    ({"audio": "!!!not base64@@@"}, "row 0, column 'audio': not base64 text"),
+    ({"audio": 5}, "row 0, column 'audio': expected the file's bytes (base64 over REST), got int"),
+    ({"samples": [[0.1, 0.1]] * 400, "sample_rate": 8000},
+     "row 0, column 'samples': expected an array of numbers"),
+    ({"samples": ["0.1"] * 800, "sample_rate": 8000}, "column 'samples': expected an array of"),
+    ({"samples": [0.1] * 800, "sample_rate": 8000.5},
+     "row 0, column 'sample_rate': must be a positive whole number of Hz"),
+    ({"samples": [0.1] * 800, "sample_rate": "8000"}, "column 'sample_rate': must be a positive"),
     ({"samples": [0.1] * 800, "sample_rate": 16000, "utterance_id": "u" * 300},
-     "row 0, column 'utterance_id': expected a string of at most 256 characters, got str of 300"),
+     "row 0, column 'utterance_id': 300 characters; the limit is 256"),
 ])
 def test_absurd_samples_and_ids_are_named(classifier, row, message):
     with pytest.raises(mlflow.exceptions.MlflowException) as err:
         classifier.predict(None, pd.DataFrame([row]))
     assert message in err.value.message
+
+
+def _long_clip(files: list, seconds: float = 60.0, rate: int = 48_000) -> bytes:
+    """Real recordings one after another to `seconds` of 16-bit stereo WAV at `rate` (each
+    8 kHz sample repeated: what matters here is the size)."""
+    parts, total = [], 0
+    while total < seconds * 8000:
+        for f in files:
+            x, _ = sf.read(f, dtype="float32")
+            parts += [x, np.zeros(1600, np.float32)]
+            total += len(x) + 1600
+    mono = np.repeat(np.concatenate(parts)[: int(seconds * 8000)], rate // 8000)
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([mono, mono], 1), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_the_largest_audio_request_allowed_gives_its_memory_back(store, small_fsdd, capsys):
+    """10 clips of 60 s of 48 kHz stereo (600 s, every clip at its sample limit), base64
+    over REST to the preset's network: 200 with a label per clip, at most 1 GiB above
+    the idle server while it runs, back within 10 % of idle 5 s after."""
+    import base64
+    import json
+    import threading
+    import time
+
+    from mlflow_server import post, serving, tree_rss_mib
+
+    from models.speech_model import MAX_CLIP_SAMPLES, MAX_REQUEST_SECONDS
+
+    main(speech_args(small_fsdd, store, "--preset", "speech-fsdd", "--epochs", "1",
+                     "--hidden", "128", "--synthetic_voices", "0", "--nonspeech", "4"))
+    clip = base64.b64encode(_long_clip(sorted(small_fsdd.glob("*.wav")))).decode()
+    count = int(MAX_REQUEST_SECONDS // 60)
+    assert 60 * 48_000 * 2 == MAX_CLIP_SAMPLES
+    body = {"dataframe_split": {"columns": ["audio"], "data": [[clip]] * count}}
+    small = {"dataframe_split": {"columns": ["audio"], "data": [[base64.b64encode(
+        (FSDD / "1_nicolas_3.wav").read_bytes()).decode()]]}}
+    with serving("models:/speech-classify@champion", store) as url:
+        assert post(url, small)[0] == 200  # warm: what idle means
+        time.sleep(3)
+        idle, peak, done = tree_rss_mib(url.pid), [0.0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], tree_rss_mib(url.pid))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.perf_counter()
+        status, text = post(url, body)
+        seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        assert status == 200, text[-300:]
+        assert len(json.loads(text)["predictions"]) == count
+        del text, body, clip
+        time.sleep(5)
+        after = tree_rss_mib(url.pid)
+    with capsys.disabled():
+        print(f"\nlargest audio request ({count} x 60 s, 48 kHz stereo): {seconds:.1f} s; "
+              f"server RSS idle {idle:.0f} MiB, peak {peak[0]:.0f}, 5 s after {after:.0f}")
+    assert seconds < 60 and peak[0] - idle < 1024
+    assert after <= 1.10 * idle
