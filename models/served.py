@@ -64,8 +64,9 @@ def row_id(row: dict, column: str, i: int) -> str:
 
 class ServedModel(mlflow.pyfunc.PythonModel):
     """Loads the stored files; `rows()` checks the batch. A subclass names its
-    models-from-code `entry` file (in models/) and its `signature(spec)`; `unit` names
-    a row in messages, `max_rows` bounds a request."""
+    models-from-code `entry` file (in models/), its `signature(spec)` and its
+    `serve(model_input, params)`, which `predict` calls; `unit` names a row in messages,
+    `max_rows` bounds a request."""
 
     entry: str
     unit = "row"
@@ -95,10 +96,6 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         finally:
             if memory := getattr(self, "memory", None):
                 memory.request_done()
-
-    def serve(self, model_input, params: dict):
-        """The task's prediction for a request (MLflow calls `predict`)."""
-        raise NotImplementedError
 
     def size(self, row: dict) -> float:
         """What a row costs in the units of `budget` (a subclass with a budget says)."""
@@ -140,16 +137,17 @@ class MemoryKeeper:
             pyarrow.set_memory_pool(pyarrow.system_memory_pool())
         except ImportError:  # no pyarrow: pandas keeps strings as Python objects
             pass
+        self.seconds, self.window, self.last = seconds, window, float("-inf")
+        self.wake = None  # no thread: nothing to trim
         try:
             self.trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        except (OSError, AttributeError):  # not glibc (musl, macOS)
             return
-        self.seconds, self.window, self.last = seconds, window, float("-inf")
         self.wake = threading.Event()
         threading.Thread(target=self._run, daemon=True, name="memory-keeper").start()
 
     def request_done(self) -> None:
-        if hasattr(self, "wake"):
+        if self.wake is not None:
             self.last = time.monotonic()
             self.wake.set()
 

@@ -102,3 +102,33 @@ def post(url: str, body, content_type: str = "application/json") -> tuple[int, s
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+def memory_of_request(url: ServerURL, warm, body) -> dict:
+    """One large request and the server's resident memory around it: `warm` first (what
+    idle means), then RSS idle, its peak while `body` runs (sampled every 0.1 s) and
+    5 s after. Returns status, predictions (their number; the error text otherwise),
+    seconds, idle, peak and after (MiB)."""
+    import threading
+
+    assert post(url, warm)[0] == 200
+    time.sleep(3)
+    idle, peak, done = tree_rss_mib(url.pid), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_mib(url.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    t0 = time.perf_counter()
+    status, text = post(url, body)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    predictions = len(json.loads(text)["predictions"]) if status == 200 else text[-300:]
+    del text
+    time.sleep(5)
+    return {"status": status, "predictions": predictions, "seconds": seconds, "idle": idle,
+            "peak": peak[0], "after": tree_rss_mib(url.pid)}

@@ -279,41 +279,20 @@ def test_the_largest_request_allowed_finishes_and_gives_its_memory_back(server, 
     """The most forecasts (rolling) and the most prices (last) one request may ask for:
     inside MLflow's 60 s scoring timeout, at most 1 GiB above the idle server while it
     runs, and back within 10 % of idle a few seconds after."""
-    import threading
-    import time
-
-    from mlflow_server import tree_rss_mib
+    from mlflow_server import memory_of_request
 
     from bench.common import long_history
     from models.price_model import MAX_FORECASTS, MAX_PRICES
 
     prices = MAX_FORECASTS + 16 if mode == "rolling" else MAX_PRICES  # lookback 16
-    row = request_row(long_history(prices), "long", COLUMNS)
-    body = split_body(pd.DataFrame([row]), mode=mode)
-    del row
-    assert post(server, split_body(batch(("SPY",))))[0] == 200  # warm: what idle means
-    time.sleep(3)
-    idle, peak, done = tree_rss_mib(server.pid), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], tree_rss_mib(server.pid))
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    t0 = time.perf_counter()
-    status, text = post(server, body)
-    seconds = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    assert status == 200, text[-300:]
-    assert len(json.loads(text)["predictions"]) == (MAX_FORECASTS if mode == "rolling" else 1)
-    del text, body
-    time.sleep(5)
-    after = tree_rss_mib(server.pid)
+    body = split_body(pd.DataFrame([request_row(long_history(prices), "long", COLUMNS)]),
+                      mode=mode)
+    got = memory_of_request(server, split_body(batch(("SPY",))), body)
+    assert got["status"] == 200, got["predictions"]
+    assert got["predictions"] == (MAX_FORECASTS if mode == "rolling" else 1)
     with capsys.disabled():
-        print(f"\nlargest request ({prices:,} prices, {mode}): {seconds:.1f} s; server RSS "
-              f"idle {idle:.0f} MiB, peak {peak[0]:.0f}, 5 s after {after:.0f}")
-    assert seconds < 60 and peak[0] - idle < 1024
-    assert after <= 1.10 * idle
+        print(f"\nlargest request ({prices:,} prices, {mode}): {got['seconds']:.1f} s; server "
+              f"RSS idle {got['idle']:.0f} MiB, peak {got['peak']:.0f}, 5 s after "
+              f"{got['after']:.0f}")
+    assert got["seconds"] < 60 and got["peak"] - got["idle"] < 1024
+    assert got["after"] <= 1.10 * got["idle"]

@@ -332,11 +332,8 @@ def test_the_largest_audio_request_allowed_gives_its_memory_back(store, small_fs
     over REST to the preset's network: 200 with a label per clip, at most 1 GiB above
     the idle server while it runs, back within 10 % of idle 5 s after."""
     import base64
-    import json
-    import threading
-    import time
 
-    from mlflow_server import post, serving, tree_rss_mib
+    from mlflow_server import memory_of_request, serving
 
     from models.speech_model import MAX_CLIP_SAMPLES, MAX_REQUEST_SECONDS
 
@@ -349,29 +346,12 @@ def test_the_largest_audio_request_allowed_gives_its_memory_back(store, small_fs
     small = {"dataframe_split": {"columns": ["audio"], "data": [[base64.b64encode(
         (FSDD / "1_nicolas_3.wav").read_bytes()).decode()]]}}
     with serving("models:/speech-classify@champion", store) as url:
-        assert post(url, small)[0] == 200  # warm: what idle means
-        time.sleep(3)
-        idle, peak, done = tree_rss_mib(url.pid), [0.0], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], tree_rss_mib(url.pid))
-                time.sleep(0.1)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        t0 = time.perf_counter()
-        status, text = post(url, body)
-        seconds = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        assert status == 200, text[-300:]
-        assert len(json.loads(text)["predictions"]) == count
-        del text, body, clip
-        time.sleep(5)
-        after = tree_rss_mib(url.pid)
+        got = memory_of_request(url, small, body)
+    assert got["status"] == 200, got["predictions"]
+    assert got["predictions"] == count
     with capsys.disabled():
-        print(f"\nlargest audio request ({count} x 60 s, 48 kHz stereo): {seconds:.1f} s; "
-              f"server RSS idle {idle:.0f} MiB, peak {peak[0]:.0f}, 5 s after {after:.0f}")
-    assert seconds < 60 and peak[0] - idle < 1024
-    assert after <= 1.10 * idle
+        print(f"\nlargest audio request ({count} x 60 s, 48 kHz stereo): {got['seconds']:.1f} s;"
+              f" server RSS idle {got['idle']:.0f} MiB, peak {got['peak']:.0f}, 5 s after "
+              f"{got['after']:.0f}")
+    assert got["seconds"] < 60 and got["peak"] - got["idle"] < 1024
+    assert got["after"] <= 1.10 * got["idle"]
