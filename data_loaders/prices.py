@@ -299,17 +299,18 @@ def feature_names(has_volume: bool) -> list[str]:
 
 
 def price_features(prices, use_volume: bool) -> np.ndarray:
-    """Per-step features, float32 [T-1, F], from a price frame or a dict of arrays
-    (`adj_close`, `high`, `low`, `volume`): the log return of the adjusted close,
-    the log high/low range, and the log volume change (volume + 1, so a
-    zero-volume day stays finite). Step t uses prices up to day t+1."""
+    """Per-step features, float32 [..., T-1, F], from a price frame or a dict of arrays
+    (`adj_close`, `high`, `low`, `volume`; [..., T]: several series of one length at
+    once): the log return of the adjusted close, the log high/low range, and the log
+    volume change (volume + 1, so a zero-volume day stays finite). Step t uses prices up
+    to day t+1."""
     def col(name):
         return np.asarray(prices[name], np.float64)
 
-    cols = [np.diff(np.log(col("adj_close"))), np.log(col("high") / col("low"))[1:]]
+    cols = [np.diff(np.log(col("adj_close"))), np.log(col("high") / col("low"))[..., 1:]]
     if use_volume:
         cols.append(np.diff(np.log1p(col("volume"))))
-    return np.stack(cols, axis=1).astype(np.float32)
+    return np.stack(cols, axis=-1).astype(np.float32)
 
 
 def realised_vol(returns: np.ndarray, window: int) -> np.ndarray:

@@ -68,29 +68,61 @@ def request_row(frame: pd.DataFrame, series_id: str, columns: list[str]) -> dict
     return row
 
 
-def _array(row: dict, name: str, i: int) -> np.ndarray:
+def _numbers(row: dict, name: str, i: int) -> np.ndarray:
+    """One price column of one row as float64: numbers only (no "1.5", no true)."""
     values = row.get(name)
-    if missing(values):
-        raise bad(f"row {i}: missing required column '{name}'")
     arr = None
-    if not isinstance(values, str | bytes) and hasattr(values, "__len__"):
+    if isinstance(values, list | tuple | np.ndarray):  # JSON gives lists, Spark arrays
         try:
-            arr = np.asarray(values)  # numbers only give a numeric array: no "1.5", no true
+            arr = np.asarray(values)  # text gives a text or object array, numbers a numeric one
         except (TypeError, ValueError):
             pass
+    elif missing(values):
+        raise bad(f"row {i}: missing required column '{name}'")
     if arr is None or arr.ndim != 1:
         raise bad(f"row {i}, column '{name}': expected an array of numbers, "
                   f"got {type(values).__name__}")
-    if arr.dtype.kind not in "fiu" and len(arr):
-        k = next((k for k, v in enumerate(values) if isinstance(v, bool)
-                  or not isinstance(v, int | float | np.number)), 0)
+    if len(arr) and arr.dtype.kind not in "fiu":
+        _not_a_number(values, name, i)
+    return arr.astype(np.float64, copy=False)
+
+
+def _not_a_number(values, name: str, i: int) -> None:
+    """Name the first value that is not a number (true and false included), if any."""
+    k = next((k for k, v in enumerate(values) if isinstance(v, bool)
+              or not isinstance(v, int | float | np.number)), None)
+    if k is not None:
         raise bad(f"row {i}, column '{name}': position {k}: expected a number, "
                   f"got {_short(values[k])}")
-    arr = arr.astype(np.float64, copy=False)
-    low, high = SANE["volume" if name == "volume" else "price"]
-    if arr.size and not (low <= arr.min() and arr.max() <= high):  # NaN fails too
-        _value_error(arr, name, i, low, high)
-    return arr
+
+
+def _check_values(rows: list[dict], columns: dict[str, list[np.ndarray]]) -> None:
+    """Every price a number in SANE range and high >= low, checked for all rows at once (a
+    few reductions instead of a few per row); the first failure is named by row and position."""
+    starts = np.cumsum([0] + [len(a) for a in columns["close"]])
+    flat = {name: np.concatenate(arrs) for name, arrs in columns.items()}
+
+    def row_of(at):
+        return np.searchsorted(starts, at, side="right") - 1
+
+    def where(at: int) -> tuple[int, int]:
+        i = int(row_of(at))
+        return i, at - starts[i]
+
+    for name, values in flat.items():
+        # true among numbers reads as 1.0: look at the types where a 0 or 1 could be one
+        for i in np.unique(row_of(np.flatnonzero((values == 0) | (values == 1)))):
+            _not_a_number(rows[i][name], name, int(i))
+        low, high = SANE["volume" if name == "volume" else "price"]
+        if values.size and not (low <= values.min() and values.max() <= high):  # NaN fails too
+            outside = ~((values >= low) & (values <= high))
+            i, _ = where(np.flatnonzero(outside)[0])
+            _value_error(columns[name][i], name, i, low, high)
+    below = np.flatnonzero(flat["high"] < flat["low"])
+    if len(below):
+        i, k = where(below[0])
+        raise bad(f"row {i}, column 'high': {columns['high'][i][k]} is below 'low' "
+                  f"({columns['low'][i][k]}) at position {k}")
 
 
 def _value_error(arr: np.ndarray, name: str, i: int, low: float, high: float):
@@ -127,40 +159,50 @@ def _dates(rows: list[dict], lengths: list[int]) -> list[list | None]:
             raise bad(f"row {i}, column 'dates': {len(values)} dates for {n} prices "
                       "(one date per price)")
         given[i] = values
-    flat = [d for values in given.values() for d in values]
-    if given and not set(map(type, flat)) <= {str}:  # a set of types is quick to build
-        for i, values in given.items():
-            k = next((k for k, v in enumerate(values) if not isinstance(v, str)), None)
-            if k is not None:
-                raise bad(f"row {i}, column 'dates': position {k}: expected an ISO date "
-                          f"string, got {_short(values[k])}")
-    # NumPy reads "now" and "today" too: an ISO date starts with its year's digits
-    if flat and not (min(flat)[:1].isdigit() and max(flat)[:1].isdigit()):
-        for i, values in given.items():
-            k = next((k for k, v in enumerate(values) if not v[:1].isdigit()), None)
-            if k is not None:
-                raise bad(f"row {i}, column 'dates': position {k}: cannot read "
-                          f"{_short(values[k])} as an ISO date (YYYY-MM-DD)")
-    parsed = _iso_dates(flat)
-    parsed[(parsed < YEARS[0]) | (parsed >= YEARS[1])] = np.datetime64("NaT")
+    if given:
+        _check_dates(given)
+    return [given.get(i) for i in range(len(rows))]
+
+
+def _check_dates(given: dict[int, list]) -> None:
+    """Each row's dates ISO strings of years 1800-2299, strictly increasing; the first
+    failure is named by row and position."""
+    for i, values in given.items():
+        try:
+            "".join(values)  # the quickest test that every date is a string
+        except TypeError:
+            k = next(k for k, v in enumerate(values) if not isinstance(v, str))
+            raise bad(f"row {i}, column 'dates': position {k}: expected an ISO date "
+                      f"string, got {_short(values[k])}") from None
+    # NumPy reads "now" and "today" (any case) too: they come out as yesterday or later,
+    # whatever the clock's time zone, so only such dates need a look
+    recent = np.datetime64("today") - np.timedelta64(1, "D")
+    parsed = _iso_dates(list(given.values()))
     starts = np.cumsum([0] + [len(v) for v in given.values()])
     rows_of = list(given)
+
+    def where(at: int) -> tuple[int, int, list]:
+        r = int(np.searchsorted(starts, at, side="right")) - 1
+        return rows_of[r], at - starts[r], given[rows_of[r]]
+
+    for at in np.flatnonzero(parsed >= recent):
+        _, k, values = where(at)
+        if values[k].lower() in ("now", "today"):
+            parsed[at] = np.datetime64("NaT")
+    parsed[(parsed < YEARS[0]) | (parsed >= YEARS[1])] = np.datetime64("NaT")
     later = np.diff(parsed) > np.timedelta64(0)
     later[starts[1:-1] - 1] = True  # the first date of a row need not follow the last row's
     bad_at = np.flatnonzero(np.isnat(parsed))
     order = np.flatnonzero(~later) + 1
     if len(bad_at) or len(order):
         unread = len(bad_at) and (not len(order) or bad_at[0] <= order[0])
-        at = bad_at[0] if unread else order[0]
-        r = int(np.searchsorted(starts, at, side="right")) - 1
-        i, k, values = rows_of[r], at - starts[r], given[rows_of[r]]
-        where = f"row {i}, column 'dates': position {k}"
+        i, k, values = where(bad_at[0] if unread else order[0])
+        at = f"row {i}, column 'dates': position {k}"
         if unread:
-            raise bad(f"{where}: cannot read {_short(values[k])} as an ISO date (YYYY-MM-DD, "
-                  "years 1800-2299)")
-        raise bad(f"{where}: {_short(values[k])} is not after {_short(values[k - 1])}; "
+            raise bad(f"{at}: cannot read {_short(values[k])} as an ISO date (YYYY-MM-DD, "
+                      "years 1800-2299)")
+        raise bad(f"{at}: {_short(values[k])} is not after {_short(values[k - 1])}; "
                   "dates must be strictly increasing (oldest first)")
-    return [given.get(i) for i in range(len(rows))]
 
 
 def _dates_at(dates: list | None, steps: np.ndarray) -> np.ndarray:
@@ -172,14 +214,21 @@ def _dates_at(dates: list | None, steps: np.ndarray) -> np.ndarray:
     return np.asarray(dates, dtype=object)[steps]
 
 
-def _iso_dates(values: list[str]) -> np.ndarray:
-    """ISO 8601 strings -> datetime64[s] (NumPy's reader, fast), NaT where one cannot be read."""
+def _iso_dates(rows: list[list[str]]) -> np.ndarray:
+    """Rows of ISO 8601 strings -> one datetime64[s] array (NumPy's reader, fast), NaT where
+    one cannot be read. Row by row: a row's strings are still in the CPU's cache from the
+    type check."""
     with warnings.catch_warnings():  # "...Z" or "+01:00": read as UTC, which orders them right
+        warnings.simplefilter("ignore", UserWarning)  # DeprecationWarning before NumPy 2
         warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return np.asarray(values, dtype="datetime64[s]")
-        except ValueError:
-            return np.array([_iso_date(v) for v in values], dtype="datetime64[s]")
+        return np.concatenate([_read_row(values) for values in rows])
+
+
+def _read_row(values: list[str]) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype="datetime64[s]")
+    except ValueError:
+        return np.array([_iso_date(v) for v in values], dtype="datetime64[s]")
 
 
 def _iso_date(text: str) -> np.datetime64:
@@ -241,33 +290,43 @@ class PriceForecaster(ServedModel):
                        f"with the {self.spec['lookback']} prices before its first forecast")
                 raise bad(f"request has {n:,} {what}; the limit is {limit:,} per request: {how}")
 
-    def _series(self, row: dict, i: int) -> dict:
-        """One request row, checked: prices and id (dates: `_dates`, for all rows)."""
-        cols = {name: _array(row, name, i) for name in price_columns(self.spec)}
-        lengths = {k: len(v) for k, v in cols.items()}
-        if len(set(lengths.values())) > 1:
-            raise bad(f"row {i}: price arrays differ in length: {lengths}")
-        need = self.spec["lookback"] + 1
-        if lengths["close"] < need:
-            raise bad(f"row {i}, column 'close': {lengths['close']} prices is shorter than "
-                      f"the {need} this model needs (lookback {self.spec['lookback']} + 1)")
-        if (cols["high"] < cols["low"]).any():
-            k = np.flatnonzero(cols["high"] < cols["low"])[0]
-            raise bad(f"row {i}, column 'high': {cols['high'][k]} is below 'low' "
-                      f"({cols['low'][k]}) at position {k}")
-        cols["adj_close"] = cols.pop("close")
-        return {"prices": cols, "id": row_id(row, "series_id", i)}
+    def _series(self, rows: list[dict]) -> list[dict]:
+        """The request rows, checked: prices and ids (dates: `_dates`)."""
+        series = []
+        for i, row in enumerate(rows):
+            cols = {name: _numbers(row, name, i) for name in price_columns(self.spec)}
+            lengths = {k: len(v) for k, v in cols.items()}
+            if len(set(lengths.values())) > 1:
+                raise bad(f"row {i}: price arrays differ in length: {lengths}")
+            need = self.spec["lookback"] + 1
+            if lengths["close"] < need:
+                raise bad(f"row {i}, column 'close': {lengths['close']} prices is shorter "
+                          f"than the {need} this model needs (lookback "
+                          f"{self.spec['lookback']} + 1)")
+            series.append({"prices": cols, "id": row_id(row, "series_id", i)})
+        _check_values(rows, {name: [s["prices"][name] for s in series]
+                             for name in price_columns(self.spec)})
+        for s in series:
+            s["prices"]["adj_close"] = s["prices"].pop("close")
+        return series
+
+    def _features(self, series: list[dict], mode: str) -> list[torch.Tensor]:
+        """The normalised features of each series. The last forecast of a windowed model
+        reads only the last lookback + 1 prices: those of all series in one call."""
+        volume = "volume" in series[0]["prices"]
+        if mode == "rolling" or self.stateful:
+            return [torch.as_tensor(self.x_norm.transform(price_features(s["prices"], volume)))
+                    for s in series]
+        keep = self.spec["lookback"] + 1
+        last = {k: np.stack([s["prices"][k][-keep:] for s in series]) for k in series[0]["prices"]}
+        return list(torch.as_tensor(self.x_norm.transform(price_features(last, volume))))
 
     def forecast(self, rows: list[dict], mode: str) -> pd.DataFrame:
         """The forecasts of checked rows, all series through the network together."""
-        series = [self._series(r, i) for i, r in enumerate(rows)]
+        series = self._series(rows)
         dates = _dates(rows, [len(s["prices"]["adj_close"]) for s in series])
         lookback = self.spec["lookback"]
-        # the last forecast of a windowed model reads only the last lookback + 1 prices
-        keep = 0 if mode == "rolling" or self.stateful else lookback + 1
-        xs = [torch.as_tensor(self.x_norm.transform(price_features(
-            {k: v[-keep:] for k, v in s["prices"].items()}, "volume" in s["prices"])))
-            for s in series]
+        xs = self._features(series, mode)
         anchors = [np.arange(lookback - 1 if mode == "rolling" else len(x) - 1, len(x))
                    for x in xs]
         preds = forecasts(self.net, xs, anchors, self.stateful, lookback)

@@ -110,6 +110,17 @@ def test_features_are_log_return_range_and_volume_change():
                                     np.log1p(frame.volume.iloc[t]), rel=1e-5)
 
 
+def test_features_of_several_series_at_once_are_each_series_features():
+    frame, _ = read_price_csv(DATA / "MSFT.csv")
+    parts = [frame.iloc[s:s + 65] for s in (0, 700, 2000)]
+    batch = {c: np.stack([p[c].to_numpy() for p in parts])
+             for c in ["adj_close", "high", "low", "volume"]}
+    together = prices.price_features(batch, use_volume=True)
+    assert together.shape == (3, 64, 3)
+    for got, part in zip(together, parts, strict=True):
+        assert np.array_equal(got, prices.price_features(part, use_volume=True))
+
+
 def test_targets_returns_and_volatility():
     r = np.array([0.01, -0.02, 0.03, 0.0, 0.01, -0.01])
     y = prices.price_targets(r, "returns", 2)

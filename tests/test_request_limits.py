@@ -116,6 +116,8 @@ BAD = {
                          "column 'volume': position 2: expected a number, got '250.1'"),
     "a boolean": (_with(high=lambda h: [True] * len(h)), "column 'high': position 0: expected "
                                                          "a number, got True"),
+    "a boolean among numbers": (_with(low=lambda v: _at(v, 9, False)),
+                                "column 'low': position 9: expected a number, got False"),
     "now as a date": (_with(dates=lambda d: _at(d, 29, "now")),
                       "column 'dates': position 29: cannot read 'now' as an ISO date"),
     "year 99999": (_with(dates=lambda d: _at(d, 29, "99999-01-01")), "position 29: cannot read"),
@@ -130,6 +132,13 @@ def test_bad_fields_are_named(tmp_path_factory, case):
     with pytest.raises(MlflowException) as err:
         model.predict(None, frame, {"mode": "rolling"})
     assert message in err.value.message
+
+
+def test_dates_with_a_time_zone_are_read_quietly(tmp_path, recwarn):
+    model = price_forecaster(tmp_path)
+    frame = _with(dates=lambda d: [f"{x}T16:00:00Z" for x in d])
+    assert model.predict(None, frame).date.tolist() == [frame.dates[0][-1]]
+    assert not [w for w in recwarn if "timezone" in str(w.message)]
 
 
 def test_ids_and_dates_come_back_as_sent(tmp_path):
