@@ -22,6 +22,8 @@ checked from the request's size before any work.
 
 from __future__ import annotations
 
+import calendar
+import itertools
 import warnings
 
 import numpy as np
@@ -167,17 +169,13 @@ def _dates(rows: list[dict], lengths: list[int]) -> list[list | None]:
 def _check_dates(given: dict[int, list]) -> None:
     """Each row's dates ISO strings of years 1800-2299, strictly increasing; the first
     failure is named by row and position."""
-    for i, values in given.items():
-        try:
-            "".join(values)  # the quickest test that every date is a string
-        except TypeError:
-            k = next(k for k, v in enumerate(values) if not isinstance(v, str))
-            raise bad(f"row {i}, column 'dates': position {k}: expected an ISO date "
-                      f"string, got {_short(values[k])}") from None
-    # NumPy reads "now" and "today" (any case) too: they come out as yesterday or later,
-    # whatever the clock's time zone, so only such dates need a look
-    recent = np.datetime64("today") - np.timedelta64(1, "D")
-    parsed = _iso_dates(list(given.values()))
+    try:  # the quickest test that every date is a string
+        text = "|".join(itertools.chain(*given.values(), [""]))  # a "|" after each
+    except TypeError:
+        i, k = next((i, k) for i, values in given.items() for k, v in enumerate(values)
+                    if not isinstance(v, str))
+        raise bad(f"row {i}, column 'dates': position {k}: expected an ISO date "
+                  f"string, got {_short(given[i][k])}") from None
     starts = np.cumsum([0] + [len(v) for v in given.values()])
     rows_of = list(given)
 
@@ -185,14 +183,13 @@ def _check_dates(given: dict[int, list]) -> None:
         r = int(np.searchsorted(starts, at, side="right")) - 1
         return rows_of[r], at - starts[r], given[rows_of[r]]
 
-    for at in np.flatnonzero(parsed >= recent):
-        _, k, values = where(at)
-        if values[k].lower() in ("now", "today"):
-            parsed[at] = np.datetime64("NaT")
-    parsed[(parsed < YEARS[0]) | (parsed >= YEARS[1])] = np.datetime64("NaT")
-    later = np.diff(parsed) > np.timedelta64(0)
+    plain = _plain_dates(text, int(starts[-1]))
+    if plain is None:
+        readable, later = _read_dates(given, where)
+    else:
+        readable, later = plain
     later[starts[1:-1] - 1] = True  # the first date of a row need not follow the last row's
-    bad_at = np.flatnonzero(np.isnat(parsed))
+    bad_at = np.flatnonzero(~readable)
     order = np.flatnonzero(~later) + 1
     if len(bad_at) or len(order):
         unread = len(bad_at) and (not len(order) or bad_at[0] <= order[0])
@@ -205,6 +202,21 @@ def _check_dates(given: dict[int, list]) -> None:
                   "dates must be strictly increasing (oldest first)")
 
 
+def _read_dates(given: dict[int, list], where) -> tuple[np.ndarray, np.ndarray]:
+    """Dates in any ISO 8601 form, by NumPy's reader: whether each is a day of YEARS and
+    whether each is after the one before."""
+    parsed = _iso_dates(list(given.values()))
+    # NumPy reads "now" and "today" (any case) too: they come out as yesterday or later,
+    # whatever the clock's time zone, so only such dates need a look
+    recent = np.datetime64("today") - np.timedelta64(1, "D")
+    for at in np.flatnonzero(parsed >= recent):
+        _, k, values = where(at)
+        if values[k].lower() in ("now", "today"):
+            parsed[at] = np.datetime64("NaT")
+    parsed[(parsed < YEARS[0]) | (parsed >= YEARS[1])] = np.datetime64("NaT")
+    return ~np.isnat(parsed), np.diff(parsed) > np.timedelta64(0)
+
+
 def _dates_at(dates: list | None, steps: np.ndarray) -> np.ndarray:
     """The dates sent at these steps ("" when none were sent)."""
     if dates is None:
@@ -212,6 +224,35 @@ def _dates_at(dates: list | None, steps: np.ndarray) -> np.ndarray:
     if len(steps) < 100:  # the usual last forecast: no copy of the whole list
         return np.array([dates[k] for k in steps], object)
     return np.asarray(dates, dtype=object)[steps]
+
+
+def _plain_dates(text: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """`n` dates, each followed by "|", read when every one is a plain YYYY-MM-DD (the
+    usual request; faster than NumPy's date reader): whether each is a day of YEARS, and
+    whether each is after the one before. None when not all are plain. With digits and
+    dashes at every place but each 11th, which is "|", no date can hold a "|": each has
+    exactly 10 characters. Small integer arrays: no large temporary to allocate."""
+    if len(text) != 11 * n or not text.isascii():
+        return None
+    chars = np.frombuffer(text.encode(), np.uint8).reshape(n, 11)
+    num = [chars[:, k] - np.uint8(ord("0")) for k in (0, 1, 2, 3, 5, 6, 8, 9)]
+    if any((d > 9).any() for d in num):  # (below "0" wraps round to above 9)
+        return None
+    if not all((chars[:, k] == ord(c)).all() for k, c in ((4, "-"), (7, "-"), (10, "|"))):
+        return None
+    year = ((num[0] * np.uint16(10) + num[1]) * np.uint16(10) + num[2]) * np.uint16(10) + num[3]
+    month, day = num[4] * 10 + num[5], num[6] * 10 + num[7]
+    ok = (year >= _YEARS[0]) & (year < _YEARS[1]) & (day >= 1) & (day <= _MONTH_DAYS[month])
+    for k in np.flatnonzero((month == 2) & (day == 29)):
+        ok[k] = calendar.isleap(int(year[k]))
+    month_day = month * np.uint16(32) + day  # orders the days of a year
+    later = (year[1:] > year[:-1]) | ((year[1:] == year[:-1]) & (month_day[1:] > month_day[:-1]))
+    return ok, later
+
+
+_YEARS = [int(str(y)[:4]) for y in YEARS]
+_MONTH_DAYS = np.zeros(100, np.uint8)  # by the month's two digits; 0: no such month
+_MONTH_DAYS[1:13] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]  # February 29: leap years
 
 
 def _iso_dates(rows: list[list[str]]) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
@@ -154,3 +154,32 @@ def test_serving_gives_finite_forecasts_or_a_400_naming_the_field(forecaster, ro
     event("forecasts")
     assert len(out) > 0 and np.isfinite(out[["return_h1", "return_h2"]].to_numpy()).all()
     assert out.series_id.map(lambda v: isinstance(v, str) and len(v) <= 256).all()
+
+
+plain_dates = st.lists(st.one_of(
+    st.dates(min_value=pd.Timestamp("1790-01-01").date(),
+             max_value=pd.Timestamp("2310-12-31").date()).map(str),
+    st.from_regex(r"\A[12][0-9]{3}-[0-1][0-9]-[0-3][0-9]\Z")), min_size=1, max_size=40)
+
+
+@BOUNDED
+@given(rows=st.lists(plain_dates.map(sorted) | plain_dates, min_size=1, max_size=3))
+@example(rows=[["1799-12-31", "1800-01-01", "1900-02-29", "2000-02-29", "2001-02-29",
+                "2004-02-29", "2004-02-30", "2004-04-31", "2299-12-31", "2300-01-01"]])
+def test_plain_dates_read_as_numpy_reads_them(rows):
+    """The fast path for YYYY-MM-DD agrees with NumPy's reader on every date (real or not,
+    inside YEARS or not) and on the order of every two dates that both read."""
+    from models.price_model import _plain_dates, _read_dates
+
+    given_ = dict(enumerate(rows))
+    starts = np.cumsum([0] + [len(v) for v in rows])
+
+    def where(at):
+        r = int(np.searchsorted(starts, at, side="right")) - 1
+        return r, at - starts[r], rows[r]
+
+    ok, later = _plain_dates("".join(d + "|" for v in rows for d in v), int(starts[-1]))
+    want_ok, want_later = _read_dates(given_, where)
+    assert (ok == want_ok).all()
+    both = ok[1:] & ok[:-1]
+    assert (later[both] == want_later[both]).all()
