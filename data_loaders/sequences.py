@@ -62,6 +62,29 @@ def date_cutoffs(all_dates: list[np.ndarray], val_frac: float,
     return pd.Timestamp(val_start), pd.Timestamp(test_start)
 
 
+def walk_forward_cutoffs(all_dates: list[np.ndarray], val_frac: float, test_frac: float,
+                         fold: int, folds: int) -> tuple[pd.Timestamp, pd.Timestamp,
+                                                         pd.Timestamp | None]:
+    """Validation start, test start and test end (exclusive; None: the last date) of
+    block `fold` (1..folds) of a walk-forward backtest: the latest `test_frac` of the
+    calendar in `folds` consecutive blocks; each block's validation is the `val_frac` of
+    the calendar just before it, and its training everything earlier (an expanding
+    window). Days from the test end on are not used by that fold."""
+    import pandas as pd
+
+    dates = np.unique(np.concatenate(all_dates))
+    n = len(dates)
+    first = n * (1 - test_frac)
+    start = int(np.floor(first + (fold - 1) * n * test_frac / folds))
+    end = int(np.floor(first + fold * n * test_frac / folds))
+    val = start - int(np.floor(n * val_frac))
+    if val <= 0 or end <= start:
+        raise ValueError(f"fold {fold} of {folds}: too few days ({n}) for val_frac={val_frac} "
+                         f"and test_frac={test_frac}")
+    return (pd.Timestamp(dates[val]), pd.Timestamp(dates[start]),
+            pd.Timestamp(dates[end]) if end < n else None)
+
+
 def assign_splits(dates: np.ndarray, horizon: int, has_target: np.ndarray,
                   cutoffs: tuple[pd.Timestamp, pd.Timestamp]) -> np.ndarray:
     """Split of the sample anchored at each step: the split of its first target

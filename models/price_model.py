@@ -11,7 +11,9 @@ Params: `mode` = `last` (the forecast after the last price, default) or
 `rolling` (a forecast at every price that has a full lookback behind it).
 Response: one row per forecast: `series_id`, `step` (index of the price the
 forecast is made at), `date` (`dates[step]`, empty when no dates were sent) and
-the forecast columns (`return_h1..hH`, or `volatility_hH`).
+the forecast columns (`return_h1..hH`, or `volatility_hH`), each followed, for a model
+trained with loss=gaussian, by its `_scale` and, for gaussian and quantile, by its
+quantiles (`volatility_h5_q5`, `volatility_h5_q95`: models/heads.py).
 Checks: prices finite and in SANE ranges, `high` >= `low`, `dates` ISO and strictly
 increasing, `series_id` a string of at most 256 characters; each failure is a 400
 naming the row, the column and the problem.
@@ -34,6 +36,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSp
 
 from data_loaders.prices import price_features
 from data_loaders.sequences import Normaliser
+from models.heads import column_names, columns, denormalise
 from models.networks import forecasts
 from models.served import ServedModel, bad, missing, row_id
 
@@ -294,7 +297,7 @@ class PriceForecaster(ServedModel):
                   for c in [*price_columns(spec), "series_id", "dates"]]
         outputs = [ColSpec(DataType.string, "series_id"), ColSpec(DataType.long, "step"),
                    ColSpec(DataType.string, "date")]
-        outputs += [ColSpec(DataType.double, c) for c in spec["outputs"]]
+        outputs += [ColSpec(DataType.double, c) for c in column_names(spec)]
         params = ParamSchema([ParamSpec("mode", DataType.string, "last")])
         return ModelSignature(Schema(inputs), Schema(outputs), params)
 
@@ -371,9 +374,9 @@ class PriceForecaster(ServedModel):
         anchors = [np.arange(lookback - 1 if mode == "rolling" else len(x) - 1, len(x))
                    for x in xs]
         preds = forecasts(self.net, xs, anchors, self.stateful, lookback)
-        values = self.y_norm.inverse_transform(torch.cat(preds).numpy()).astype(np.float64)
+        values = columns(self.spec, denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm))
         counts = [len(a) for a in anchors]
-        bad_rows = np.flatnonzero(~np.isfinite(values).all(1))
+        bad_rows = np.flatnonzero(~np.isfinite(np.column_stack(list(values.values()))).all(1))
         if len(bad_rows):
             i = int(np.searchsorted(np.cumsum(counts), bad_rows[0], side="right"))
             raise bad(f"row {i}: the model produced a non-finite forecast (prices far outside "
@@ -385,7 +388,7 @@ class PriceForecaster(ServedModel):
                "step": np.concatenate(steps),
                "date": np.concatenate([_dates_at(d, st) for d, st in zip(dates, steps,
                                                                         strict=True)])}
-        out.update({name: values[:, j] for j, name in enumerate(self.spec["outputs"])})
+        out.update({name: v.astype(np.float64) for name, v in values.items()})
         return pd.DataFrame(out)
 
     def serve(self, model_input, params: dict) -> pd.DataFrame:

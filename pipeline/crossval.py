@@ -1,11 +1,14 @@
 """Cross-validation: one child run per fold under a parent run, for the folds a task
-asks for (speech with split=speaker: each speaker held out in turn).
+asks for (speech with split=speaker: each speaker held out in turn; prices with
+folds=K: a walk-forward backtest).
 
 Each child is an ordinary run (params, curves, its model and test metrics) that is
 not registered. The parent logs the base config, every fold's row
 (`crossval/folds.csv`), and for each of the model's test metrics its mean and
 standard deviation over the folds (`test_accuracy_mean`, `test_accuracy_std`, ...;
-the tag `test_metrics` lists them), and `best_val_loss` as the folds' mean.
+the tag `test_metrics` lists them), and `best_val_loss` as the folds' mean. Where
+the task pools its folds (prices: every fold's test forecasts together), the parent
+also logs the pooled evaluation: `test_*` metrics, tables and plots, as a run does.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ def run_folds(cfg: Config, folds: list[tuple[str, dict]], run, run_name: str,
 
     import mlflow
 
+    from pipeline import tasks
     from pipeline.children import points, run_children
+    from pipeline.report import log_evaluation, report_text
     from pipeline.tracking import log_config, start_run
 
     if cfg.tracking.resume_run_id:
@@ -42,11 +47,17 @@ def run_folds(cfg: Config, folds: list[tuple[str, dict]], run, run_name: str,
         with tempfile.TemporaryDirectory() as tmp:
             table.to_csv(Path(tmp) / "folds.csv", index=False)
             mlflow.log_artifact(str(Path(tmp) / "folds.csv"), "crossval")
+        pooled = tasks.load(cfg.task_name).pool(cfg, table["run_id"].tolist())
+        if pooled is not None:  # after the folds' tag: the pooled metrics' names win
+            log_evaluation(pooled)
     shown = table.drop(columns=["run_id"], errors="ignore")
     print(f"\ncross-validation {parent.info.run_id} in experiment {cfg.tracking.experiment}: "
           f"{len(todo)} folds\n{shown.to_string(index=False, float_format='%.4g')}\n"
           + "\n".join(f"{k}: {v:.4g}" for k, v in summary.items()))
-    return {"run_id": parent.info.run_id, "table": summary, "history": None}
+    if pooled is not None:
+        print(f"\nthe folds' test samples pooled:\n{report_text(pooled)}")
+    return {"run_id": parent.info.run_id,
+            "table": pooled.table if pooled is not None else summary, "history": None}
 
 
 def summarise(table) -> tuple[dict, list[str]]:

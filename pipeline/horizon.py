@@ -60,6 +60,7 @@ def memory_horizon(norms: np.ndarray, threshold: float = THRESHOLD) -> int:
 
 
 def validation_horizon(net: RecurrentRegressor, streams, lookback: int,
+                       loss_fn=nn.functional.mse_loss,
                        windows: int = 16) -> tuple[np.ndarray, int]:
     """Mean norm curve over up to `windows` validation windows of `lookback` steps,
     spread evenly over the validation split, and its horizon."""
@@ -68,6 +69,7 @@ def validation_horizon(net: RecurrentRegressor, streams, lookback: int,
     pick = np.linspace(0, len(pairs) - 1, min(windows, len(pairs))).astype(int)
     curves = [state_gradient_norms(net.cpu(), pairs[i][0][pairs[i][2] - lookback + 1:
                                                           pairs[i][2] + 1][None].cpu(),
-                                   pairs[i][1][pairs[i][2]].cpu(), lookback - 1) for i in pick]
+                                   pairs[i][1][pairs[i][2]].cpu(), lookback - 1, loss_fn)
+              for i in pick]
     mean = np.mean(curves, axis=0)
     return mean, memory_horizon(mean)

@@ -20,8 +20,9 @@ def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
     cross-validation (pipeline/crossval.py). Returns its run_id, test table and
     history."""
     from pipeline import registry
-    from pipeline.evaluate import evaluate_and_log, format_table
+    from pipeline.evaluate import evaluate_and_log
     from pipeline.register import register_run
+    from pipeline.report import report_text
     from pipeline.tracking import start_run, tracking_uri
     from pipeline.train import report, train_and_log
 
@@ -30,8 +31,9 @@ def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
         from pipeline.crossval import run_folds
 
         if cfg.tracking.register and not nested:
-            print("cross-validation: the folds' models are not registered; train the model "
-                  "to serve on every speaker with split=index or split=random")
+            print("cross-validation: the folds' models are not registered; to register a "
+                  "model to serve, train it on all the data (speech: split=index or "
+                  "split=random; prices: without folds)")
         return run_folds(cfg, folds, run, run_name or task.run_name(cfg), nested)
     data = task.prepare(cfg)
     print(data.summary())
@@ -44,11 +46,11 @@ def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
                                   registry.identity(task, task.network(cfg, data)))
     with start_run(cfg, run_name or task.run_name(cfg), nested=nested) as active:
         net, history = train_and_log(cfg, task, data)
-        table = evaluate_and_log(net, cfg, task, data)
-    print(f"\n{report(active, cfg, history)}\ntest metrics:\n{format_table(table)}")
+        result = evaluate_and_log(net, cfg, task, data)
+    print(f"\n{report(active, cfg, history)}\ntest metrics:\n{report_text(result)}")
     if registering:
         register_run(active.info.run_id, cfg, data)
-    return {"run_id": active.info.run_id, "table": table, "history": history}
+    return {"run_id": active.info.run_id, "table": result.table, "history": history}
 
 
 def main(argv=None) -> dict:

@@ -3,14 +3,15 @@
 Baselines, each computed only from information available at the anchor step t
 (HAR's and the training mean's coefficients from the training split):
 - returns: zero, persistence (r[t] for every horizon), training mean;
-- volatility: the same, where persistence is the realised volatility of the last
-  H returns, plus EWMA(0.94) (RiskMetrics) and HAR (an OLS regression on the 1-,
-  5- and 22-day realised volatility, the standard benchmark).
+- volatility: training mean, persistence (the realised volatility of the last H
+  returns), EWMA(0.94) (RiskMetrics) and HAR (an OLS regression on the 1-, 5- and
+  22-day realised volatility, the standard benchmark). No zero forecast: a volatility
+  of zero is no forecast (its QLIKE is infinite).
+GARCH(1,1) and historical simulation, fit with `arch` and from past targets, are in
+pipeline/risk.py.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -45,11 +46,9 @@ def baseline_forecasts(returns: list[np.ndarray], targets: list[np.ndarray],
     out_dim = targets[0].shape[1]
     train_y = np.concatenate([y[i] for y, i in zip(targets, train_idx, strict=True)])
     mean = train_y.mean(axis=0)
-    fc = {
-        "zero": [np.zeros((len(r), out_dim)) for r in returns],
-        "train_mean": [np.tile(mean, (len(r), 1)) for r in returns],
-    }
+    fc = {"train_mean": [np.tile(mean, (len(r), 1)) for r in returns]}
     if target == "returns":
+        fc["zero"] = [np.zeros((len(r), out_dim)) for r in returns]
         fc["persistence"] = [np.tile(np.asarray(r)[:, None], (1, out_dim)) for r in returns]
         return fc
     fc["persistence"] = [realised_vol(r, horizon)[:, None] for r in returns]
@@ -73,25 +72,6 @@ def directional_accuracy(pred: np.ndarray, actual: np.ndarray, ref: np.ndarray) 
     return float(score[keep].mean()) if keep.any() else 0.5
 
 
-def diebold_mariano(err_model: np.ndarray, err_base: np.ndarray, horizon: int) -> float:
-    """Two-sided p-value of the Diebold-Mariano test of equal squared-error accuracy,
-    with a Newey-West long-run variance over horizon-1 lags (overlapping forecasts)
-    and the Harvey-Leybourne-Newbold small-sample factor; normal reference."""
-    d = (err_model ** 2).mean(axis=1) - (err_base ** 2).mean(axis=1)
-    n = len(d)
-    if n < 3 or not np.any(d):
-        return 1.0
-    dc = d - d.mean()
-    lrv = dc @ dc / n
-    for lag in range(1, horizon):
-        lrv += 2 * (1 - lag / horizon) * (dc[lag:] @ dc[:-lag]) / n
-    if lrv <= 0:
-        return 1.0
-    hln = math.sqrt(max((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n, 1e-12))
-    stat = hln * d.mean() / math.sqrt(lrv / n)
-    return math.erfc(abs(stat) / math.sqrt(2))
-
-
 def forecast_metrics(pred: np.ndarray, actual: np.ndarray, ref: np.ndarray) -> dict:
     """RMSE, MAE, directional accuracy and out-of-sample R^2 against the zero forecast."""
     pred, actual = np.asarray(pred, np.float64), np.asarray(actual, np.float64)
@@ -102,20 +82,6 @@ def forecast_metrics(pred: np.ndarray, actual: np.ndarray, ref: np.ndarray) -> d
         "dir_acc": directional_accuracy(pred, actual, ref),
         "r2_oos": float(1 - np.sum(err ** 2) / np.sum(actual ** 2)),
     }
-
-
-def compare(model_pred: np.ndarray, baselines: dict[str, np.ndarray], actual: np.ndarray,
-            ref: np.ndarray, horizon: int) -> dict[str, dict]:
-    """{method: metrics} for the model and every baseline on the same samples; the
-    model also gets the DM p-value against the best baseline (lowest RMSE)."""
-    table = {"model": forecast_metrics(model_pred, actual, ref)}
-    for name, pred in baselines.items():
-        table[name] = forecast_metrics(pred, actual, ref)
-    best = min(baselines, key=lambda k: table[k]["rmse"])
-    table["model"]["dm_pvalue"] = diebold_mariano(model_pred - actual,
-                                                  baselines[best] - actual, horizon)
-    table["model"]["best_baseline"] = best
-    return table
 
 
 def classification_scores(pred: np.ndarray, true: np.ndarray, n_classes: int) -> dict:

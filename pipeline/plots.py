@@ -54,8 +54,13 @@ def confusion_matrix(matrix, classes: list[str]):
     return fig
 
 
-def forecast_vs_actual(dates, actual, model, baseline, baseline_name: str, title: str):
+def forecast_vs_actual(dates, actual, model, baseline, baseline_name: str, title: str,
+                       band: tuple | None = None):
+    """The realised values, the model's and a baseline's forecasts and, with `band`
+    (lower, upper, label), the model's interval around them."""
     fig, ax = plt.subplots(figsize=(10, 4))
+    if band is not None:
+        ax.fill_between(dates, band[0], band[1], color="C1", alpha=0.2, lw=0, label=band[2])
     ax.plot(dates, actual, lw=0.8, color="0.5", label="actual")
     ax.plot(dates, baseline, lw=1.0, label=baseline_name)
     ax.plot(dates, model, lw=1.0, label="model")

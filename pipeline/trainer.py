@@ -211,15 +211,16 @@ def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Opti
 
 
 def split_loss(model: nn.Module, streams: Streams, which: int, stateful: bool,
-               lookback: int) -> float:
-    """Mean squared error (normalised units) over one split of all series."""
-    errs = []
+               lookback: int, loss_fn: Callable = masked_mse) -> float:
+    """The loss (MSE by default, normalised units) over one split of all series."""
+    preds, targets = [], []
     for x, y, a in zip(streams.x, streams.y, streams.anchors(which, lookback), strict=True):
         if len(a):
-            errs.append((forecast_at(model, x, a, stateful, lookback) - y[torch.as_tensor(a)]) ** 2)
-    if not errs:
+            preds.append(forecast_at(model, x, a, stateful, lookback))
+            targets.append(y[torch.as_tensor(a)])
+    if not preds:
         raise ValueError("the validation split has no samples with a full lookback")
-    return torch.cat(errs).mean().item()
+    return loss_fn(torch.cat(preds), torch.cat(targets)).item()
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams):
@@ -403,9 +404,10 @@ def _save_epoch(checkpoints: Checkpoints, run: Training, improved: bool, signum:
             raise Interrupted(signum, path)
 
 
-def stream_objective(model: nn.Module, streams: Streams, cfg: TrainParams, lookback: int):
+def stream_objective(model: nn.Module, streams: Streams, cfg: TrainParams, lookback: int,
+                     loss_fn: Callable = masked_mse):
     """Price streams: `updates` over windows of `lookback` steps (full BPTT) or over
-    lanes (truncated BPTT), and `validate`, the validation MSE in the same mode."""
+    lanes (truncated BPTT), and `validate`, the validation loss in the same mode."""
     stateful = cfg.bptt == "truncated"
     if stateful:
         lanes_x, lanes_y = training_lanes(streams, cfg.lanes)
@@ -421,7 +423,7 @@ def stream_objective(model: nn.Module, streams: Streams, cfg: TrainParams, lookb
                                   cfg.input_noise, cursor)
 
     def validate() -> dict:
-        return {"val_loss": split_loss(model, streams, VAL, stateful, lookback)}
+        return {"val_loss": split_loss(model, streams, VAL, stateful, lookback, loss_fn)}
 
     return updates, validate
 

@@ -82,9 +82,10 @@ def mlflow_run(entry: str, params: dict, cwd: Path, uri: str, experiment: str | 
                           timeout=timeout)
 
 
-def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: str = "gru"):
-    """A served price model with random weights (GRU hidden 8, 2-day returns), loaded
-    the way MLflow loads it, without training."""
+def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: str = "gru",
+                     loss: str = "mse", quantiles: tuple = ()):
+    """A served price model with random weights (GRU hidden 8, 2-day returns, trained
+    with `loss`), loaded the way MLflow loads it, without training."""
     import numpy as np
     import torch
 
@@ -99,8 +100,9 @@ def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: 
                       "init": "orthogonal", "lookback": lookback},
             "bptt": bptt, "lookback": lookback, "target": "returns", "horizon": 2,
             "features": ["log_return", "log_range", "log_volume_change"],
-            "outputs": ["return_h1", "return_h2"]}
-    net = build_model(spec["model"], 3, 2)
+            "outputs": ["return_h1", "return_h2"], "loss": loss, "quantiles": list(quantiles)}
+    spec["n_out"] = 2 * {"mse": 1, "gaussian": 2, "quantile": len(quantiles)}[loss]
+    net = build_model(spec["model"], 3, spec["n_out"])
     norm = {"x": Normaliser(np.zeros(3), np.ones(3)).to_dict(),
             "y": Normaliser(np.zeros(2), np.ones(2)).to_dict()}
     return PriceForecaster().load(write_artifacts(folder, net, spec, norm))

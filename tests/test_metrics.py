@@ -38,20 +38,3 @@ def test_har_uses_only_the_past():
     assert d1[100, 3] == pytest.approx(np.sqrt(np.mean(r[79:101] ** 2)))
 
 
-def test_diebold_mariano():
-    rng = np.random.default_rng(1)
-    e = rng.normal(size=(500, 1))
-    assert metrics.diebold_mariano(e, e, 1) == 1.0
-    assert metrics.diebold_mariano(0.5 * e, e + rng.normal(size=(500, 1)), 1) < 1e-6
-    # equally good forecasts: the test rejects at 5 % about 5 % of the time
-    p = [metrics.diebold_mariano(rng.normal(size=(300, 1)), rng.normal(size=(300, 1)), 3)
-         for _ in range(400)]
-    assert 0.02 < np.mean(np.array(p) < 0.05) < 0.09
-
-
-def test_compare_names_the_best_baseline():
-    actual = np.array([[1.0], [2.0], [3.0]])
-    table = metrics.compare(actual + 0.1, {"a": actual + 1, "b": actual - 0.5}, actual,
-                            np.zeros_like(actual), 1)
-    assert table["model"]["best_baseline"] == "b"
-    assert set(table) == {"model", "a", "b"}

@@ -273,3 +273,19 @@ def test_sigterm_ends_the_run_killed_and_says_how_to_resume(store, monkeypatch, 
     assert "stopped by SIGTERM" in err and f"-P resume_run_id={run.info.run_id}" in err
     with pytest.raises(ValueError, match="resume_run_id: no run 'nope'"):
         main(["--resume_run_id", "nope"])
+
+
+def test_a_quantile_model_of_returns_logs_its_value_at_risk_backtests(store):
+    out = main([*FAST, "--loss", "quantile", "--quantiles", "0.01,0.05,0.5,0.95,0.99"])
+    m = MlflowClient().get_run(out["run_id"]).data.metrics
+    for method in ("", "_garch", "_historical"):  # the model, then the baselines
+        for name in ("pinball", "coverage_90", "width_90", "coverage_98", "var1_rate",
+                     "var5_rate"):
+            assert np.isfinite(m[f"test_{name}{method}"]), name + method
+        for name in ("var1_kupiec_p", "var5_kupiec_p", "var1_christoffersen_p",
+                     "var5_christoffersen_p"):
+            assert 0 <= m[f"test_{name}{method}"] <= 1
+    assert 0 <= m["test_dm_pvalue_garch"] <= 1 and "test_qlike" not in m
+    served = mlflow.pyfunc.load_model(f"runs:/{out['run_id']}/model")
+    assert "return_h1_q5" in [c.name for c in served.metadata.get_output_schema().inputs]
+    assert MlflowClient().get_registered_model("prices-returns-h1-quantile")

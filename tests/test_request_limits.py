@@ -134,6 +134,22 @@ def test_bad_fields_are_named(tmp_path_factory, case):
     assert message in err.value.message
 
 
+@pytest.mark.parametrize("loss, quantiles", [("gaussian", (0.05, 0.95)),
+                                             ("quantile", (0.01, 0.5, 0.99))])
+def test_distributional_models_serve_ordered_quantiles_beside_the_point(tmp_path, loss,
+                                                                       quantiles):
+    model = price_forecaster(tmp_path, loss=loss, quantiles=quantiles)
+    got = model.predict(None, rows([40, 60]), {"mode": "rolling"})
+    names = [c.name for c in model.signature(model.spec).outputs.inputs]
+    assert list(got.columns) == names
+    for h in ("return_h1", "return_h2"):
+        cols = [f"{h}_q{100 * q:g}" for q in quantiles]
+        assert (np.diff(got[cols].to_numpy(), axis=1) >= 0).all()
+        assert ((got[cols[0]] <= got[h]) & (got[h] <= got[cols[-1]])).all()
+        assert (f"{h}_scale" in got) == (loss == "gaussian")
+    assert np.isfinite(got.drop(columns=["series_id", "step", "date"]).to_numpy()).all()
+
+
 def test_dates_with_a_time_zone_are_read_quietly(tmp_path, recwarn):
     model = price_forecaster(tmp_path)
     frame = _with(dates=lambda d: [f"{x}T16:00:00Z" for x in d])

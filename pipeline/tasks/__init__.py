@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,10 +58,14 @@ class Objective:
 @dataclass
 class Evaluation:
     """Test results: {method: {metric: value}} for the model ("model", first) and its
-    baselines on the same samples, and {artifact path: matplotlib figure}."""
+    baselines on the same samples, {artifact path: matplotlib figure}, {artifact path:
+    a DataFrame (written as CSV) or an object with `save(path)`}, and text to print
+    after the table."""
 
     table: dict[str, dict]
     figures: dict[str, Any]
+    files: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
 
 
 class Task(ABC):
@@ -115,6 +119,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, net: torch.nn.Module, cfg: Config, data) -> Evaluation:
         """Test metrics of `net` beside the task's baselines, on the same samples."""
+
+    def pool(self, cfg: Config, run_ids: list[str]) -> Evaluation | None:
+        """Cross-validation: the folds' test results pooled into one evaluation (logged
+        into the parent run), or None when the task has no such pooling."""
+        return None
 
     @abstractmethod
     def served_model(self) -> type:

@@ -1,15 +1,17 @@
 """Task `prices`: forecast the next H log returns, or the realised volatility over
-the next H days, from daily price series.
+the next H days, from daily price series: a point forecast (loss=mse) or a
+distribution (loss=gaussian or quantile: models/heads.py).
 
 Data: Yahoo-style CSV files (`data`) or yfinance (`tickers`, cached under
 `cache_dir`) -> per-step features (log return, log range, log volume change) and
 targets -> one calendar split for all series (validation and test start on the
-same days; samples whose targets straddle two splits are purged) -> normalisers
-fit on the training part. Training: windows of `lookback` steps (full BPTT) or
-every series' history in lanes (truncated BPTT), MSE. Test: the model beside the
-zero, persistence and training-mean forecasts (and EWMA and HAR for volatility),
-with the Diebold-Mariano p-value against the best. Served by
-models/price_model.py from raw prices.
+same days, or a walk-forward fold's blocks with folds=K; samples whose targets
+straddle two splits are purged) -> normalisers fit on the training part. Training:
+windows of `lookback` steps (full BPTT) or every series' history in lanes (truncated
+BPTT). Test (pipeline/price_eval.py): the model beside the naive forecasts, EWMA,
+HAR, GARCH(1,1) and historical simulation, with Diebold-Mariano p-values, quantile
+and value-at-risk scores; a walk-forward parent pools its folds' test forecasts.
+Served by models/price_model.py from raw prices.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SAMPLE = ROOT / "data" / "prices"
+LOSSES = ("mse", "gaussian", "quantile")  # what the outputs mean: models/heads.py
 
 
 @dataclass
@@ -47,6 +50,13 @@ class Params:
     horizon: int = param(1, "H, steps ahead")
     lookback: int = param(64, "L, window length for full BPTT and the MLP; the history a "
                               "forecast needs")
+    loss: str = param("mse", "mse (a point forecast), gaussian (mean and scale, by negative "
+                             "log-likelihood) or quantile (pinball loss at quantiles)", LOSSES)
+    quantiles: str = param("0.01,0.05,0.5,0.95,0.99", "gaussian and quantile: the quantiles "
+                           "served and scored (quantile needs 0.5, the point forecast)")
+    folds: int = param(1, "walk-forward backtest: K > 1 splits the test part of the calendar "
+                          "into K blocks, one child run each, trained on all that precedes it")
+    fold: int = param(0, "with folds=K: run only block k (1..K); 0 runs them all")
 
 
 @dataclass
@@ -60,7 +70,7 @@ class PriceData:
     y: list[np.ndarray]  # [T, out] targets (NaN at the end)
     split: list[np.ndarray]  # [T]
     features: list[str]
-    cutoffs: tuple  # (validation start, test start), pandas Timestamps
+    cutoffs: tuple  # (validation start, test start, test end or None), pandas Timestamps
     x_norm: object  # data_loaders.sequences.Normaliser
     y_norm: object
     repairs: list[str]
@@ -92,6 +102,11 @@ class PriceData:
 
     def summary(self) -> str:
         return self.table().to_string(index=False)
+
+
+def _suffix(loss: str) -> str:
+    """A distributional model's names carry its loss: its responses have more columns."""
+    return "" if loss == "mse" else f"-{loss}"
 
 
 def check_splits(names: list[str], split: list[np.ndarray], cutoffs) -> None:
@@ -138,9 +153,27 @@ class PricesTask(Task):
                                  "(YYYY-MM-DD)") from None
         if days["start"] and days["end"] and days["start"] > days["end"]:
             raise ValueError(f"start ({p.start}) is after end ({p.end})")
+        from models.heads import parse_quantiles
+
+        if p.loss == "quantile" and 0.5 not in parse_quantiles(p.quantiles):
+            raise ValueError(f"quantiles: loss=quantile needs 0.5 (the point forecast), got "
+                             f"{p.quantiles!r}")
+        if p.folds < 1 or not 0 <= p.fold <= p.folds:
+            raise ValueError(f"folds must be >= 1 and fold in 0..folds, got folds={p.folds}, "
+                             f"fold={p.fold}")
 
     def model_name(self, cfg: Config) -> str:
-        return f"prices-{cfg.task.target}-h{cfg.task.horizon}"
+        return f"prices-{cfg.task.target}-h{cfg.task.horizon}{_suffix(cfg.task.loss)}"
+
+    def run_name(self, cfg: Config) -> str:
+        return f"{cfg.model.cell}-{cfg.train.bptt}{_suffix(cfg.task.loss)}"
+
+    def folds(self, cfg: Config) -> list[tuple[str, dict]]:
+        """folds=K (and fold=0): one walk-forward block per child run."""
+        p = cfg.task
+        if p.folds == 1 or p.fold:
+            return []
+        return [(f"fold={k}", {"fold": k}) for k in range(1, p.folds + 1)]
 
     def load_series(self, cfg: Config) -> tuple[dict, list[str], str, str]:
         """The price frames named by the config, the repairs made, the path read and
@@ -161,10 +194,13 @@ class PricesTask(Task):
 
     def prepare(self, cfg: Config) -> PriceData:
         from data_loaders.prices import feature_names, price_features, price_targets
-        from data_loaders.sequences import Normaliser, assign_splits, date_cutoffs
+        from data_loaders.sequences import Normaliser, assign_splits
 
         p = cfg.task
         frames, repairs, source, origin = self.load_series(cfg)
+        cutoffs = self.cutoffs(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
+        if cutoffs[2] is not None:  # a walk-forward fold sees nothing from its test end on
+            frames = {k: f[f.index < cutoffs[2]] for k, f in frames.items()}
         short = {k: len(v) for k, v in frames.items() if len(v) < p.lookback + p.horizon + 2}
         if short:
             window = (f" between start={p.start or '...'} and end={p.end or '...'}"
@@ -176,8 +212,7 @@ class PricesTask(Task):
         x = [price_features(frames[n], use_volume) for n in names]
         y = [price_targets(xi[:, 0], p.target, p.horizon) for xi in x]
         dates = [frames[n].index.to_numpy()[1:] for n in names]  # step t is known at day t+1
-        cutoffs = date_cutoffs(dates, cfg.data.val_frac, cfg.data.test_frac)
-        split = [assign_splits(dt, p.horizon, ~np.isnan(yi).any(1), cutoffs)
+        split = [assign_splits(dt, p.horizon, ~np.isnan(yi).any(1), cutoffs[:2])
                  for dt, yi in zip(dates, y, strict=True)]
         train_x = np.concatenate([xi[s == 0] for xi, s in zip(x, split, strict=True)])
         train_y = np.concatenate([yi[s == 0] for yi, s in zip(y, split, strict=True)])
@@ -188,6 +223,16 @@ class PricesTask(Task):
                          Normaliser().fit(train_x), Normaliser().fit(train_y), repairs,
                          source, origin)
 
+    def cutoffs(self, cfg: Config, steps: list[np.ndarray]) -> tuple:
+        """(validation start, test start, test end or None) on the calendar of all series'
+        step dates: the latest val_frac and test_frac of it, or a walk-forward fold's."""
+        from data_loaders.sequences import date_cutoffs, walk_forward_cutoffs
+
+        d, p = cfg.data, cfg.task
+        if p.fold:
+            return walk_forward_cutoffs(steps, d.val_frac, d.test_frac, p.fold, p.folds)
+        return (*date_cutoffs(steps, d.val_frac, d.test_frac), None)
+
     def log_data(self, cfg: Config, data: PriceData) -> None:
         import mlflow
         import pandas as pd
@@ -196,81 +241,129 @@ class PricesTask(Task):
 
         frame = pd.concat({n: f for n, f in data.frames.items()}, names=["series", "date"])
         log_dataset(frame.reset_index(), data.source, "prices")
+        end = data.cutoffs[2]
         mlflow.set_tags({"data_origin": data.origin, "val_start": str(data.cutoffs[0].date()),
                          "test_start": str(data.cutoffs[1].date()),
+                         "test_end": str(end.date()) if end is not None else "",
                          "features": ",".join(data.features), "series": ",".join(data.names)})
         mlflow.log_table(data.table(), "data/splits.json")
         if data.repairs:
             mlflow.log_text("\n".join(data.repairs), "data/repairs.txt")
 
     def network(self, cfg: Config, data: PriceData) -> dict:
+        from models.heads import parse_quantiles, width
         from models.price_model import output_names
 
         m, p = cfg.model, cfg.task
         net = {k: getattr(m, k) for k in ("cell", "hidden", "layers", "dropout", "norm", "init")}
         outputs = output_names(p.target, p.horizon)
+        quantiles = parse_quantiles(p.quantiles) if p.loss != "mse" else []
         return {"task": self.name, "model": {**net, "lookback": p.lookback},
-                "n_in": len(data.features), "n_out": len(outputs), "bptt": cfg.train.bptt,
-                "lookback": p.lookback, "target": p.target, "horizon": p.horizon,
-                "features": data.features, "outputs": outputs}
+                "n_in": len(data.features), "n_out": len(outputs) * width(p.loss, quantiles),
+                "bptt": cfg.train.bptt, "lookback": p.lookback, "target": p.target,
+                "horizon": p.horizon, "features": data.features, "outputs": outputs,
+                "loss": p.loss, "quantiles": quantiles}
 
     def objective(self, cfg: Config, data: PriceData, net) -> Objective:
-        from pipeline.trainer import masked_mse, stream_objective
+        from pipeline.trainer import stream_objective
 
         device = next(net.parameters()).device
+        loss = self._loss_fn(cfg)
         updates, validate = stream_objective(net, data.streams(device), cfg.train,
-                                             cfg.task.lookback)
-        return Objective(updates, validate, masked_mse, "MSE (normalised units)")
+                                             cfg.task.lookback, loss)
+        name = {"mse": "MSE", "gaussian": "Gaussian NLL", "quantile": "pinball loss"}
+        return Objective(updates, validate, loss, f"{name[cfg.task.loss]} (normalised units)")
+
+    @staticmethod
+    def _loss_fn(cfg: Config):
+        from models.heads import loss_fn, parse_quantiles
+
+        return loss_fn(cfg.task.loss, parse_quantiles(cfg.task.quantiles))
 
     def horizon(self, net, cfg: Config, data: PriceData):
         if cfg.model.cell == "mlp":  # no state to measure
             return None
         from pipeline.horizon import validation_horizon
 
-        return validation_horizon(net, data.streams(), cfg.task.lookback)
+        return validation_horizon(net, data.streams(), cfg.task.lookback, self._loss_fn(cfg))
 
-    def test_forecasts(self, net, cfg: Config, data: PriceData) -> list[dict]:
-        """Per series: test anchors, actual targets, the model's and every baseline's
-        forecasts."""
+    def test_forecasts(self, net, cfg: Config, data: PriceData):
+        """The model's and every baseline's forecasts at the test anchors of all series
+        (pipeline.price_eval.Forecasts): point baselines from pipeline/metrics.py,
+        GARCH(1,1) fit on each series' training part, historical simulation."""
         from data_loaders.sequences import TEST, TRAIN
+        from models.heads import denormalise, parse_quantiles
         from models.networks import forecast_at
-        from pipeline import metrics
+        from pipeline import metrics, risk
+        from pipeline.price_eval import Forecasts
 
-        p = cfg.task
+        p, spec = cfg.task, self.network(cfg, data)
+        qs, vol = parse_quantiles(p.quantiles), p.target == "volatility"
         streams = data.streams()
         returns = [x[:, 0] for x in data.x]
         train_idx = [np.flatnonzero(s == TRAIN) for s in data.split]
         base = metrics.baseline_forecasts(returns, data.y, train_idx, p.target, p.horizon)
-        out = []
+        parts = []
         for i, a in enumerate(streams.anchors(TEST, p.lookback)):
-            if len(a):
-                pred = forecast_at(net, streams.x[i], a, cfg.train.bptt == "truncated",
-                                   p.lookback)
-                out.append({"name": data.names[i], "dates": data.dates[i][a],
-                            "actual": data.y[i][a],
-                            "model": data.y_norm.inverse_transform(pred.numpy()),
-                            "baselines": {k: v[i][a] for k, v in base.items()}})
-        if not out:
+            if not len(a):
+                continue
+            raw = forecast_at(net, streams.x[i], a, cfg.train.bptt == "truncated", p.lookback)
+            model = denormalise(raw.numpy(), spec, data.y_norm)
+            garch = risk.garch_forecasts(returns[i], train_idx[i], a, p.horizon, qs)
+            points = {"model": model["point"], **{k: v[i][a] for k, v in base.items()},
+                      "garch": garch["vol"][:, None] if vol else garch["mean"]}
+            quantiles = {"model": model["quantiles"][:, 0]} if "quantiles" in model else {}
+            if not vol:  # GARCH's quantiles are of the next return
+                quantiles["garch"] = garch["quantiles"]
+            quantiles["historical"] = risk.historical_quantiles(data.y[i][:, 0], a, p.horizon,
+                                                                qs)
+            ref = base["persistence"][i][a] if vol else np.zeros_like(data.y[i][a])
+            # a normal forecast of the volatility forecasts the variance mean^2 + scale^2
+            variances = ({"model": model["point"][:, 0] ** 2 + model["scale"][:, 0] ** 2}
+                         if vol and "scale" in model else {})
+            parts.append(Forecasts(np.full(len(a), data.names[i]), data.dates[i][a],
+                                   data.y[i][a], ref, points, quantiles, variances))
+        if not parts:
             raise ValueError("data: the test split has no samples with a full lookback")
-        return out
+        return Forecasts.concat(parts)
 
     def evaluate(self, net, cfg: Config, data: PriceData) -> Evaluation:
-        from pipeline import metrics, plots
+        return self.scored(self.test_forecasts(net, cfg, data), cfg)
 
-        per_series = self.test_forecasts(net, cfg, data)
+    def scored(self, forecasts, cfg: Config) -> Evaluation:
+        """The test table, per-series table and plot of forecasts (one run's, or the
+        folds' of a walk-forward backtest pooled)."""
+        from models.heads import parse_quantiles
+        from pipeline import plots, price_eval
 
-        def cat(get):
-            return np.concatenate([get(s) for s in per_series])
+        p, qs = cfg.task, parse_quantiles(cfg.task.quantiles)
+        table = price_eval.table(forecasts, p.target, p.horizon, qs)
+        series = price_eval.per_series(forecasts, p.target, qs)
+        first = forecasts.subset(forecasts.series == forecasts.series[0])
+        best = table["model"]["best_baseline"]
+        band = first.quantiles.get("model")
+        fig = plots.forecast_vs_actual(
+            first.dates, first.actual[:, 0], first.points["model"][:, 0],
+            first.points[best][:, 0], best,
+            f"{first.series[0]}: test forecast vs realised (first output)",
+            band=(band[:, 0], band[:, -1], f"model {qs[0]:g}-{qs[-1]:g} quantiles")
+            if band is not None else None)
+        loss = "QLIKE" if p.target == "volatility" else "MSE"
+        return Evaluation(table, {"plots/test_forecast.png": fig},
+                          {"evaluation/per_series.csv": series,
+                           "evaluation/test_forecasts.npz": forecasts},
+                          f"per series, test {loss} (lower is better):\n"
+                          + series.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
-        actual = cat(lambda s: s["actual"])
-        base = {k: cat(lambda s, k=k: s["baselines"][k]) for k in per_series[0]["baselines"]}
-        ref = base["persistence"] if cfg.task.target == "volatility" else np.zeros_like(actual)
-        table = metrics.compare(cat(lambda s: s["model"]), base, actual, ref, cfg.task.horizon)
-        s, best = per_series[0], table["model"]["best_baseline"]
-        fig = plots.forecast_vs_actual(s["dates"], s["actual"][:, 0], s["model"][:, 0],
-                                       s["baselines"][best][:, 0], best,
-                                       f"{s['name']}: test forecast vs actual (first output)")
-        return Evaluation(table, {"plots/test_forecast.png": fig})
+    def pool(self, cfg: Config, run_ids: list[str]) -> Evaluation | None:
+        """A walk-forward backtest's folds, their test forecasts pooled and scored."""
+        from mlflow.artifacts import download_artifacts
+
+        from pipeline.price_eval import Forecasts
+
+        parts = [Forecasts.load(download_artifacts(
+            run_id=r, artifact_path="evaluation/test_forecasts.npz")) for r in run_ids]
+        return self.scored(Forecasts.concat(parts), cfg)
 
     def served_model(self) -> type:
         from models.price_model import PriceForecaster
@@ -291,7 +384,7 @@ class PricesTask(Task):
                           {"x": data.x_norm.to_dict(), "y": data.y_norm.to_dict()}, example)
 
     def target(self, spec: dict) -> str:
-        return f"{spec['target']}-h{spec['horizon']}"
+        return f"{spec['target']}-h{spec['horizon']}{_suffix(spec.get('loss', 'mse'))}"
 
     def validation_scores(self, models: list, cfg: Config, data: PriceData) -> list[float]:
         """RMSE (raw units) of each model at the validation anchors that all of them can
