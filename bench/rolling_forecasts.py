@@ -3,9 +3,10 @@
 One series of 10^4, 10^5 and 10^6 prices (long_history: real daily moves), mode
 rolling (a forecast at every price with a full lookback), through the served model's
 `forecast` (its predict less the per-request limits: a request may ask for at most
-250,000 rolling forecasts), for two served models: windowed full BPTT (LSTM hidden 32,
-lookback 64: each forecast reads its 64-step window) and stateful truncated BPTT (the
-volatility-tbptt preset, GRU hidden 32: one pass over the history). Two torch threads.
+250,000 rolling forecasts of a one-column model), for two served models: windowed full
+BPTT (LSTM hidden 32, lookback 64: each forecast reads its 64-step window) and stateful
+truncated BPTT (the volatility-tbptt preset, GRU hidden 32: one pass over the history).
+Two torch threads.
 Each size runs in a fresh process, which reports forecasts per second and the peak
 rise of its resident memory during the call (sampled every 5 ms) over what it held
 before.

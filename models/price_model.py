@@ -18,8 +18,8 @@ Checks: prices finite and in SANE ranges, `high` >= `low`, `dates` ISO and stric
 increasing, `series_id` a string of at most 256 characters; each failure is a 400
 naming the row, the column and the problem.
 Limits (`limits()`): at most MAX_ROWS series, MAX_PRICES prices and, in rolling mode,
-MAX_FORECASTS forecasts (fewer for a windowed model with a long lookback) per request,
-checked from the request's size before any work.
+MAX_RESPONSE_VALUES values in the response (fewer forecasts for a windowed model with a
+long lookback) per request, checked from the request's size before any work.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ MODES = ("last", "rolling")
 # 60 s scoring timeout on two cores with well under 1 GB of memory (bench/rolling_forecasts.py).
 MAX_ROWS = 1_000  # series
 MAX_PRICES = 1_000_000  # all series together
-MAX_FORECASTS = 250_000  # rolling forecasts: rows of the response, which MLflow turns
-# into one dict each before writing JSON; 10^6 of them left the server 14 % above idle
+MAX_RESPONSE_VALUES = 1_000_000  # rolling: rows x columns of the response, which MLflow
+# turns into one dict per row before writing JSON: 250,000 rows of a one-forecast model
+# (4 columns); 10^6 of those left the server 14 % above idle, 250,000 rows of a gaussian
+# volatility model (10 columns) 10.6 %
 MAX_WINDOW_STEPS = 64_000_000  # rolling forecasts x lookback, for a windowed model
 SANE = {"price": (1e-6, 1e9), "volume": (0.0, 1e15)}
 YEARS = (np.datetime64("1800-01-01"), np.datetime64("2300-01-01"))  # dates outside: a typo
@@ -307,11 +309,13 @@ class PriceForecaster(ServedModel):
         self.stateful = self.spec["bptt"] == "truncated"
 
     def limits(self) -> dict[str, int]:
-        """What one request may ask for. A windowed model's rolling forecast costs a pass
-        over `lookback` steps, a stateful one's a single step."""
+        """What one request may ask for. A rolling forecast is a response row of
+        `series_id`, `step`, `date` and the forecast columns; a windowed model's costs a
+        pass over `lookback` steps, a stateful one's a single step."""
         steps = 1 if self.stateful else self.spec["lookback"]
+        row = 3 + len(column_names(self.spec))
         return {"prices": MAX_PRICES,
-                "rolling forecasts": min(MAX_FORECASTS, MAX_WINDOW_STEPS // steps)}
+                "rolling forecasts": min(MAX_RESPONSE_VALUES // row, MAX_WINDOW_STEPS // steps)}
 
     def size(self, row: dict) -> float:
         return len(row["close"]) if hasattr(row.get("close"), "__len__") else 0

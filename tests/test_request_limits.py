@@ -55,13 +55,14 @@ def test_chunks_change_nothing(model, monkeypatch):
 @pytest.mark.parametrize("limit, mode, words", [
     ("MAX_PRICES", "last", ["request has 400 prices", "limit is 399 per request",
                             "split the series across 2 or more requests"]),
-    ("MAX_FORECASTS", "rolling", ["request has 368 rolling forecasts", "limit is 100",
+    ("MAX_RESPONSE_VALUES", "rolling", ["request has 368 rolling forecasts", "limit is 100",
                                   "in parts of at most 100 forecasts, each part with the 8 "
                                   "prices before its first forecast"]),
 ])
 def test_a_request_over_a_limit_is_refused_before_any_work(model, monkeypatch, limit, mode,
                                                            words):
-    monkeypatch.setattr(price_model, limit, {"MAX_PRICES": 399, "MAX_FORECASTS": 100}[limit])
+    # rolling: 500 values is 100 rows of series_id, step, date, return_h1 and return_h2
+    monkeypatch.setattr(price_model, limit, {"MAX_PRICES": 399, "MAX_RESPONSE_VALUES": 500}[limit])
     monkeypatch.setattr(type(model), "_series", lambda *a: pytest.fail("work started"))
     with pytest.raises(MlflowException) as err:
         model.predict(None, rows([100] * 4), {"mode": mode})
@@ -69,12 +70,17 @@ def test_a_request_over_a_limit_is_refused_before_any_work(model, monkeypatch, l
         assert word in err.value.message
 
 
-def test_a_windowed_model_s_rolling_limit_counts_its_lookback(tmp_path):
+def test_a_rolling_limit_counts_the_lookback_of_a_windowed_model_and_the_columns(tmp_path):
     windowed = price_forecaster(tmp_path / "w", lookback=64)
     stateful = price_forecaster(tmp_path / "s", bptt="truncated", lookback=64)
-    assert windowed.limits()["rolling forecasts"] == min(price_model.MAX_FORECASTS,
+    quantiles = price_forecaster(tmp_path / "q", bptt="truncated", lookback=64,
+                                 loss="quantile", quantiles=(0.05, 0.5, 0.95))
+    rows = price_model.MAX_RESPONSE_VALUES // 5  # series_id, step, date, 2 forecasts
+    assert windowed.limits()["rolling forecasts"] == min(rows,
                                                          price_model.MAX_WINDOW_STEPS // 64)
-    assert stateful.limits()["rolling forecasts"] == price_model.MAX_FORECASTS
+    assert stateful.limits()["rolling forecasts"] == rows
+    # each forecast column followed by its 3 quantiles: 3 + 2 x 4 values a row
+    assert quantiles.limits()["rolling forecasts"] == price_model.MAX_RESPONSE_VALUES // 11
 
 
 def _with(**changes) -> pd.DataFrame:

@@ -2,7 +2,9 @@
 
 One model is trained and registered in a temporary SQLite store for the module;
 the server is started from `models:/prices-returns-h1@champion`, polled on
-/ping, and stopped at the end.
+/ping, and stopped at the end. The largest requests are also sent to the kind of
+model `make demo` registers (the volatility preset: stateful, a normal forecast with
+seven forecast columns), trained for one epoch.
 """
 
 import json
@@ -22,6 +24,7 @@ from tests.conftest import SPY, fresh_store
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "models:/prices-returns-h1@champion"
+DEMO = "models:/prices-volatility-h5-gaussian@champion"
 COLUMNS = ["close", "high", "low", "volume"]
 pytestmark = pytest.mark.slow
 
@@ -31,6 +34,7 @@ def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
     with fresh_store(tmp):
         main(["--data", SPY, "--epochs", "1", "--hidden", "8", "--lookback", "16"])
+        main(["--preset", "volatility-tbptt", "--data", SPY, "--epochs", "1"])
         yield tmp
 
 
@@ -274,24 +278,37 @@ def test_bounded_load_on_loopback(server, capsys):
     assert rss_end <= rss_start * 1.10 + 10, (rss_start, rss_end)
 
 
+@pytest.fixture(scope="module")
+def demo_server(store):
+    with serving(DEMO, store) as url:
+        yield url
+
+
+@pytest.mark.parametrize("which, lookback", [("server", 16), ("demo_server", 64)])
 @pytest.mark.parametrize("mode", ["rolling", "last"])
-def test_the_largest_request_allowed_finishes_and_gives_its_memory_back(server, capsys, mode):
+def test_the_largest_request_allowed_finishes_and_gives_its_memory_back(request, capsys, mode,
+                                                                        which, lookback):
     """The most forecasts (rolling) and the most prices (last) one request may ask for:
     inside MLflow's 60 s scoring timeout, at most 1 GiB above the idle server while it
-    runs, and back within 10 % of idle a few seconds after."""
+    runs, and back within 10 % of idle a few seconds after; for a windowed returns model
+    and for the demo's stateful volatility model with its scale and quantile columns."""
     from mlflow_server import memory_of_request
 
     from bench.common import long_history
-    from models.price_model import MAX_FORECASTS, MAX_PRICES
+    from models.price_model import MAX_PRICES
 
-    prices = MAX_FORECASTS + 16 if mode == "rolling" else MAX_PRICES  # lookback 16
+    server = request.getfixturevalue(which)
+    uri = MODEL if which == "server" else DEMO
+    most = mlflow.pyfunc.load_model(uri).unwrap_python_model().limits()["rolling forecasts"]
+    prices = most + lookback if mode == "rolling" else MAX_PRICES
     body = split_body(pd.DataFrame([request_row(long_history(prices), "long", COLUMNS)]),
                       mode=mode)
     got = memory_of_request(server, split_body(batch(("SPY",))), body)
     assert got["status"] == 200, got["predictions"]
-    assert got["predictions"] == (MAX_FORECASTS if mode == "rolling" else 1)
+    assert got["predictions"] == (most if mode == "rolling" else 1)
     with capsys.disabled():
-        print(f"\nlargest request ({prices:,} prices, {mode}): {got['seconds']:.1f} s; server "
+        print(f"\nlargest request to {which} ({prices:,} prices, {mode}): "
+              f"{got['seconds']:.1f} s; server "
               f"RSS idle {got['idle']:.0f} MiB, peak {got['peak']:.0f}, 5 s after "
               f"{got['after']:.0f}")
     assert got["seconds"] < 60 and got["peak"] - got["idle"] < 1024
