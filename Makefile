@@ -6,29 +6,39 @@ BIN := $(VENV)/bin
 # mlflow starts uvicorn and `python` by bare name: the venv's bin/ must come first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-# Debian packages: espeak-ng (synthetic voices for speech training), Chromium and
-# chromedriver (the MLflow UI test); root installs them, anyone else through sudo.
+# Debian packages: espeak-ng (synthetic voices for speech training), PostgreSQL (the
+# shared tracking server), Java 17 (Spark), Chromium and chromedriver (the MLflow UI
+# test); root installs them, anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: setup system browser demo test test-fast lint bench clean
+.PHONY: setup system browser demo test test-fast lint bench clean server server-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,server,spark]'
 	touch $@
 
 setup: $(BIN)/.installed
 
 system:
-	@command -v espeak-ng >/dev/null || { \
+	@command -v espeak-ng >/dev/null && command -v java >/dev/null \
+	  && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; }
+	  $(APT) espeak-ng postgresql openjdk-17-jre-headless; }
 
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	  $(SUDO) apt-get update -qq && $(APT) chromium chromium-driver; }
+
+# A shared MLflow tracking server on PostgreSQL for a team, in .tracking-server/
+# (deploy/tracking-server.sh; PG_PORT, MLFLOW_PORT, STATE to change where).
+server: setup system
+	@deploy/tracking-server.sh start
+
+server-stop:
+	@deploy/tracking-server.sh stop
 
 # Trains the volatility recipe on the bundled real prices, prints it beside GARCH(1,1),
 # HAR and EWMA with Diebold-Mariano p-values, logs to ./mlflow.db and registers it.
@@ -54,6 +64,7 @@ bench: setup
 	$(BIN)/python -m bench.rolling_forecasts
 	$(BIN)/python -m bench.audio_features
 	$(BIN)/python -m bench.speech_trainer_overhead
+	$(BIN)/python -m bench.ddp_scaling
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints test-artifacts .pytest_cache

@@ -80,8 +80,7 @@ class RecurrentRegressor(nn.Module):
 
     def pooled(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """One output per sequence [B, out] of zero-padded x [B, T, F]."""
-        out = self(x, lengths=lengths)[0]
-        return last_step(out, lengths) if self.readout == "last" else _masked_mean(out, lengths)
+        return read_out(self(x, lengths=lengths)[0], lengths, self.readout)
 
 
 class MLPRegressor(nn.Module):
@@ -178,7 +177,7 @@ def forecasts(model: nn.Module, xs: list[torch.Tensor], anchors: list[np.ndarray
     starts = torch.as_tensor(np.concatenate(
         [np.asarray(a, np.int64) + o - lookback + 1 for a, o in zip(anchors, offsets,
                                                                    strict=True)]))
-    out = torch.empty(len(starts), model.head.out_features)
+    out = torch.empty(len(starts), model.head.out_features, device=series.device)
     if len(starts) == 0:
         return list(out.split([0] * len(anchors)))
     wins = windows(series, lookback)
@@ -196,7 +195,8 @@ def _stateful(model: nn.Module, xs: list[torch.Tensor], anchors: list[np.ndarray
     state = None
     for t in range(0, lengths[0], STEPS_PER_CALL):
         active = sum(n > t for n in lengths)
-        chunk = torch.zeros(active, min(STEPS_PER_CALL, lengths[0] - t), xs[0].shape[1])
+        chunk = torch.zeros(active, min(STEPS_PER_CALL, lengths[0] - t), xs[0].shape[1],
+                            device=xs[0].device)
         for row, i in enumerate(order[:active]):
             part = xs[i][t:t + STEPS_PER_CALL]
             chunk[row, :len(part)] = part
@@ -266,6 +266,12 @@ def logits_of(model: nn.Module, xs: list[np.ndarray]) -> torch.Tensor:
     for group in by_length([len(x) for x in xs]):
         out[group] = logits(model, *pad([xs[i] for i in group]))
     return out
+
+
+def read_out(out: torch.Tensor, lengths: torch.Tensor, readout: str) -> torch.Tensor:
+    """Outputs [B, T, C] of padded sequences -> one per sequence [B, C]: at its last step
+    (`last`) or the mean over its steps (`mean`)."""
+    return last_step(out, lengths) if readout == "last" else _masked_mean(out, lengths)
 
 
 def _masked_mean(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

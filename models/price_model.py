@@ -288,6 +288,7 @@ class PriceForecaster(ServedModel):
     entry = "price_entry.py"
     unit = "series"
     max_rows = MAX_ROWS
+    size_column = "close"
 
     @staticmethod
     def signature(spec: dict) -> ModelSignature:

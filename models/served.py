@@ -71,6 +71,10 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     entry: str
     unit = "row"
     max_rows = 1_000
+    # what one row may cost, for a batch scorer that cannot look inside the rows (Spark):
+    # the array column whose length is a row's `size`, else the most one row may cost
+    size_column: str | None = None
+    most_per_row: float = 0.0
     needs: tuple = ()  # training-only packages it needs to serve too (librosa for audio)
 
     def load_context(self, context) -> None:

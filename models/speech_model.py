@@ -56,6 +56,7 @@ class AudioModel(ServedModel):
 
     unit = "utterance"
     max_rows = MAX_ROWS
+    most_per_row = MAX_SECONDS
     needs = ("librosa",)
 
     def setup(self) -> None:

@@ -87,6 +87,8 @@ class TrainParams:
                                      "written on SIGTERM/SIGINT); 0: on signals only")
     checkpoint_dir: str = param("checkpoints", "checkpoints go to checkpoint_dir/RUN_ID/: "
                                                "latest.pt and best.pt")
+    dist_timeout: float = param(300.0, "under torchrun: seconds a rank waits for the others "
+                                       "before the run fails (PyTorch's own default: 1800)")
 
 
 @dataclass
@@ -94,7 +96,8 @@ class TrackingParams:
     experiment: str = param("", "MLflow experiment (python -m only; mlflow run: "
                                 "--experiment-name); empty: the task's name")
     registered_model: str = param("", "registry name; empty: the task's (prices-{target}-"
-                                      "h{horizon}, speech-classify, speech-forecast)")
+                                      "h{horizon}, with -{loss} for gaussian and quantile; "
+                                      "speech-classify, speech-forecast)")
     register: bool = param(True, "register the model and move @champion when it is better")
     preset: str = param("", "YAML file of parameters, or the name of one in presets/; "
                             "applied under explicit ones")
@@ -276,6 +279,8 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{name} must be in [{low}, {high}), got {cfg.get(name)!r}")
     if not 0 < t.gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1] (a decay factor), got {t.gamma!r}")
+    if not 0 < t.dist_timeout < math.inf:
+        raise ValueError(f"dist_timeout must be > 0 seconds, got {t.dist_timeout!r}")
     if t.seed >= 2 ** 32:
         raise ValueError(f"seed must be below 2**32, got {t.seed!r}")
     if not t.checkpoint_dir.strip():

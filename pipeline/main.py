@@ -3,6 +3,7 @@
     python -m pipeline.main --cell gru --bptt truncated --k1 50 --k2 100
     python -m pipeline.main --preset speech-fsdd
     mlflow run . --env-manager local --experiment-name prices -P cell=gru -P bptt=truncated
+    torchrun --standalone --nproc_per_node=2 -m pipeline.main --bptt truncated
 
 Reads and writes what the steps `train`, `evaluate` and `register` do, for any
 task (`--task`; the options listed below are the common ones and the chosen
@@ -53,11 +54,15 @@ def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
     return {"run_id": active.info.run_id, "table": result.table, "history": history}
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     cfg, _ = cli.parse_config(argv, __doc__)
     from pipeline.tracking import resume_config  # after parsing: --help stays fast
+    from pipeline.train import other_rank
 
-    return run(resume_config(cfg))
+    cfg = resume_config(cfg)
+    if other_rank(cfg):  # under torchrun, ranks other than 0 only train
+        return None
+    return run(cfg)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -19,6 +19,7 @@ ENTRY_POINTS = {  # name: (module, declared parameters)
     "register": ("pipeline.register", RUN_ID),
     "predict": ("pipeline.predict", {}),
     "sweep": ("pipeline.sweep", {}),
+    "score-spark": ("pipeline.score_spark", {}),
 }
 
 

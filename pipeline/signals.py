@@ -21,6 +21,11 @@ class Interrupted(Exception):
                          + (f"; checkpoint {path}" if path else ""))
 
 
+class RankLost(ConnectionError):
+    """Data-parallel training: a collective failed, because another rank died, hung past
+    `dist_timeout` or left (pipeline/distributed.py). The run ends FAILED."""
+
+
 @contextlib.contextmanager
 def stop_signals(enabled: bool):
     """While training, SIGTERM and SIGINT only set a flag, read between updates, so the
@@ -34,6 +39,11 @@ def stop_signals(enabled: bool):
                 for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield lambda: caught[0] if caught else 0
+    except RankLost:
+        # torchrun sends SIGTERM to the ranks left as soon as one dies: ignore it, or it
+        # would kill this one before its run is marked FAILED
+        previous[signal.SIGTERM] = signal.SIG_IGN
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -15,6 +15,7 @@ child that fails (say a numerical fault) is marked FAILED and the sweep goes on.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pipeline import cli
@@ -76,6 +77,9 @@ def _log_comparison(table, curves: dict):
 
 def main(argv=None):
     base, extra = cli.parse_config(argv, __doc__, {"sweep": SweepParams})
+    if "LOCAL_RANK" in os.environ:  # torchrun's: every rank would run the whole sweep
+        raise ValueError("sweep: its points train one after another in one process; start "
+                         "it without torchrun")
     return run_sweep(base, extra.get("grid", SweepParams.grid))
 
 

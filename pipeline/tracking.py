@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import tasks
 from pipeline.config import Config, from_params
-from pipeline.signals import Interrupted
+from pipeline.signals import Interrupted, RankLost
 
 MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
 WORKDIR_TAG = "workdir"  # the folder the run's relative paths are taken from
@@ -88,14 +88,26 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
             yield run
         except Interrupted as stop:
             mlflow.end_run("KILLED")
-            print(f"\n{stop}\nresume with: mlflow run . --env-manager local --experiment-name "
-                  f"{cfg.tracking.experiment} -P resume_run_id={run.info.run_id} (or python -m "
-                  f"pipeline.main --resume_run_id {run.info.run_id})", file=sys.stderr)
+            print(f"\n{stop}\nresume with: {resume_command(cfg, run.info.run_id)}",
+                  file=sys.stderr)
             raise SystemExit(128 + stop.signum) from None
+        except RankLost:  # the run ends FAILED; it resumes from its latest checkpoint
+            print(f"resume with: {resume_command(cfg, run.info.run_id)}", file=sys.stderr)
+            raise
         except SystemExit as stop:  # a nested run (a sweep's child) was interrupted
             if isinstance(stop.code, int) and stop.code > 128:
                 mlflow.end_run("KILLED")
             raise
+
+
+def resume_command(cfg: Config, run_id: str) -> str:
+    """How to continue a stopped run, with the launcher it was started by."""
+    if "LOCAL_RANK" in os.environ:  # torchrun's
+        ranks = os.environ.get("WORLD_SIZE", "1")
+        return (f"torchrun --standalone --nproc_per_node={ranks} -m pipeline.main "
+                f"--resume_run_id {run_id}")
+    return (f"mlflow run . --env-manager local --experiment-name {cfg.tracking.experiment} -P "
+            f"resume_run_id={run_id} (or python -m pipeline.main --resume_run_id {run_id})")
 
 
 def log_config(cfg: Config, extra: dict[str, str] | None = None) -> None:

@@ -2,13 +2,16 @@
 
 Reads: the data named by the config (see the task's `prepare`). Writes: an MLflow
 run with the resolved config as params, the dataset, one `log_metrics` per epoch
-(train_loss, val_loss, grad_norm, lr, epoch_seconds and the task's validation
-metrics), the loss-curve and memory-horizon plots and the `model`; checkpoints in
+(train_loss, val_loss, grad_norm, lr, train_seconds, epoch_seconds and the task's
+validation metrics), the loss-curve and memory-horizon plots and the `model`; checkpoints in
 `checkpoint_dir`/RUN_ID. With resume_run_id it continues that run from its latest
 checkpoint.
 
     python -m pipeline.train --cell gru --bptt truncated
     mlflow run . -e train --env-manager local --experiment-name prices -P cell=gru
+    torchrun --standalone --nproc_per_node=2 -m pipeline.train --bptt truncated
+
+Under torchrun, data-parallel across the ranks (pipeline/distributed.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def train_and_log(cfg, task, data):
     the model. Returns the trained network (on the CPU) and its History."""
     import mlflow
 
-    from pipeline import plots
+    from pipeline import distributed, plots
     from pipeline.horizon import THRESHOLD
     from pipeline.tracking import MODEL_URI_TAG, epoch_logger, log_config, run_checkpoints
     from pipeline.trainer import fit
@@ -44,11 +47,17 @@ def train_and_log(cfg, task, data):
     resumed = bool(cfg.tracking.resume_run_id)
     if not resumed:  # a resumed run has its dataset
         task.log_data(cfg, data)
+    if distributed.active():
+        mlflow.set_tag("ranks", str(distributed.size()))
     net = new_network(cfg, task.network(cfg, data))
-    goal = task.objective(cfg, data, net)
-    history = fit(net, cfg.train, goal.updates, goal.validate, goal.loss_fn,
+    model = distributed.wrap(net)
+    goal = task.objective(cfg, data, model)
+    checkpoints = run_checkpoints(cfg)
+    distributed.broadcast(str(checkpoints.folder))  # to the other ranks (train_rank)
+    history = fit(model, cfg.train, goal.updates, goal.validate, goal.loss_fn,
                   on_epoch=epoch_logger(mlflow.active_run().info.run_id),
-                  checkpoints=run_checkpoints(cfg), resume=resumed)
+                  checkpoints=checkpoints, resume=resumed)
+    distributed.teardown()
     net.cpu()
     mlflow.log_metrics({"best_val_loss": history.best_val_loss,
                         "best_epoch": history.best_epoch, "epochs_run": len(history.epochs)})
@@ -60,6 +69,49 @@ def train_and_log(cfg, task, data):
     info = task.log_model(net, cfg, data)
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)  # what `register` registers
     return net, history
+
+
+def other_rank(cfg) -> bool:
+    """Under torchrun (pipeline/distributed.py): join the process group and, on a rank
+    other than 0, train this rank's share and say True: the step has nothing else to do
+    there (rank 0 logs, evaluates and registers)."""
+    from pipeline import distributed
+
+    if not distributed.launched():
+        return False
+    if tasks.load(cfg.task_name).folds(cfg):
+        raise ValueError("folds: a cross-validation runs its folds one after another in one "
+                         "process; start it without torchrun")
+    if cfg.model.norm == "batch":
+        raise ValueError("norm=batch under torchrun: each rank would normalise by its own "
+                         "share of the batch; use norm=layer, or train in one process")
+    distributed.setup(cfg.model.device, cfg.train.dist_timeout)
+    if distributed.is_main():
+        return False
+    train_rank(cfg)
+    return True
+
+
+def train_rank(cfg) -> None:
+    """A rank other than 0: the same data and network, its share of every update, and
+    nothing logged or written (rank 0 sends the checkpoint folder, for a resume)."""
+    from pipeline import distributed
+    from pipeline.checkpoint import Checkpoints
+    from pipeline.signals import Interrupted
+    from pipeline.trainer import fit
+
+    task = tasks.load(cfg.task_name)
+    data = task.prepare(cfg)
+    model = distributed.wrap(new_network(cfg, task.network(cfg, data)))
+    goal = task.objective(cfg, data, model)
+    folder = distributed.broadcast(None)
+    try:
+        fit(model, cfg.train, goal.updates, goal.validate, goal.loss_fn, progress=False,
+            checkpoints=Checkpoints(folder, cfg.train.checkpoint_every),
+            resume=bool(cfg.tracking.resume_run_id))
+    except Interrupted as stop:  # rank 0 says it, and how to resume
+        raise SystemExit(128 + stop.signum) from None
+    distributed.teardown()
 
 
 def report(run, cfg, history) -> str:
@@ -75,6 +127,8 @@ def main(argv=None) -> None:
     from pipeline.tracking import resume_config, start_run  # after parsing: fast --help
 
     cfg = resume_config(cfg)
+    if other_rank(cfg):
+        return
     task = tasks.load(cfg.task_name)
     data = task.prepare(cfg)
     print(data.summary())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,9 @@ from torch import nn
 
 from data_loaders.sequences import TRAIN, VAL, Streams, pack_lanes, windows
 from models.networks import forecast_at, last_step
+from pipeline import distributed
 from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
+from pipeline.distributed import shard
 from pipeline.signals import Interrupted, stop_signals
 
 if TYPE_CHECKING:
@@ -82,21 +85,26 @@ def gather_windows(streams: Streams, anchors: list[np.ndarray], lookback: int):
 
 def batches(n: int, batch_size: int, generator: torch.Generator,
             cursor: Cursor | None = None) -> Iterator[torch.Tensor]:
-    """Shuffled minibatch indices over n samples, from the cursor's update on."""
+    """Shuffled minibatch indices over n samples, from the cursor's update on. The same on
+    every rank of a data-parallel run (each keeps its `shard`), which skips a last
+    minibatch of fewer samples than ranks."""
     order = torch.randperm(n, generator=generator)
     start = cursor.update * batch_size if cursor else 0
     for i in range(start, n, batch_size):
-        yield order[i:i + batch_size]
+        if min(batch_size, n - i) >= distributed.size():
+            yield order[i:i + batch_size]
 
 
 def window_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                    generator: torch.Generator, noise: float = 0.0,
                    cursor: Cursor | None = None) -> Iterator:
     """Full BPTT: shuffled minibatches of windows [B, L, F], each started from a zero
-    state; the loss is on the last step, and backpropagates to the first."""
+    state; the loss is on the last step, and backpropagates to the first. (Noise is
+    drawn for the whole minibatch before this rank's share is taken: the draws of one
+    process.)"""
     for idx in batches(len(x), batch_size, generator, cursor):
-        out, _ = model(add_noise(x[idx], noise))
-        yield out[:, -1], y[idx]
+        out, _ = model(shard(add_noise(x[idx], noise)))
+        yield out[:, -1], shard(y[idx])
 
 
 def utterance_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
@@ -108,8 +116,9 @@ def utterance_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor,
     y [N, T, F], NaN (padding) carrying no loss."""
     for idx in batches(len(x), batch_size, generator, cursor):
         steps = int(lengths[idx].max())
-        out, _ = model(add_noise(x[idx, :steps], noise))
-        yield (last_step(out, lengths[idx]), y[idx]) if at_last else (out, y[idx, :steps])
+        out, _ = model(shard(add_noise(x[idx, :steps], noise)))
+        yield ((last_step(out, shard(lengths[idx])), shard(y[idx])) if at_last else
+               (out, shard(y[idx, :steps])))
 
 
 def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k2: int,
@@ -127,10 +136,14 @@ def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k
                                                   update's window [s', e+k1)
 
     With a cursor, the walk starts at update `cursor.update` from `cursor.state`, and
-    leaves in `cursor.state` the state each next update starts from.
+    leaves in `cursor.state` the state each next update starts from. In a data-parallel
+    run each rank walks its `shard` of the lanes, its state its own.
     """
+    if x.shape[0] < distributed.size():
+        raise ValueError(f"lanes: {x.shape[0]} lanes for {distributed.size()} ranks; "
+                         "give each rank at least one (more lanes, or fewer ranks)")
     cursor = cursor or Cursor()
-    steps = x.shape[1]
+    steps, y = x.shape[1], shard(y)
     ends = list(range(k1, steps + 1, k1)) + ([steps] if steps % k1 else [])
     starts = [max(0, e - k2) for e in ends]
     first = cursor.update
@@ -138,7 +151,7 @@ def tbptt_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k1: int, k
     for i in range(first, len(ends)):
         start, end = starts[i], ends[i]
         resume = starts[i + 1] if i + 1 < len(ends) else end
-        xs = add_noise(x[:, start:end], noise)
+        xs = shard(add_noise(x[:, start:end], noise))
         out_a, mid = model(xs[:, : resume - start], state) if resume > start else (None, state)
         out_b, last = model(xs[:, resume - start:], mid) if end > resume else (None, mid)
         out = out_b if out_a is None else out_a if out_b is None else torch.cat([out_a, out_b], 1)
@@ -179,16 +192,25 @@ def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Opti
                 stop: Callable[[], int] = lambda: 0) -> dict:
     """One optimiser step per (prediction, target) pair, counted and summed in the
     cursor. Returns the epoch's mean training loss and mean gradient norm before
-    clipping. `stop()` is asked after every update; a signal number from it raises
-    Interrupted, the cursor standing just after that update."""
+    clipping. `stop()` (this process's caught signal) is asked at every update; a signal
+    raises Interrupted, the cursor standing just after that update. In a data-parallel
+    run, a signal on any rank stops every rank after the same update."""
     cursor = cursor or Cursor()
     model.train()
+    ranks = distributed.size()
     for pred, target in updates:
-        loss = loss_fn(pred, target)
-        if not torch.isfinite(loss):
-            raise NumericalFault(f"non-finite loss ({loss.item()}) at update {cursor.update}")
+        n = int((~torch.isnan(target)).sum()) if target.is_floating_point() else len(target)
+        loss = loss_fn(pred, target) if n else pred.sum() * 0.0  # no target on this rank
+        # the update's loss summed over its targets and the signals caught, over all ranks
+        # in one collective (one process: this one's)
+        loss_sum, n_all, signalled = distributed.sum_all(loss.item() * n, n, stop())
+        if not math.isfinite(loss_sum) or n_all == 0:
+            raise NumericalFault(f"non-finite loss ({loss_sum / n_all if n_all else 'no target'}"
+                                 f") at update {cursor.update}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages the ranks' gradients; weighted by each rank's share of the targets,
+        # the average is the gradient of the loss over the whole update
+        (loss * (n * ranks / n_all) if ranks > 1 else loss).backward()
         # Clipping bounds the step when a rare window makes the gradient explode
         # (common in RNNs); the pre-clip norm is returned so it can be watched.
         norm = nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
@@ -196,13 +218,12 @@ def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Opti
             raise NumericalFault(f"non-finite gradient norm ({norm.item()}) at update "
                                  f"{cursor.update}")
         optimizer.step()
-        n = int((~torch.isnan(target)).sum()) if target.is_floating_point() else len(target)
-        cursor.loss_sum += loss.item() * n
+        cursor.loss_sum += loss_sum
         cursor.norm_sum += norm.item()
-        cursor.count += n
+        cursor.count += int(n_all)
         cursor.update += 1
-        if signum := stop():
-            raise Interrupted(signum)
+        if signalled or (ranks == 1 and stop()):  # every rank stops after the same update
+            raise Interrupted(stop() or signal.SIGTERM)
     if cursor.update == 0:
         raise ValueError("no training updates: the training split is empty "
                          "(too little data for lookback, lanes or val/test fractions)")
@@ -262,13 +283,18 @@ class Training:
     cursor: Cursor = field(default_factory=Cursor)
 
     def checkpoint(self) -> dict:
-        return {"epoch": self.epoch, "cursor": asdict(self.cursor),
+        return {"epoch": self.epoch, "cursor": asdict(self.cursor), "ranks": distributed.size(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "rng": rng_states(self.generator), "history": asdict(self.hist),
                 "best_weights": self.best_weights}
 
     def restore(self, ckpt: dict) -> None:
+        ranks = ckpt.get("ranks", 1)
+        if ranks != distributed.size():  # a carried state belongs to one rank's lanes
+            raise ValueError(f"resume_run_id: the run was trained on {ranks} rank(s); resume "
+                             f"it on as many (torchrun --nproc_per_node={ranks}), not on "
+                             f"{distributed.size()}")
         device = next(self.model.parameters()).device
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -347,40 +373,51 @@ def fit(model: nn.Module, cfg: TrainParams,
     With `checkpoints`: `latest` every `checkpoints.every` epochs and, on SIGTERM or
     SIGINT, between two updates (then Interrupted is raised); `best` whenever
     validation improves. `resume` starts from `latest`, and first hands `on_epoch`
-    the epochs already done (a logger skips those it has)."""
+    the epochs already done (a logger skips those it has). In a data-parallel run
+    (pipeline/distributed.py) `model` is the DDP module, rank 0 alone writes, `latest`
+    is also written before the first epoch, and a signal writes nothing mid-epoch: a
+    resumed run replays the epoch from its start."""
     seed_everything(cfg.seed)
-    run = Training(model, *make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed))
+    net, parallel = distributed.unwrap(model), distributed.active()
+    run = Training(net, *make_optimizer(net, cfg), torch.Generator().manual_seed(cfg.seed))
     if resume:
         run.restore(checkpoints.load(LATEST))
+    writer = checkpoints if distributed.is_main() else None
+    if parallel and writer and not resume:
+        writer.save(LATEST, run.checkpoint())
     on_epoch = on_epoch or (lambda m: None)
     for metrics in run.hist.epochs:
         on_epoch(metrics)
     bar = EpochProgress(run.epoch, cfg.epochs, progress)
-    with stop_signals(checkpoints is not None) as stop:
+    with stop_signals(checkpoints is not None) as own_stop:
+        stop = distributed.agreed(own_stop)  # at an epoch's end: the same on every rank
         for epoch in range(run.epoch, cfg.epochs):
             if run.hist.stop_reason:
                 break
             _start_epoch(run)
             t0 = time.perf_counter()
             try:
-                stats = train_epoch(model, updates(run.generator, run.cursor), run.optimizer,
-                                    cfg.clip, loss_fn, run.cursor, stop)
+                with distributed.guard():
+                    stats = train_epoch(model, updates(run.generator, run.cursor),
+                                        run.optimizer, cfg.clip, loss_fn, run.cursor, own_stop)
             except NumericalFault as fault:
                 raise NumericalFault(fault_message(fault, epoch, cfg)) from None
             except Interrupted as stopped:
-                path = checkpoints.save(LATEST, run.checkpoint())
+                path = (checkpoints.folder / LATEST if parallel else
+                        writer.save(LATEST, run.checkpoint()) if writer else None)
                 raise Interrupted(stopped.signum, path) from None
+            trained = time.perf_counter()
             metrics = {"epoch": epoch, **stats, **validate(),
                        "lr": run.optimizer.param_groups[0]["lr"],
-                       "epoch_seconds": time.perf_counter() - t0}
+                       "train_seconds": trained - t0, "epoch_seconds": time.perf_counter() - t0}
             improved = run.end_epoch(metrics, cfg)
             on_epoch(metrics)
             bar.update(metrics)
             if checkpoints:
-                _save_epoch(checkpoints, run, improved, stop())
+                _save_epoch(writer, run, improved, stop(), parallel)
     bar.close()
     if run.best_weights is not None:
-        model.load_state_dict(run.best_weights)
+        net.load_state_dict(run.best_weights)
     run.hist.stop_reason = run.hist.stop_reason or "epochs"
     return run.hist
 
@@ -394,14 +431,19 @@ def _start_epoch(run: Training) -> None:
         run.generator.set_state(run.cursor.shuffle)
 
 
-def _save_epoch(checkpoints: Checkpoints, run: Training, improved: bool, signum: int) -> None:
-    if improved:
+def _save_epoch(checkpoints: Checkpoints | None, run: Training, improved: bool, signum: int,
+                every_epoch: bool) -> None:
+    """At an epoch's end: `best` if it improved, `latest` when due (`every_epoch`: always),
+    stopping or stopped. `checkpoints` None: a rank that does not write."""
+    path = None
+    if checkpoints and improved:
         checkpoints.save(BEST, {"epoch": run.hist.best_epoch, "val_loss": run.hist.best_val_loss,
                                 "model": run.best_weights})
-    if checkpoints.due(run.epoch) or signum or run.hist.stop_reason:
+    if checkpoints and (checkpoints.due(run.epoch) or every_epoch or signum
+                        or run.hist.stop_reason):
         path = checkpoints.save(LATEST, run.checkpoint())
-        if signum:
-            raise Interrupted(signum, path)
+    if signum:
+        raise Interrupted(signum, path)
 
 
 def stream_objective(model: nn.Module, streams: Streams, cfg: TrainParams, lookback: int,

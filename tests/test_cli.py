@@ -163,3 +163,19 @@ def test_help_says_what_is_required_and_what_a_boolean_takes():
     assert "the training run whose model to evaluate. Required." in " ".join(text.split())
     text, _ = _help("main")
     assert "One of: true, false. Default: true." in " ".join(text.split())  # --register
+
+
+@pytest.mark.parametrize("step, args, message", [
+    ("main", ["--folds", "2"], "folds: a cross-validation runs its folds one after another"),
+    ("train", ["--norm", "batch", "--layers", "2"], "norm=batch under torchrun"),
+    ("sweep", [], "sweep: its points train one after another in one process"),
+])
+def test_what_cannot_run_under_torchrun_is_refused_before_any_work(monkeypatch, step, args,
+                                                                   message):
+    import importlib
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    module = importlib.import_module(f"pipeline.{step}")
+    with pytest.raises(ValueError, match=message):
+        module.main(["--epochs", "1", *args])

@@ -21,7 +21,7 @@ def test_mlproject_declares_only_required_parameters():
     values a user gives (the step logs the rest of the resolved config)."""
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
     assert set(spec["entry_points"]) == {"main", "prepare", "train", "evaluate", "register",
-                                         "predict", "sweep"}
+                                         "predict", "sweep", "score-spark"}
     for name, point in spec["entry_points"].items():
         for param, decl in point.get("parameters", {}).items():
             assert "default" not in decl, f"{name}: {param} has a default"
@@ -30,10 +30,10 @@ def test_mlproject_declares_only_required_parameters():
 
 def test_pins_agree_between_pyproject_and_conda():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    pins = set(project["dependencies"]).union(*project["optional-dependencies"].values())
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
     pip = next(d["pip"] for d in conda if isinstance(d, dict))
-    assert "python=3.11" in conda
+    assert "python=3.11" in conda and "openjdk=17" in conda
     assert set(pip) <= pins and set(project["dependencies"]) <= set(pip)
     assert all("==" in p for p in pins)
     wanted = {"torch==2.13.0", "mlflow==3.17.2"}

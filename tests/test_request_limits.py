@@ -192,3 +192,16 @@ def test_batch_prediction_splits_its_calls_by_the_model_s_budget(tmp_path, monke
     assert got.groupby("series_id").size().tolist() == [92] * 5
     with pytest.raises(ValueError, match=r"^input s0: request has 300 prices; the limit is 250"):
         predict.predict_rows(PyFunc(), rows([300]), progress=False)
+
+
+@pytest.mark.parametrize("mode", ["last", "rolling"])
+@pytest.mark.parametrize("text", [object, str])
+def test_array_cells_as_numpy_arrays_give_what_lists_give(model, mode, text):
+    """Spark hands `predict` NumPy arrays (strings in an object array), REST lists."""
+    lists = rows([90, 120])
+    arrays = lists.map(lambda v: np.asarray(v, dtype=text if isinstance(v[0], str) else None)
+                       if isinstance(v, list) else v)
+    assert isinstance(arrays["close"][0], np.ndarray) and arrays["dates"][0].dtype.kind == \
+        ("O" if text is object else "U")
+    pd.testing.assert_frame_equal(model.predict(None, lists, {"mode": mode}),
+                                  model.predict(None, arrays, {"mode": mode}))

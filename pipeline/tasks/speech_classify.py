@@ -120,7 +120,8 @@ class SpeechClassifyTask(SpeechTask):
     def objective(self, cfg: Config, data: SpeechData, net) -> Objective:
         from torch import nn
 
-        from models.networks import logits
+        from models.networks import logits, read_out
+        from pipeline.distributed import shard
         from pipeline.trainer import add_noise, batches
 
         device = next(net.parameters()).device
@@ -130,11 +131,14 @@ class SpeechClassifyTask(SpeechTask):
         t, augment = cfg.train, cfg.task.augment()
 
         def updates(gen, cursor):
+            # every rank augments the whole batch (the draws from `gen` stay the same on
+            # all ranks, so their shuffles agree), then keeps its share (distributed.py)
             for idx in batches(len(xt), t.batch_size, gen, cursor):
                 steps = int(lt[idx].max())
                 x, n = augment.raw(xt[idx, :steps], lt[idx], gen)
                 x = augment.masks(data.normalise(x, n), n, gen)
-                yield net.pooled(add_noise(x, t.input_noise).to(device), n), yt[idx].to(device)
+                x, n, y = shard(add_noise(x, t.input_noise)), shard(n), shard(yt[idx])
+                yield read_out(net(x.to(device), lengths=n)[0], n, net.readout), y.to(device)
 
         def validate() -> dict:
             out = logits(net, xv, lv)

@@ -1,0 +1,112 @@
+"""Batch scoring with Spark (pipeline/score_spark.py: mlflow.pyfunc.spark_udf) in
+local[2], as a user runs it (PYSPARK_PYTHON the venv's, SPARK_LOCAL_IP 127.0.0.1, the
+UI off): a Parquet table of price histories (array columns; more series than one
+request may hold) through `mlflow run -e score-spark`, and one of audio bytes (a binary
+column) through `python -m`; each table's rows equal the REST endpoint's for the same
+input, sent as lists and base64."""
+
+import base64
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow_server import post, serving
+
+from data_loaders.prices import read_price_csv
+from models.price_model import request_row
+from pipeline.main import main
+from tests.conftest import PRICES, fresh_store, mlflow_run, python_m
+
+# in CI (make test installs Java) a missing Java fails the tests; elsewhere it skips them
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("CI"),
+                                 reason="no Java 17 here (make system installs it)")]
+PRICE_MODEL = "models:/prices-returns-h1@champion"
+SPEECH_MODEL = "models:/speech-classify@champion"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, small_fsdd):
+    tmp = tmp_path_factory.mktemp("spark")
+    with fresh_store(tmp):
+        main(["--data", str(PRICES), "--epochs", "1", "--hidden", "8", "--lookback", "16"])
+        main(["--task", "speech-classify", "--data", str(small_fsdd), "--epochs", "1",
+              "--hidden", "8", "--synthetic_voices", "0", "--feature_cache",
+              str(tmp / "cache")])
+        yield tmp
+
+
+@pytest.fixture(autouse=True)
+def loopback(monkeypatch):
+    """Spark's driver on 127.0.0.1 (the steps' environments copy this one)."""
+    monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def rest(model_uri: str, store, frame: pd.DataFrame) -> pd.DataFrame:
+    body = {"dataframe_split": frame.to_dict(orient="split", index=False)}
+    with serving(model_uri, store) as url:
+        status, text = post(url, body)
+    assert status == 200, text
+    return pd.DataFrame(json.loads(text)["predictions"])
+
+
+def same_rows(spark: pd.DataFrame, served: pd.DataFrame, key: str) -> None:
+    spark, served = (f.sort_values(key).reset_index(drop=True) for f in (spark, served))
+    assert list(spark.columns) == list(served.columns) and len(spark) == len(served) > 0
+    for column in spark:
+        if spark[column].dtype.kind == "f":
+            assert np.allclose(spark[column], served[column], rtol=1e-9, atol=1e-12), column
+        else:
+            assert spark[column].astype(str).tolist() == served[column].astype(str).tolist()
+
+
+def test_price_histories_score_in_spark_as_over_rest(store):
+    frames = {n: read_price_csv(PRICES / f"{n}.csv")[0] for n in ("SPY", "AAPL", "GSPC",
+                                                                  "MSFT")}
+    columns = ["close", "high", "low", "volume"]
+    table = pd.DataFrame([request_row(f.iloc[-60 - 5 * i:], n, columns)
+                          for i, (n, f) in enumerate(frames.items())])
+    # and more series than one request may hold: Spark must hand them over in parts
+    spy = frames["SPY"]
+    many = pd.DataFrame([request_row(spy.iloc[i:i + 20], f"spy-{i}", columns)
+                         for i in range(1_100)])
+    pd.concat([table, many]).to_parquet(store / "prices.parquet")
+    proc = mlflow_run("score-spark", {"input": store / "prices.parquet",
+                                      "output": store / "prices-scored.parquet",
+                                      "model_uri": PRICE_MODEL, "master": "local[2]"},
+                      store, f"sqlite:///{store / 'mlflow.db'}", "prices")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scored = pd.read_parquet(store / "prices-scored.parquet")
+    assert len(scored) == 1_104 and scored.series_id.is_unique
+    same_rows(scored[scored.series_id.isin(frames)], rest(PRICE_MODEL, store, table),
+              "series_id")
+
+
+def test_audio_bytes_score_in_spark_as_over_rest(store, small_fsdd):
+    files = sorted(small_fsdd.glob("*_jackson_[0-2].wav"))
+    table = pd.DataFrame({"audio": [f.read_bytes() for f in files],
+                          "utterance_id": [f.stem for f in files]})
+    table.to_parquet(store / "audio.parquet")
+    proc = python_m("score_spark", ["--input", str(store / "audio.parquet"), "--output",
+                                    str(store / "audio-scored.parquet"), "--model_uri",
+                                    SPEECH_MODEL, "--master", "local[2]"], store,
+                    f"sqlite:///{store / 'mlflow.db'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{len(files)} predictions" in proc.stdout
+    scored = pd.read_parquet(store / "audio-scored.parquet")
+    over_rest = table.assign(audio=[base64.b64encode(a).decode() for a in table.audio])
+    same_rows(scored, rest(SPEECH_MODEL, store, over_rest), "utterance_id")
+
+
+def test_a_table_without_the_model_s_columns_is_named(store):
+    pd.DataFrame({"x": [1.0]}).to_parquet(store / "other.parquet")
+    proc = python_m("score_spark", ["--input", str(store / "other.parquet"), "--output",
+                                    str(store / "o.parquet"), "--model_uri", PRICE_MODEL,
+                                    "--master", "local[1]"], store,
+                    f"sqlite:///{store / 'mlflow.db'}")
+    assert proc.returncode == 2
+    assert "error: input: " in proc.stderr and "has none of the columns the model takes" \
+        in proc.stderr
