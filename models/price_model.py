@@ -289,6 +289,7 @@ class PriceForecaster(ServedModel):
     unit = "series"
     max_rows = MAX_ROWS
     size_column = "close"
+    id_column = "series_id"
 
     @staticmethod
     def signature(spec: dict) -> ModelSignature:

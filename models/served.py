@@ -13,6 +13,7 @@ server answers with HTTP 400.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 import warnings
@@ -75,6 +76,7 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     # the array column whose length is a row's `size`, else the most one row may cost
     size_column: str | None = None
     most_per_row: float = 0.0
+    id_column: str | None = None  # the column a row names itself by (row_id)
     needs: tuple = ()  # training-only packages it needs to serve too (librosa for audio)
 
     def load_context(self, context) -> None:
@@ -97,9 +99,26 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
             return self.serve(model_input, params or {})
+        except MlflowException as err:
+            raise self.named(err, model_input) from None
         finally:
             if memory := getattr(self, "memory", None):
                 memory.request_done()
+
+    def named(self, err: MlflowException, model_input) -> MlflowException:
+        """A row's error with the row's own id after it (`... (series_id 'SPY')`), so a
+        batch split by a scorer (Spark) still says which row failed; as it was when the
+        row sends no valid id, or when the error is about the id."""
+        found = re.match(r"row (\d+), column '([^']*)'", err.message)
+        if not self.id_column or not found or found[2] == self.id_column:
+            return err
+        try:
+            value = cell(pd.DataFrame(model_input)[self.id_column].iloc[int(found[1])])
+        except (KeyError, IndexError, ValueError, TypeError):
+            return err
+        if not isinstance(value, str) or len(value) > MAX_ID:
+            return err
+        return bad(f"{err.message} ({self.id_column} {value!r})")
 
     def size(self, row: dict) -> float:
         """What a row costs in the units of `budget` (a subclass with a budget says)."""

@@ -57,6 +57,7 @@ class AudioModel(ServedModel):
     unit = "utterance"
     max_rows = MAX_ROWS
     most_per_row = MAX_SECONDS
+    id_column = "utterance_id"
     needs = ("librosa",)
 
     def setup(self) -> None:

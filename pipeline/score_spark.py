@@ -11,7 +11,7 @@ Spark's UDF gives one result per row (rolling forecasts: `python -m pipeline.pre
 
 Inside Spark, array columns reach the model's `predict` as NumPy arrays (over REST,
 as lists) and binary ones as bytes (over REST, base64 text). The table is split into
-partitions of rows within the model's per-request limits (`bounded`), so no batch is
+partitions of rows within the model's per-request limits (`numbered`), so no batch is
 refused for its size.
 
     python -m pipeline.score_spark --input prices.parquet --output scored.parquet \\
@@ -27,6 +27,7 @@ local[*]: this machine's cores); PYSPARK_PYTHON defaults to this Python.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -41,7 +42,8 @@ from pipeline.config import param
 class ScoreParams:
     input: str = param("", "a Parquet table of requests (a file or a folder of parts)",
                        required=True)
-    output: str = param("", "where to write the scored Parquet table (a folder, replaced)",
+    output: str = param("", "where to write the scored Parquet table (a new folder, or one "
+                            "an earlier score-spark wrote, replaced)",
                         required=True)
     model_uri: str = param("", "the model: models:/NAME@ALIAS, models:/NAME/VERSION or "
                                "runs:/RUN_ID/model", required=True)
@@ -65,34 +67,83 @@ def result_type(model) -> str:
                      for c in model.metadata.get_output_schema().inputs)
 
 
-def rows_per_batch(own, table) -> int:
+def rows_per_batch(own, table, source: Path) -> int:
     """Rows Spark may hand the model at once: within its row limit and its per-request
     budget for the largest row of the table (prices: the longest history; speech: the
     most audio one clip may hold)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType
 
     most = getattr(own, "most_per_row", 0.0)
-    if column := getattr(own, "size_column", None):
+    if (column := getattr(own, "size_column", None)) in table.columns:
+        got = table.schema[column].dataType
+        if not isinstance(got, ArrayType):
+            raise ValueError(f"input: {source}, column '{column}': expected an array per row "
+                             f"(one request row each), got {got.simpleString()}")
         most = table.agg(F.max(F.size(column))).first()[0] or 1
     if not most or most == float("inf"):
         return own.max_rows
     return max(1, min(own.max_rows, int(own.budget() // most)))
 
 
-def bounded(spark, table, per: int):
-    """The table in partitions of at most `per` rows (row i in partition i // per): the
-    model gets each partition's rows in one batch (PySpark 4.3 was seen to hand a
-    partition over whole whatever maxRecordsPerBatch says), so no batch is over its
-    per-request limits."""
+def numbered(spark, table, per: int, id_column: str | None):
+    """The table in partitions of at most `per` rows, in the table's order (row i is
+    row i % per of partition i // per): the model gets each partition's rows in one
+    batch (PySpark 4.3 was seen to hand a partition over whole whatever
+    maxRecordsPerBatch says), so no batch is over its per-request limits and a batch's
+    row k is the table's row per * partition + k. A row without an id gets its row
+    number, as over REST (where each request numbers its own rows)."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
     n = table.count()
-    if n <= per:
-        return table
-    rows = table.rdd.zipWithIndex().map(lambda pair: (pair[1] // per, pair[0]))
-    parts = rows.partitionBy(-(-n // per), lambda k: k).values()
-    return spark.createDataFrame(parts, table.schema)
+    fields = list(table.schema.fields)  # a copy: StructType.add would change the table's
+    at = table.columns.index(id_column) if id_column in table.columns else None
+    if id_column and at is None:
+        fields, at = [*fields, StructField(id_column, StringType())], len(fields)
+    schema = StructType(fields)
+
+    def keyed(pair):
+        row, i = pair
+        values = list(row) + [None] * (len(schema) - len(row))
+        if at is not None and values[at] is None:
+            values[at] = str(i)
+        return i // per, (i, values)
+
+    parts = (table.rdd.zipWithIndex().map(keyed)
+             .partitionBy(max(1, -(-n // per)), lambda k: k)
+             .mapPartitions(lambda rows: [v for _, (_, v) in sorted(rows, key=lambda r: r[1][0])]))
+    return spark.createDataFrame(parts, schema)
+
+
+def job_error(err: Exception) -> str:
+    """The one line that says why a Spark job failed: the model's own message (a row's
+    error ends with the row's id, see ServedModel.named), else the last exception a
+    Python worker raised, else Spark's first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)]
+    if not raised:
+        return lines[0] if lines else type(err).__name__
+    own = re.match(r"(mlflow\.exceptions\.)?MlflowException: (.*)", raised[-1])
+    return own[2] if own else raised[-1]
+
+
+def table_row(message: str, id_column: str | None, ids_given: bool) -> str:
+    """A row's error as the table's: `row 7 of a batch ... (series_id 'X')` becomes
+    `row X ...` where the ids are the table's row numbers (the table sends none, see
+    `numbered`), else `row with series_id 'X' ...`."""
+    found = re.fullmatch(rf"row \d+(, .*) \({id_column} '(.*)'\)", message)
+    if not id_column or not found:
+        return message
+    return (f"row with {id_column} '{found[2]}'" if ids_given else f"row {found[2]}") + found[1]
+
+
+MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|(spark|k8s|mesos)://\S+|yarn")
 
 
 def spark_session(master: str, ui: bool):
+    if not MASTER.fullmatch(master):
+        raise ValueError(f"master: {master!r} is not a Spark master URL (local, local[N], "
+                         "local[*], spark://HOST:PORT, yarn, k8s://...)")
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         raise OSError("score-spark needs Java 17 (Debian: apt-get install "
                       "openjdk-17-jre-headless, or make system)")
@@ -108,51 +159,98 @@ def spark_session(master: str, ui: bool):
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
                                                            quiet]))
     warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
-    spark = (SparkSession.builder.master(master).appName("seqpredict score-spark")
-             .config("spark.ui.enabled", str(ui).lower())
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    builder = (SparkSession.builder.master(master).appName("seqpredict score-spark")
+               .config("spark.ui.enabled", str(ui).lower())
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    try:
+        spark = builder.getOrCreate()
+    except spark_errors() as err:
+        raise ValueError(f"master: cannot start Spark at {master!r} "
+                         f"({job_error(err)})") from None
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 
-def score(spark, input_path: str, output_path: str, model_uri: str) -> int:
-    """Score `input_path` into `output_path`; returns the number of rows written."""
+def spark_errors():
+    """What a failed Spark job or session raises (Spark's own and the JVM's)."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    return PySparkException, Py4JError
+
+
+def checked_output(source: Path, output: Path) -> None:
+    """Refuse an output that would overwrite the input or a folder this step did not
+    write (Spark's overwrite deletes the whole folder first)."""
+    if output == source or source in output.parents or output in source.parents:
+        raise ValueError(f"output: {output} overlaps the input {source}; choose another path")
+    if output.exists() and not (output / "_SUCCESS").is_file():
+        raise ValueError(f"output: {output} exists and is not a table written by Spark (no "
+                         "_SUCCESS file in it); choose another path or remove it")
+
+
+def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
+    """Score the table at `source` into `output` (written beside it, then moved in, so
+    a failed job leaves the previous output as it was); returns the rows written."""
     import mlflow
     from pyspark.sql import functions as F
 
-    from pipeline.tracking import load_model
-
-    model = load_model(model_uri)
     own = model.unwrap_python_model()
-    table = spark.read.parquet(input_path)
+    failed = spark_errors()
+    try:
+        table = spark.read.parquet(str(source))
+    except failed as err:
+        raise ValueError(f"input: {source}: not a Parquet table ({job_error(err)})") from None
     known = {c.name for c in model.metadata.get_input_schema().inputs}
     columns = [c for c in table.columns if c in known]
     if not columns:
-        raise ValueError(f"input: {input_path} has none of the columns the model takes "
+        raise ValueError(f"input: {source} has none of the columns the model takes "
                          f"({', '.join(sorted(known))}); it has {', '.join(table.columns)}")
-    per = rows_per_batch(own, table)
+    per = rows_per_batch(own, table, source)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(per))
-    table = bounded(spark, table, per)
+    id_column = getattr(own, "id_column", None)  # None in models logged before it
+    ids_given = id_column in table.columns
+    table = numbered(spark, table, per, id_column)
+    columns += [id_column] if id_column and id_column not in columns else []
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type(model),
                                   env_manager="local")
     # one struct argument: the model gets a frame with the columns by name
     scored = table.select(udf(F.struct(*columns)).alias("out")).select("out.*")
-    scored.write.mode("overwrite").parquet(output_path)
-    return spark.read.parquet(output_path).count()
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        scored.write.mode("overwrite").parquet(str(partial))
+    except failed as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        message = table_row(job_error(err), id_column, ids_given)
+        raise ValueError(f"input: {source}: {message}") from None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        output.rename(old)
+        partial.rename(output)
+        shutil.rmtree(old)
+    else:
+        partial.rename(output)
+    return spark.read.parquet(str(output)).count()
 
 
 def main(argv=None) -> None:
+    from pipeline.tracking import load_model
+
     p = cli.parse_params(argv, __doc__, ScoreParams)
     source = Path(p.input).expanduser().resolve()
+    output = Path(p.output).expanduser().resolve()
     if not source.exists():
         raise FileNotFoundError(f"input: {source} does not exist")
+    checked_output(source, output)
+    model = load_model(p.model_uri)  # a wrong URI fails before Spark starts
     spark = spark_session(p.master, p.spark_ui)
     try:
-        n = score(spark, str(source), str(Path(p.output).expanduser().resolve()), p.model_uri)
+        n = score(spark, model, p.model_uri, source, output)
     finally:
         spark.stop()
-    print(f"{n} predictions of {p.model_uri} -> {p.output}")
+    print(f"{n} predictions of {p.model_uri} -> {output}")
+
 
 if __name__ == "__main__":
     cli.run(main)

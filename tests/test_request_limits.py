@@ -205,3 +205,20 @@ def test_array_cells_as_numpy_arrays_give_what_lists_give(model, mode, text):
         ("O" if text is object else "U")
     pd.testing.assert_frame_equal(model.predict(None, lists, {"mode": mode}),
                                   model.predict(None, arrays, {"mode": mode}))
+
+
+def test_a_row_error_names_the_row_s_id_after_it(tmp_path):
+    """So a scorer that splits a table into batches (Spark) can say which row failed."""
+    model = price_forecaster(tmp_path)
+    good = request_row(SPY.iloc[100:130], "SPY", COLUMNS)
+    frame = pd.DataFrame([good, {**good, "series_id": "AAPL", "low": [-1.0] * 30}])
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, frame)
+    assert err.value.message.startswith("row 1, column 'low': must be > 0, got -1.0")
+    assert err.value.message.endswith("(series_id 'AAPL')")
+    with pytest.raises(MlflowException) as err:  # no id sent: the message as it was
+        model.predict(None, frame.drop(columns=["series_id"]))
+    assert err.value.message.endswith("at position 0")
+    with pytest.raises(MlflowException) as err:  # the id itself is the problem
+        model.predict(None, frame.assign(series_id=["SPY", "x" * 257]))
+    assert err.value.message == "row 1, column 'series_id': 257 characters; the limit is 256"

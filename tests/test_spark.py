@@ -3,7 +3,8 @@ local[2], as a user runs it (PYSPARK_PYTHON the venv's, SPARK_LOCAL_IP 127.0.0.1
 UI off): a Parquet table of price histories (array columns; more series than one
 request may hold) through `mlflow run -e score-spark`, and one of audio bytes (a binary
 column) through `python -m`; each table's rows equal the REST endpoint's for the same
-input, sent as lists and base64."""
+input, sent as lists and base64; a bad row past the first batch is named as the
+table's row (or by its id), and a column of the wrong kind by its name."""
 
 import base64
 import json
@@ -110,3 +111,31 @@ def test_a_table_without_the_model_s_columns_is_named(store):
     assert proc.returncode == 2
     assert "error: input: " in proc.stderr and "has none of the columns the model takes" \
         in proc.stderr
+    pd.DataFrame({"close": [1.0, 2.0]}).to_parquet(store / "scalars.parquet")
+    proc = python_m("score_spark", ["--input", str(store / "scalars.parquet"), "--output",
+                                    str(store / "o.parquet"), "--model_uri", PRICE_MODEL,
+                                    "--master", "local[1]"], store,
+                    f"sqlite:///{store / 'mlflow.db'}")
+    assert proc.returncode == 2
+    assert "column 'close': expected an array per row (one request row each), got double" \
+        in proc.stderr
+
+
+@pytest.mark.parametrize("ids", [False, True])
+def test_a_bad_row_past_the_first_batch_is_named_as_the_table_s(store, ids):
+    """1,100 series: Spark hands them over in two batches; the bad one is in the second."""
+    spy = read_price_csv(PRICES / "SPY.csv")[0]
+    table = pd.DataFrame([request_row(spy.iloc[i:i + 20], f"spy-{i}", ["close", "high", "low",
+                                                                       "volume"])
+                          for i in range(1_100)])
+    table.at[1050, "close"] = [-1.0] * 20
+    table.drop(columns=[] if ids else ["series_id"]).to_parquet(store / "bad.parquet")
+    out = store / "bad-scored.parquet"
+    proc = python_m("score_spark", ["--input", str(store / "bad.parquet"), "--output",
+                                    str(out), "--model_uri", PRICE_MODEL, "--master",
+                                    "local[2]"], store, f"sqlite:///{store / 'mlflow.db'}")
+    assert proc.returncode == 2
+    row = "row with series_id 'spy-1050'" if ids else "row 1050"
+    assert f"error: input: {store / 'bad.parquet'}: {row}, column 'close': must be > 0" \
+        in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists() and not list(store.glob(".bad-scored*"))  # nothing half-written

@@ -1,0 +1,59 @@
+"""The Spark step's checks that need no Spark (pipeline/score_spark.py): a master URL
+that is not one, an output that would overwrite the input or a folder the step did not
+write, and a failed job's message turned into one line naming the table's row."""
+
+import pytest
+
+from pipeline.score_spark import checked_output, job_error, spark_session, table_row
+
+WORKER = """An exception was thrown from the Python worker:
+Traceback (most recent call last):
+  File "/x/pyspark/worker.py", line 4327, in invoke_udf
+    run_process()
+  File "/x/models/price_model.py", line 144, in _value_error
+    raise bad(f"row {i}, column '{name}': {rule}, got {value} at position {k}")
+mlflow.exceptions.MlflowException: row 50, column 'close': must be > 0, got -1.0 at position \
+3 (series_id '1050')
+ SQLSTATE: 38000"""
+
+
+def test_a_failed_job_is_one_line_naming_the_table_s_row():
+    message = job_error(Exception(WORKER))
+    assert message == "row 50, column 'close': must be > 0, got -1.0 at position 3 " \
+                      "(series_id '1050')"
+    # the table sent no ids: the ids Spark's rows got are the table's row numbers
+    assert table_row(message, "series_id", ids_given=False) == \
+        "row 1050, column 'close': must be > 0, got -1.0 at position 3"
+    assert table_row(message, "series_id", ids_given=True) == \
+        "row with series_id '1050', column 'close': must be > 0, got -1.0 at position 3"
+    # a model's message without an id, or a model without an id column, is kept
+    assert table_row("empty batch", "series_id", False) == "empty batch"
+    assert table_row(message, None, False) == message
+
+
+def test_a_worker_s_own_exception_and_spark_s_own_message_stay_readable():
+    crash = WORKER.replace("mlflow.exceptions.MlflowException: row 50", "IndexError: list")
+    assert job_error(Exception(crash)).startswith("IndexError: list")
+    assert job_error(Exception("[PATH_NOT_FOUND] Path does not exist: /x.\n  at ...")) == \
+        "[PATH_NOT_FOUND] Path does not exist: /x."
+    assert job_error(Exception("")) == "Exception"
+
+
+def test_an_output_over_the_input_or_a_foreign_folder_is_refused(tmp_path):
+    table = tmp_path / "t.parquet"
+    for output in (table, table / "out", tmp_path):
+        with pytest.raises(ValueError, match="overlaps the input"):
+            checked_output(table, output)
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ValueError, match="exists and is not a table written by Spark"):
+        checked_output(table, tmp_path / "notes")
+    (tmp_path / "scored").mkdir()
+    (tmp_path / "scored" / "_SUCCESS").touch()
+    checked_output(table, tmp_path / "scored")  # an earlier score-spark's: replaced
+    checked_output(table, tmp_path / "new")
+
+
+@pytest.mark.parametrize("master", ["foo", "local[two]", "spark://", "local[2"])
+def test_a_master_that_is_not_a_spark_url_is_refused_before_spark_starts(master):
+    with pytest.raises(ValueError, match=r"master: .* is not a Spark master URL"):
+        spark_session(master, ui=False)
