@@ -71,6 +71,8 @@ it must be open to it (chmod o+x), or set STATE to another folder"
     fresh=1
   fi
   if ! pg_running; then
+    port_free "$PG_PORT" || die "port $PG_PORT on 127.0.0.1 is taken by another program: \
+stop it, or set PG_PORT to a free port"
     as_pg "$(pg_bin pg_ctl)" -D "$STATE/pg" -l "$STATE/pg/server.log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $STATE/sock" start >/dev/null \
       || die "PostgreSQL did not start: see $STATE/pg/server.log"
@@ -82,9 +84,24 @@ it must be open to it (chmod o+x), or set STATE to another folder"
   fi
 }
 
-start_mlflow() {
+port_free() {  # nothing listening on 127.0.0.1:$1 (else its /health could answer for us)
+  "$(dirname "$MLFLOW")/python" -c "import socket, sys
+s = socket.socket()
+sys.exit(s.connect_ex(('127.0.0.1', $1)) == 0)"
+}
+
+mlflow_running() { [ -f "$STATE/mlflow.pid" ] && kill -0 "$(cat "$STATE/mlflow.pid")" 2>/dev/null; }
+
+preflight() {  # before any work: what `start` needs
   [ -x "$MLFLOW" ] || die "$MLFLOW not found: make setup (or set MLFLOW)"
-  if [ -f "$STATE/mlflow.pid" ] && kill -0 "$(cat "$STATE/mlflow.pid")" 2>/dev/null; then
+  mlflow_running || port_free "$MLFLOW_PORT" || die "port $MLFLOW_PORT on 127.0.0.1 is \
+taken by another program (an \`mlflow ui\`?): stop it, or set MLFLOW_PORT to a free port"
+}
+
+start_mlflow() {
+  local url="http://127.0.0.1:$MLFLOW_PORT"
+  if mlflow_running; then
+    echo "export MLFLOW_TRACKING_URI=$url"  # already running
     return
   fi
   local uri="postgresql+psycopg2://mlflow:$(cat "$STATE/pg-password")@127.0.0.1:$PG_PORT/mlflow"
@@ -96,7 +113,6 @@ start_mlflow() {
     --workers "$WORKERS" ${MLFLOW_APP:+--app-name "$MLFLOW_APP"} \
     >"$STATE/mlflow.log" 2>&1 < /dev/null &
   echo $! > "$STATE/mlflow.pid"
-  local url="http://127.0.0.1:$MLFLOW_PORT"
   for _ in $(seq 120); do  # it takes 20-45 s here
     if healthy "$url"; then
       echo "export MLFLOW_TRACKING_URI=$url"
@@ -119,7 +135,7 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start_pg; start_mlflow ;;
+  start) preflight; start_pg; start_mlflow ;;
   stop) stop ;;
   status)
     pg_running && echo "PostgreSQL: running on 127.0.0.1:$PG_PORT" || echo "PostgreSQL: stopped"

@@ -23,17 +23,21 @@ NOT_SPEECH = "sounds like the non-speech it was trained to reject"
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+    """The T in [0.05, 20] that minimises the validation NLL of logits / T: a bounded
+    1-D search over log T in float64 (Brent's method). The NLL is smooth in log T, but
+    LBFGS on it was seen to step to NaN on real validation logits."""
+    from scipy.optimize import minimize_scalar
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), y)
-        loss.backward()
-        return loss
+    z = logits.detach().double()
+    if not torch.isfinite(z).all():
+        raise ValueError("temperature: the network's validation outputs are not finite")
 
-    opt.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / np.exp(log_t), y))
+
+    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                            options={"xatol": 1e-4})
+    return float(np.exp(found.x))
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:

@@ -91,7 +91,20 @@ def _numbers(row: dict, name: str, i: int) -> np.ndarray:
                   f"got {type(values).__name__}")
     if len(arr) and arr.dtype.kind not in "fiu":
         _not_a_number(values, name, i)
-    return arr.astype(np.float64, copy=False)
+    try:
+        return arr.astype(np.float64, copy=False)
+    except OverflowError:  # a whole number past float64 (JSON allows 10**400)
+        k = next(k for k, v in enumerate(values) if not _fits_float(v))
+        raise bad(f"row {i}, column '{name}': position {k}: {_short(values[k])} is too large "
+                  "for a number") from None
+
+
+def _fits_float(value) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _not_a_number(values, name: str, i: int) -> None:

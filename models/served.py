@@ -109,8 +109,9 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         """A row's error with the row's own id after it (`... (series_id 'SPY')`), so a
         batch split by a scorer (Spark) still says which row failed; as it was when the
         row sends no valid id, or when the error is about the id."""
-        found = re.match(r"row (\d+), column '([^']*)'", err.message)
-        if not self.id_column or not found or found[2] == self.id_column:
+        found = re.match(r"row (\d+)[,:]", err.message)
+        about_id = err.message.startswith(f"{found[0] if found else ''} column '{self.id_column}'")
+        if not self.id_column or not found or about_id:
             return err
         try:
             value = cell(pd.DataFrame(model_input)[self.id_column].iloc[int(found[1])])

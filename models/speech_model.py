@@ -43,6 +43,7 @@ MAX_ROWS = 256  # clips
 MAX_SECONDS = 60.0  # per clip
 MAX_CLIP_SAMPLES = int(MAX_SECONDS * 48_000 * 2)  # per clip as stored: 60 s of 48 kHz stereo
 MAX_REQUEST_SECONDS = 600.0  # all clips together
+RATES = (1_000, 384_000)  # Hz: the sample rates a clip may have (384 kHz: studio audio's most)
 # Inputs are typed Any, so that every bad value reaches the model's own checks, which
 # name row and column (MLflow's would answer garbage base64 or a null with a bare
 # TypeError); `audio` is the file's bytes in process and its base64 text over REST.
@@ -79,6 +80,7 @@ class AudioModel(ServedModel):
             frames, rate, channels = audio.probe(data)
         except audio.AudioError as err:
             raise _named(err, i) from None
+        _check_rate(rate, i, "audio")
         seconds = frames / rate
         _check_seconds(seconds, i, "audio")
         if frames * channels > MAX_CLIP_SAMPLES:
@@ -94,6 +96,7 @@ class AudioModel(ServedModel):
                 or not float(rate).is_integer() or rate <= 0):
             raise bad(f"row {i}, column 'sample_rate': must be a positive whole number of "
                       f"Hz when 'samples' is sent, got {rate!r}")
+        _check_rate(rate, i, "sample_rate")
         try:
             samples = np.asarray(row["samples"])
         except (TypeError, ValueError):
@@ -173,6 +176,12 @@ def _named(err: audio.AudioError, i: int) -> MlflowException:
     return bad(f"row {i}, column 'audio': {str(err).removeprefix('audio bytes: ')}")
 
 
+def _check_rate(rate, i: int, column: str) -> None:
+    if not RATES[0] <= rate <= RATES[1]:
+        raise bad(f"row {i}, column '{column}': a sample rate of {rate:g} Hz; expected "
+                  f"{RATES[0]:,} to {RATES[1]:,} Hz")
+
+
 def _check_seconds(seconds: float, i: int, column: str) -> None:
     if seconds > MAX_SECONDS:
         raise bad(f"row {i}, column '{column}': {seconds:.2f} s is longer than the "
@@ -196,6 +205,8 @@ def file_bytes(value, i: int) -> bytes:
     value = bytes(value)
     if value.startswith(MAGIC):
         return value
+    if text:  # MIME-style base64 (a line break every 76 characters, as MLflow stores
+        value = value.translate(None, b" \t\r\n")  # the input example) is base64 too
     try:
         return base64.b64decode(value, validate=True)
     except binascii.Error as err:
@@ -224,6 +235,9 @@ class SpeechClassifier(AudioModel):
             if not torch.isfinite(out).all():
                 raise bad("the model produced non-finite outputs")
             probs[ok], why = self.probabilities(out)
+            if not np.isfinite(probs).all():  # a damaged stored rule: never a NaN answer
+                raise bad("the model produced non-finite probabilities (its stored "
+                          f"rule: {self.spec.get('unknown')})")
             for i, w in zip(ok, why, strict=True):
                 reasons[i] = w
         best = probs.argmax(1)

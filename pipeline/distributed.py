@@ -75,7 +75,12 @@ def setup(device: str, timeout_s: float) -> None:
 
 
 def teardown() -> None:
+    """Leave the process group together: a rank that left while another was still in a
+    collective was seen to abort ("terminate called without an active exception") with
+    three ranks, and torchrun then stopped the others."""
     if active():
+        with guard():
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -16,8 +16,9 @@ refused for its size.
 
     python -m pipeline.score_spark --input prices.parquet --output scored.parquet \\
         --model_uri models:/prices-volatility-h5-gaussian@champion
-    mlflow run . -e score-spark --env-manager local -P input=$PWD/prices.parquet \\
-        -P output=$PWD/scored.parquet -P model_uri=models:/prices-returns-h1@champion
+    mlflow run . -e score-spark --env-manager local --experiment-name prices \\
+        -P input=$PWD/prices.parquet -P output=$PWD/scored.parquet \\
+        -P model_uri=models:/prices-returns-h1@champion
 
 Needs the `spark` extra (pip install -e '.[spark]') and Java 17 (Debian:
 openjdk-17-jre-headless; `make system`). `master` is where Spark runs (default
@@ -131,13 +132,13 @@ def table_row(message: str, id_column: str | None, ids_given: bool) -> str:
     """A row's error as the table's: `row 7 of a batch ... (series_id 'X')` becomes
     `row X ...` where the ids are the table's row numbers (the table sends none, see
     `numbered`), else `row with series_id 'X' ...`."""
-    found = re.fullmatch(rf"row \d+(, .*) \({id_column} '(.*)'\)", message)
+    found = re.fullmatch(rf"row \d+([,:] .*) \({id_column} '(.*)'\)", message)
     if not id_column or not found:
         return message
     return (f"row with {id_column} '{found[2]}'" if ids_given else f"row {found[2]}") + found[1]
 
 
-MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|(spark|k8s|mesos)://\S+|yarn")
+MASTER = re.compile(r"local(\[([1-9]\d*|\*)(,\d+)?\])?|(spark|k8s|mesos)://\S+|yarn")
 
 
 def spark_session(master: str, ui: bool):
@@ -168,7 +169,8 @@ def spark_session(master: str, ui: bool):
     except spark_errors() as err:
         raise ValueError(f"master: cannot start Spark at {master!r} "
                          f"({job_error(err)})") from None
-    spark.sparkContext.setLogLevel("ERROR")
+    # a failed job is one line of ours (`job_error`), not Spark's hundreds of log lines
+    spark.sparkContext.setLogLevel("FATAL")
     return spark
 
 
@@ -180,14 +182,21 @@ def spark_errors():
     return PySparkException, Py4JError
 
 
+SPARK_FILES = re.compile(r"part-.*|_SUCCESS|\.(part-.*|_SUCCESS)\.crc")  # what it writes
+
+
 def checked_output(source: Path, output: Path) -> None:
     """Refuse an output that would overwrite the input or a folder this step did not
     write (Spark's overwrite deletes the whole folder first)."""
     if output == source or source in output.parents or output in source.parents:
         raise ValueError(f"output: {output} overlaps the input {source}; choose another path")
-    if output.exists() and not (output / "_SUCCESS").is_file():
-        raise ValueError(f"output: {output} exists and is not a table written by Spark (no "
-                         "_SUCCESS file in it); choose another path or remove it")
+    if not output.exists():
+        return
+    others = [p.name for p in output.iterdir() if not SPARK_FILES.fullmatch(p.name)]
+    if not (output / "_SUCCESS").is_file() or others:
+        raise ValueError(f"output: {output} exists and is not a table written by Spark ("
+                         + (f"it holds {', '.join(sorted(others)[:3])}" if others else
+                            "no _SUCCESS file in it") + "); choose another path or remove it")
 
 
 def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
@@ -206,7 +215,10 @@ def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
     columns = [c for c in table.columns if c in known]
     if not columns:
         raise ValueError(f"input: {source} has none of the columns the model takes "
-                         f"({', '.join(sorted(known))}); it has {', '.join(table.columns)}")
+                         f"({', '.join(sorted(known))}); it has "
+                         f"{', '.join(table.columns) or 'no columns'}")
+    if table.isEmpty():
+        raise ValueError(f"input: {source} has no rows: nothing to score")
     per = rows_per_batch(own, table, source)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(per))
     id_column = getattr(own, "id_column", None)  # None in models logged before it

@@ -47,3 +47,23 @@ def stop_signals(enabled: bool):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Outside training, SIGTERM raises Interrupted where the program is (evaluating,
+    logging, registering), so the step can end its run KILLED: Python's default would
+    end the process at once and leave the run RUNNING. (torchrun sends SIGTERM to every
+    rank when one fails.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, _):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

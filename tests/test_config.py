@@ -37,6 +37,8 @@ from pipeline.config import COMMON, PRESETS, build_config, from_params
     ({"start": "2015-13-45"}, r"start: cannot read '2015-13-45' as a date \(YYYY-MM-DD\)"),
     ({"start": "2015-01-01", "end": "2010-01-01"}, r"start \(2015-01-01\) is after end"),
     ({"data": "x.csv", "tickers": "SPY"}, "data and tickers: give one"),
+    ({"loss": "gaussian", "quantiles": "0.5,0.2"}, "quantiles: expected ascending numbers"),
+    ({"quantiles": "1.5"}, "strictly between 0 and 1, each once, got '1.5'"),
     ({"task": "speech-classify", "features": "mfcc", "n_mfcc": 100},
      r"n_mfcc \(100\) must not exceed n_mels \(40\)"),
 ])
@@ -160,3 +162,12 @@ def test_an_error_in_a_preset_names_the_preset(tmp_path):
     preset.write_bytes(b"RIFF\x80\x81\x82binary")
     with pytest.raises(ValueError, match="is not a text \\(YAML\\) file"):
         build_config({"preset": str(preset)})
+
+
+def test_more_walk_forward_folds_than_the_test_days_hold_are_refused_before_any_fold():
+    cfg = build_config({"folds": 300})
+    with pytest.raises(ValueError, match=r"folds: 300 blocks of the \d+ test days "
+                                         r"\(test_frac=0.15\) are 4 days each; a block needs "
+                                         r"20 or more: at most folds=62"):
+        tasks.load("prices").folds(cfg)
+    assert len(tasks.load("prices").folds(build_config({"folds": 62}))) == 62

@@ -289,3 +289,22 @@ def test_a_quantile_model_of_returns_logs_its_value_at_risk_backtests(store):
     served = mlflow.pyfunc.load_model(f"runs:/{out['run_id']}/model")
     assert "return_h1_q5" in [c.name for c in served.metadata.get_output_schema().inputs]
     assert MlflowClient().get_registered_model("prices-returns-h1-quantile")
+
+
+def test_sigterm_after_training_ends_the_run_killed_not_running(store, monkeypatch, capsys):
+    """Python's default would end the process with its run left RUNNING (torchrun sends
+    SIGTERM to every rank when one fails, whatever they are doing)."""
+    import os
+    import signal
+
+    def terminated(*args, **kwargs):  # SIGTERM arrives while the test split is evaluated
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("pipeline.evaluate.evaluate_and_log", terminated)
+    with pytest.raises(SystemExit) as exit_:
+        main(FAST)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    run = mlflow.search_runs(experiment_names=["prices"], output_format="list")[0]
+    assert run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the run
+    assert "stopped by SIGTERM" in capsys.readouterr().err

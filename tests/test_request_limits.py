@@ -114,6 +114,8 @@ BAD = {
                        "row 0, column 'high': 1.0 is below 'low'"),
     "absurd price": (_with(close=lambda c: _at(c, 6, 1e30)),
                      "column 'close': must lie in [1e-06, 1e+09], got 1e+30 at position 6"),
+    "a number past float64": (_with(close=lambda c: _at(c, 4, 10 ** 400)),
+                              "row 0, column 'close': position 4: "),
     "absurd volume": (_with(volume=lambda v: _at(v, 1, 1e20)), "column 'volume': must lie in"),
     "nested arrays": (_with(low=lambda v: [v]), "column 'low': expected an array of numbers"),
     "a word among prices": (_with(close=lambda c: _at(c, 7, "abc")),

@@ -26,6 +26,8 @@ def test_a_failed_job_is_one_line_naming_the_table_s_row():
         "row 1050, column 'close': must be > 0, got -1.0 at position 3"
     assert table_row(message, "series_id", ids_given=True) == \
         "row with series_id '1050', column 'close': must be > 0, got -1.0 at position 3"
+    assert table_row("row 3: the model produced a non-finite forecast (series_id '7')",
+                     "series_id", False) == "row 7: the model produced a non-finite forecast"
     # a model's message without an id, or a model without an id column, is kept
     assert table_row("empty batch", "series_id", False) == "empty batch"
     assert table_row(message, None, False) == message
@@ -47,13 +49,20 @@ def test_an_output_over_the_input_or_a_foreign_folder_is_refused(tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(ValueError, match="exists and is not a table written by Spark"):
         checked_output(table, tmp_path / "notes")
-    (tmp_path / "scored").mkdir()
-    (tmp_path / "scored" / "_SUCCESS").touch()
-    checked_output(table, tmp_path / "scored")  # an earlier score-spark's: replaced
+    scored = tmp_path / "scored"
+    scored.mkdir()
+    for name in ("_SUCCESS", "._SUCCESS.crc", "part-00000-x.snappy.parquet",
+                 ".part-00000-x.snappy.parquet.crc"):
+        (scored / name).touch()
+    checked_output(table, scored)  # an earlier score-spark's: replaced
+    (scored / "notes.txt").touch()  # and a file of the user's in it: refused, not deleted
+    with pytest.raises(ValueError, match=r"is not a table written by Spark \(it holds "
+                                         r"notes.txt\)"):
+        checked_output(table, scored)
     checked_output(table, tmp_path / "new")
 
 
-@pytest.mark.parametrize("master", ["foo", "local[two]", "spark://", "local[2"])
+@pytest.mark.parametrize("master", ["foo", "local[two]", "spark://", "local[2", "local[0]"])
 def test_a_master_that_is_not_a_spark_url_is_refused_before_spark_starts(master):
     with pytest.raises(ValueError, match=r"master: .* is not a Spark master URL"):
         spark_session(master, ui=False)

@@ -277,13 +277,25 @@ def test_audio_limits_are_checked_from_the_headers_before_decoding(classifier, m
 
 
 @pytest.mark.slow
+def test_an_absurd_sample_rate_in_a_header_is_named(classifier):
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(100, np.int16), 10 ** 9, format="WAV")  # FLAC refuses such rates
+    with pytest.raises(mlflow.exceptions.MlflowException) as err:
+        classifier.predict(None, pd.DataFrame({"audio": [buf.getvalue()]}))
+    assert err.value.message == \
+        "row 0, column 'audio': a sample rate of 1e+09 Hz; expected 1,000 to 384,000 Hz"
+
+
+@pytest.mark.slow
 def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier):
     import base64
 
     wav = (FSDD / "3_george_7.wav").read_bytes()
     text = base64.b64encode(wav).decode()
     want = classifier.predict(None, pd.DataFrame({"audio": [wav]}))
-    for cell in (text, text.encode(), np.array([text.encode()]), np.bytes_(text.encode())):
+    mime = base64.encodebytes(wav).decode()  # a line break every 76 characters, as MLflow
+    for cell in (text, text.encode(), np.array([text.encode()]), np.bytes_(text.encode()),
+                 mime):  # stores the input example
         got = classifier.predict(None, pd.DataFrame({"audio": [cell],
                                                      "utterance_id": [np.array(["u"])]}))
         assert got.label[0] == want.label[0] and got.probability[0] == want.probability[0]
@@ -302,6 +314,8 @@ def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier
     ({"samples": [0.1] * 800, "sample_rate": 8000.5},
      "row 0, column 'sample_rate': must be a positive whole number of Hz"),
     ({"samples": [0.1] * 800, "sample_rate": "8000"}, "column 'sample_rate': must be a positive"),
+    ({"samples": [0.1] * 800, "sample_rate": 10 ** 12},
+     "row 0, column 'sample_rate': a sample rate of 1e+12 Hz; expected 1,000 to 384,000 Hz"),
     ({"samples": [0.1] * 800, "sample_rate": 16000, "utterance_id": "u" * 300},
      "row 0, column 'utterance_id': 300 characters; the limit is 256"),
 ])
@@ -355,3 +369,15 @@ def test_the_largest_audio_request_allowed_gives_its_memory_back(store, small_fs
               f"{got['after']:.0f}")
     assert got["seconds"] < 60 and got["peak"] - got["idle"] < 1024
     assert got["after"] <= 1.10 * got["idle"]
+
+
+@pytest.mark.slow
+def test_a_damaged_stored_temperature_is_a_400_never_a_nan_answer(classifier):
+    import copy
+
+    damaged = copy.copy(classifier)
+    damaged.spec = {**classifier.spec, "unknown": {**classifier.spec["unknown"],
+                                                   "temperature": float("nan")}}
+    wav = (FSDD / "3_george_7.wav").read_bytes()
+    with pytest.raises(mlflow.exceptions.MlflowException, match="non-finite probabilities"):
+        damaged.predict(None, pd.DataFrame({"audio": [wav]}))

@@ -126,6 +126,31 @@ def test_temperature_undoes_overconfidence_and_lowers_the_calibration_error():
     assert ece_after < 0.03 < ece_before
 
 
+@pytest.mark.parametrize("scale, wrong", [(1, 0.0), (10, 0.0), (10, 0.1), (100, 0.05),
+                                          (1, 0.9)])
+def test_the_temperature_is_the_best_on_a_grid_also_for_sharp_logits(scale, wrong):
+    """Sharp, nearly separable validation logits (a network that fits its validation
+    set) are where LBFGS stalled at T = 1 or stepped to NaN."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 11, (300,), generator=gen)
+    z = torch.randn(300, 11, generator=gen) * scale / 10
+    z[torch.arange(300), y] += scale
+    flip = torch.rand(300, generator=gen) < wrong
+    y[flip] = (y[flip] + 1) % 11
+    t = calibration.fit_temperature(z, y)
+
+    def nll(temp):
+        return float(torch.nn.functional.cross_entropy(z.double() / temp, y))
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 400))
+    assert 0.05 <= t <= 20 and nll(t) <= min(nll(g) for g in grid) + 1e-6
+
+
+def test_non_finite_validation_outputs_are_refused_not_fitted():
+    with pytest.raises(ValueError, match="not finite"):
+        calibration.fit_temperature(torch.tensor([[0.0, float("nan")]]), torch.tensor([0]))
+
+
 def test_unknown_rule_rejects_the_unknown_output_and_unsure_inputs_at_the_asked_rate():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 1000)

@@ -45,6 +45,9 @@ def server():
     assert started.returncode == 0, started.stderr
     uri = started.stdout.strip().removeprefix("export MLFLOW_TRACKING_URI=")
     assert uri == f"http://127.0.0.1:{env['MLFLOW_PORT']}"
+    again = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True,
+                           timeout=60)  # already running: the same line, nothing else
+    assert (again.returncode, again.stdout) == (0, started.stdout), again.stderr
     yield uri
     subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, check=True)
     shutil.rmtree(state, ignore_errors=True)
@@ -162,3 +165,18 @@ def test_two_ranks_under_torchrun_train_and_register_on_the_server(server, work)
     assert client.get_run(v5.run_id).data.tags["ranks"] == "2"
     # every artifact went to the server: none in the folder all these steps ran in
     assert not [p for p in ("mlruns", "mlartifacts", "mlflow.db") if (work / p).exists()]
+
+
+def test_a_port_taken_by_another_program_is_refused_before_any_work(tmp_path):
+    """Else that program's /health (an `mlflow ui` on SQLite, say) would answer for ours."""
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        env = script_env(tmp_path) | {"MLFLOW_PORT": str(other.getsockname()[1])}
+        proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert proc.returncode == 1 and not proc.stdout
+    assert f"port {env['MLFLOW_PORT']} on 127.0.0.1 is taken by another program" in proc.stderr
+    assert not (tmp_path / "pg").exists()  # nothing made

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 SAMPLE = ROOT / "data" / "prices"
 LOSSES = ("mse", "gaussian", "quantile")  # what the outputs mean: models/heads.py
+MIN_BLOCK_DAYS = 20  # a walk-forward block's test days, at least (a trading month)
 
 
 @dataclass
@@ -155,7 +156,8 @@ class PricesTask(Task):
             raise ValueError(f"start ({p.start}) is after end ({p.end})")
         from models.heads import parse_quantiles
 
-        if p.loss == "quantile" and 0.5 not in parse_quantiles(p.quantiles):
+        qs = parse_quantiles(p.quantiles)  # whatever the loss: gaussian serves them too
+        if p.loss == "quantile" and 0.5 not in qs:
             raise ValueError(f"quantiles: loss=quantile needs 0.5 (the point forecast), got "
                              f"{p.quantiles!r}")
         if p.folds < 1 or not 0 <= p.fold <= p.folds:
@@ -173,6 +175,15 @@ class PricesTask(Task):
         p = cfg.task
         if p.folds == 1 or p.fold:
             return []
+        frames = self.load_series(cfg)[0]  # before any fold: a block long enough to score?
+        days = len(np.unique(np.concatenate([f.index.to_numpy()[1:] for f in frames.values()])))
+        block = int(days * cfg.data.test_frac // p.folds)
+        if block < max(MIN_BLOCK_DAYS, 2 * p.horizon):
+            most = int(days * cfg.data.test_frac // max(MIN_BLOCK_DAYS, 2 * p.horizon))
+            raise ValueError(f"folds: {p.folds} blocks of the {days * cfg.data.test_frac:.0f} "
+                             f"test days (test_frac={cfg.data.test_frac}) are {block} days "
+                             f"each; a block needs {max(MIN_BLOCK_DAYS, 2 * p.horizon)} or "
+                             f"more: at most folds={most}, or a larger test_frac")
         return [(f"fold={k}", {"fold": k}) for k in range(1, p.folds + 1)]
 
     def load_series(self, cfg: Config) -> tuple[dict, list[str], str, str]:
