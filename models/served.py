@@ -110,8 +110,7 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         batch split by a scorer (Spark) still says which row failed; as it was when the
         row sends no valid id, or when the error is about the id."""
         found = re.match(r"row (\d+)[,:]", err.message)
-        about_id = err.message.startswith(f"{found[0] if found else ''} column '{self.id_column}'")
-        if not self.id_column or not found or about_id:
+        if not self.id_column or not found or f"column '{self.id_column}'" in err.message:
             return err
         try:
             value = cell(pd.DataFrame(model_input)[self.id_column].iloc[int(found[1])])

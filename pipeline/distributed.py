@@ -75,9 +75,10 @@ def setup(device: str, timeout_s: float) -> None:
 
 
 def teardown() -> None:
-    """Leave the process group together: a rank that left while another was still in a
-    collective was seen to abort ("terminate called without an active exception") with
-    three ranks, and torchrun then stopped the others."""
+    """Leave the process group together (a barrier first, as PyTorch advises before
+    destroy_process_group): once, three ranks on a loaded machine ended with one rank
+    aborting as it left ("terminate called without an active exception"), and torchrun
+    then stopped rank 0 while it was still logging."""
     if active():
         with guard():
             dist.barrier()
