@@ -21,6 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${STATE:-$ROOT/.tracking-server}"
 PG_PORT="${PG_PORT:-54329}"
+PORT_GIVEN="${MLFLOW_PORT:+1}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 WORKERS="${WORKERS:-2}"
 MLFLOW="${MLFLOW:-$ROOT/.venv/bin/mlflow}"
@@ -90,12 +91,25 @@ s = socket.socket()
 sys.exit(s.connect_ex(('127.0.0.1', $1)) == 0)"
 }
 
-mlflow_running() { [ -f "$STATE/mlflow.pid" ] && kill -0 "$(cat "$STATE/mlflow.pid")" 2>/dev/null; }
+mlflow_running() {  # our server, by its pid file (a stale pid now another program's is not)
+  local pid
+  pid="$(cat "$STATE/mlflow.pid" 2>/dev/null)" || return 1
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null \
+    | grep -q "mlflow server .*--port $(cat "$STATE/mlflow.port" 2>/dev/null) "
+}
 
 preflight() {  # before any work: what `start` needs
   [ -x "$MLFLOW" ] || die "$MLFLOW not found: make setup (or set MLFLOW)"
-  mlflow_running || port_free "$MLFLOW_PORT" || die "port $MLFLOW_PORT on 127.0.0.1 is \
-taken by another program (an \`mlflow ui\`?): stop it, or set MLFLOW_PORT to a free port"
+  if mlflow_running; then
+    local running
+    running="$(cat "$STATE/mlflow.port")"
+    [ -z "$PORT_GIVEN" ] || [ "$running" = "$MLFLOW_PORT" ] || die "already running on \
+127.0.0.1:$running, not $MLFLOW_PORT: stop it first to move it"
+    MLFLOW_PORT="$running"
+    return
+  fi
+  port_free "$MLFLOW_PORT" || die "port $MLFLOW_PORT on 127.0.0.1 is taken by another \
+program (an \`mlflow ui\`?): stop it, or set MLFLOW_PORT to a free port"
 }
 
 start_mlflow() {
@@ -113,6 +127,7 @@ start_mlflow() {
     --workers "$WORKERS" ${MLFLOW_APP:+--app-name "$MLFLOW_APP"} \
     >"$STATE/mlflow.log" 2>&1 < /dev/null &
   echo $! > "$STATE/mlflow.pid"
+  echo "$MLFLOW_PORT" > "$STATE/mlflow.port"
   for _ in $(seq 120); do  # it takes 20-45 s here
     if healthy "$url"; then
       echo "export MLFLOW_TRACKING_URI=$url"
@@ -125,10 +140,10 @@ start_mlflow() {
 }
 
 stop() {
-  if [ -f "$STATE/mlflow.pid" ]; then
+  if mlflow_running; then  # its process group: the workers too
     kill -- -"$(cat "$STATE/mlflow.pid")" 2>/dev/null || true
-    rm -f "$STATE/mlflow.pid"
   fi
+  rm -f "$STATE/mlflow.pid" "$STATE/mlflow.port"
   if [ -f "$STATE/pg/PG_VERSION" ] && pg_running; then
     as_pg "$(pg_bin pg_ctl)" -D "$STATE/pg" -m fast -w stop >/dev/null
   fi
@@ -138,6 +153,7 @@ case "${1:-}" in
   start) preflight; start_pg; start_mlflow ;;
   stop) stop ;;
   status)
+    MLFLOW_PORT="$(cat "$STATE/mlflow.port" 2>/dev/null || echo "$MLFLOW_PORT")"
     pg_running && echo "PostgreSQL: running on 127.0.0.1:$PG_PORT" || echo "PostgreSQL: stopped"
     if healthy "http://127.0.0.1:$MLFLOW_PORT"; then
       echo "mlflow server: http://127.0.0.1:$MLFLOW_PORT"

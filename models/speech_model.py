@@ -92,8 +92,8 @@ class AudioModel(ServedModel):
 
     def _samples(self, row: dict, i: int) -> tuple[str, tuple, float]:
         rate = cell(row.get("sample_rate"))
-        if (not isinstance(rate, int | float) or isinstance(rate, bool) or missing(rate)
-                or not float(rate).is_integer() or rate <= 0):
+        number = isinstance(rate, int | float) and not isinstance(rate, bool) and not missing(rate)
+        if not number or rate <= 0 or isinstance(rate, float) and not rate.is_integer():
             raise bad(f"row {i}, column 'sample_rate': must be a positive whole number of "
                       f"Hz when 'samples' is sent, got {rate!r}")
         _check_rate(rate, i, "sample_rate")
@@ -103,11 +103,11 @@ class AudioModel(ServedModel):
             samples = None
         if samples is None or samples.ndim != 1 or samples.dtype.kind not in "fiu":
             raise bad(f"row {i}, column 'samples': expected an array of numbers")
-        samples = samples.astype(np.float32)
         seconds = len(samples) / float(rate)
         _check_seconds(seconds, i, "samples")
-        if why := audio.bad_values(samples):
+        if why := audio.bad_values(samples):  # before float32, where 1e308 would be inf
             raise bad(f"row {i}, column 'samples': {why}")
+        samples = samples.astype(np.float32)
         return "samples", (samples, int(rate)), seconds
 
     def frames(self, source: tuple, i: int, lenient: bool = False):
@@ -178,7 +178,8 @@ def _named(err: audio.AudioError, i: int) -> MlflowException:
 
 def _check_rate(rate, i: int, column: str) -> None:
     if not RATES[0] <= rate <= RATES[1]:
-        raise bad(f"row {i}, column '{column}': a sample rate of {rate:g} Hz; expected "
+        shown = f"{rate:g}" if rate < 1e18 else "over 1e+18"  # a JSON integer may be 10**400
+        raise bad(f"row {i}, column '{column}': a sample rate of {shown} Hz; expected "
                   f"{RATES[0]:,} to {RATES[1]:,} Hz")
 
 

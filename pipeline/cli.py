@@ -162,11 +162,17 @@ def run(main, argv: list[str] | None = None) -> None:
         value = argv[i + 1] if argv[i + 1:i + 2] in (["true"], ["false"]) else None
         debug = value != "false"
         del argv[i:i + (2 if value else 1)]
+    from pipeline.signals import Interrupted, sigterm_raises
+
     try:
-        main(argv)
+        with sigterm_raises():
+            main(argv)
     except KeyboardInterrupt:
         print("stopped (Ctrl-C)", file=sys.stderr)
         raise SystemExit(130) from None
+    except Interrupted as stop:  # SIGTERM outside a run (inside one, the run says it)
+        print(str(stop), file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
     except Exception as err:  # noqa: BLE001 - sorted into expected errors and bugs below
         if not _expected(err):
             raise

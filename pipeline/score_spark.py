@@ -116,6 +116,26 @@ def numbered(spark, table, per: int, id_column: str | None):
     return spark.createDataFrame(parts, schema)
 
 
+def check_ids(table, id_column: str | None, source: Path) -> None:
+    """The ids a table sends, checked here as the model checks them, so that a bad one is
+    named by its table row (the model sees only its batch's row number)."""
+    from pyspark.sql.types import StringType
+
+    from models.served import MAX_ID
+
+    if id_column not in table.columns:
+        return
+    kind = table.schema[id_column].dataType
+    if not isinstance(kind, StringType):
+        raise ValueError(f"input: {source}, column '{id_column}': expected strings, got "
+                         f"{kind.simpleString()}")
+    long = (table.rdd.map(lambda row: row[id_column]).zipWithIndex()
+            .filter(lambda pair: pair[0] is not None and len(pair[0]) > MAX_ID).take(1))
+    if long:
+        raise ValueError(f"input: {source}: row {long[0][1]}, column '{id_column}': "
+                         f"{len(long[0][0])} characters; the limit is {MAX_ID}")
+
+
 def job_error(err: Exception) -> str:
     """The one line that says why a Spark job failed: the model's own message (a row's
     error ends with the row's id, see ServedModel.named), else the last exception a
@@ -132,10 +152,11 @@ def table_row(message: str, id_column: str | None, ids_given: bool) -> str:
     """A row's error as the table's: `row 7 of a batch ... (series_id 'X')` becomes
     `row X ...` where the ids are the table's row numbers (the table sends none, see
     `numbered`), else `row with series_id 'X' ...`."""
-    found = re.fullmatch(rf"row \d+([,:] .*) \({id_column} '(.*)'\)", message)
+    found = re.fullmatch(rf"row \d+([,:] .*) \({id_column} (['\"])(.*)\2\)", message, re.S)
     if not id_column or not found:
         return message
-    return (f"row with {id_column} '{found[2]}'" if ids_given else f"row {found[2]}") + found[1]
+    return (f"row with {id_column} {found[2]}{found[3]}{found[2]}" if ids_given
+            else f"row {found[3]}") + found[1]
 
 
 MASTER = re.compile(r"local(\[([1-9]\d*|\*)(,\d+)?\])?|(spark|k8s|mesos)://\S+|yarn")
@@ -182,7 +203,8 @@ def spark_errors():
     return PySparkException, Py4JError
 
 
-SPARK_FILES = re.compile(r"part-.*|_SUCCESS|\.(part-.*|_SUCCESS)\.crc")  # what it writes
+# what Spark's Parquet writer leaves in a folder (part-00000-<uuid>-c000.snappy.parquet)
+SPARK_FILES = re.compile(r"\.?(part-\d{5}-[\w-]+(\.\w+)?\.parquet|_SUCCESS)(\.crc)?")
 
 
 def checked_output(source: Path, output: Path) -> None:
@@ -192,7 +214,8 @@ def checked_output(source: Path, output: Path) -> None:
         raise ValueError(f"output: {output} overlaps the input {source}; choose another path")
     if not output.exists():
         return
-    others = [p.name for p in output.iterdir() if not SPARK_FILES.fullmatch(p.name)]
+    others = [p.name for p in output.iterdir()
+              if not (p.is_file() and SPARK_FILES.fullmatch(p.name))]
     if not (output / "_SUCCESS").is_file() or others:
         raise ValueError(f"output: {output} exists and is not a table written by Spark ("
                          + (f"it holds {', '.join(sorted(others)[:3])}" if others else
@@ -223,6 +246,7 @@ def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(per))
     id_column = getattr(own, "id_column", None)  # None in models logged before it
     ids_given = id_column in table.columns
+    check_ids(table, id_column, source)
     table = numbered(spark, table, per, id_column)
     columns += [id_column] if id_column and id_column not in columns else []
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type(model),

@@ -15,9 +15,9 @@ import threading
 class Interrupted(Exception):
     """SIGTERM or SIGINT during training; raised after the checkpoint is written."""
 
-    def __init__(self, signum: int, path=None):
+    def __init__(self, signum: int, path=None, what: str = "training"):
         self.signum, self.path = signum, path
-        super().__init__(f"training stopped by {signal.Signals(signum).name}"
+        super().__init__(f"{what} stopped by {signal.Signals(signum).name}"
                          + (f"; checkpoint {path}" if path else ""))
 
 
@@ -52,15 +52,15 @@ def stop_signals(enabled: bool):
 @contextlib.contextmanager
 def sigterm_raises():
     """Outside training, SIGTERM raises Interrupted where the program is (evaluating,
-    logging, registering), so the step can end its run KILLED: Python's default would
-    end the process at once and leave the run RUNNING. (torchrun sends SIGTERM to every
-    rank when one fails.)"""
+    logging, registering), so the step can end its run KILLED and let go of a
+    registration lock: Python's default would end the process at once, the run left
+    RUNNING and the lock held. (torchrun sends SIGTERM to every rank when one fails.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, _):
-        raise Interrupted(signum)
+        raise Interrupted(signum, what="the step")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -170,4 +170,6 @@ def test_more_walk_forward_folds_than_the_test_days_hold_are_refused_before_any_
                                          r"\(test_frac=0.15\) are 4 days each; a block needs "
                                          r"20 or more: at most folds=62"):
         tasks.load("prices").folds(cfg)
+    with pytest.raises(ValueError, match="folds: 300 blocks"):  # one block alone, too
+        tasks.load("prices").prepare(build_config({"folds": 300, "fold": 3}))
     assert len(tasks.load("prices").folds(build_config({"folds": 62}))) == 62

@@ -308,3 +308,29 @@ def test_sigterm_after_training_ends_the_run_killed_not_running(store, monkeypat
     assert run.info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the run
     assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+def test_one_walk_forward_block_alone_is_not_registered(store, capsys):
+    main([*FAST, "--target", "volatility", "--folds", "5", "--fold", "5"])
+    assert "a cross-validation fold's model is not registered" in capsys.readouterr().out
+    assert not MlflowClient().search_registered_models()
+
+
+def test_sigterm_while_registering_lets_go_of_the_lock(store, monkeypatch, capsys):
+    """Registration comes after the run has ended; a lock left behind would make every
+    later registration of the name wait for it to go stale (10 minutes)."""
+    import os
+    import signal
+
+    from pipeline import cli, registry
+
+    def terminated(*args, **kwargs):  # SIGTERM arrives while the lock is held
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(registry, "champion_version", terminated)
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main, FAST)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    assert "the step stopped by SIGTERM" in capsys.readouterr().err
+    assert not MlflowClient().search_registered_models()  # neither a version nor the lock
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -121,21 +121,32 @@ def test_a_table_without_the_model_s_columns_is_named(store):
         in proc.stderr
 
 
-@pytest.mark.parametrize("ids", [False, True])
-def test_a_bad_row_past_the_first_batch_is_named_as_the_table_s(store, ids):
+BAD_ROWS = {  # what the table holds -> the line that names the bad row
+    "no ids": "row 1050, column 'close': must be > 0",
+    "ids": "row with series_id 'spy-1050', column 'close': must be > 0",
+    "a long id": "row 1090, column 'series_id': 300 characters; the limit is 256",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_a_bad_row_past_the_first_batch_is_named_as_the_table_s(store, case):
     """1,100 series: Spark hands them over in two batches; the bad one is in the second."""
     spy = read_price_csv(PRICES / "SPY.csv")[0]
     table = pd.DataFrame([request_row(spy.iloc[i:i + 20], f"spy-{i}", ["close", "high", "low",
                                                                        "volume"])
                           for i in range(1_100)])
     table.at[1050, "close"] = [-1.0] * 20
-    table.drop(columns=[] if ids else ["series_id"]).to_parquet(store / "bad.parquet")
+    table.at[1090, "series_id"] = "x" * 300
+    if case != "a long id":
+        table = table.drop(columns=["series_id"]) if case == "no ids" else \
+            table.assign(series_id=[f"spy-{i}" for i in range(1_100)])
+    table.to_parquet(store / "bad.parquet")
     out = store / "bad-scored.parquet"
     proc = python_m("score_spark", ["--input", str(store / "bad.parquet"), "--output",
                                     str(out), "--model_uri", PRICE_MODEL, "--master",
                                     "local[2]"], store, f"sqlite:///{store / 'mlflow.db'}")
     assert proc.returncode == 2
-    row = "row with series_id 'spy-1050'" if ids else "row 1050"
-    assert f"error: input: {store / 'bad.parquet'}: {row}, column 'close': must be > 0" \
-        in proc.stderr, proc.stderr[-3000:]
+    assert f"error: input: {store / 'bad.parquet'}: {BAD_ROWS[case]}" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) < 20  # our line, not Spark's logs
     assert not out.exists() and not list(store.glob(".bad-scored*"))  # nothing half-written

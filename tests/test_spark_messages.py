@@ -28,6 +28,9 @@ def test_a_failed_job_is_one_line_naming_the_table_s_row():
         "row with series_id '1050', column 'close': must be > 0, got -1.0 at position 3"
     assert table_row("row 3: the model produced a non-finite forecast (series_id '7')",
                      "series_id", False) == "row 7: the model produced a non-finite forecast"
+    quoted = 'row 4, column \'close\': must be > 0 (series_id "it\'s")'
+    assert table_row(quoted, "series_id", ids_given=True) == \
+        'row with series_id "it\'s", column \'close\': must be > 0'
     # a model's message without an id, or a model without an id column, is kept
     assert table_row("empty batch", "series_id", False) == "empty batch"
     assert table_row(message, None, False) == message
@@ -51,13 +54,18 @@ def test_an_output_over_the_input_or_a_foreign_folder_is_refused(tmp_path):
         checked_output(table, tmp_path / "notes")
     scored = tmp_path / "scored"
     scored.mkdir()
-    for name in ("_SUCCESS", "._SUCCESS.crc", "part-00000-x.snappy.parquet",
-                 ".part-00000-x.snappy.parquet.crc"):
+    part = "part-00000-5f0e7a34-60c1-4c57-9a33-4d5f05c4c2a9-c000.snappy.parquet"
+    for name in ("_SUCCESS", "._SUCCESS.crc", part, f".{part}.crc"):
         (scored / name).touch()
     checked_output(table, scored)  # an earlier score-spark's: replaced
-    (scored / "notes.txt").touch()  # and a file of the user's in it: refused, not deleted
-    with pytest.raises(ValueError, match=r"is not a table written by Spark \(it holds "
-                                         r"notes.txt\)"):
+    for name in ("notes.txt", "part-notes.docx", "part-00001-mine"):  # a user's: refused
+        (scored / name).touch()
+        with pytest.raises(ValueError, match=rf"is not a table written by Spark \(it holds "
+                                             rf"{name}\)"):
+            checked_output(table, scored)
+        (scored / name).unlink()
+    (scored / "part-00002-x.parquet").mkdir()  # a folder, even one named like a part
+    with pytest.raises(ValueError, match="it holds part-00002-x.parquet"):
         checked_output(table, scored)
     checked_output(table, tmp_path / "new")
 

@@ -316,6 +316,10 @@ def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier
     ({"samples": [0.1] * 800, "sample_rate": "8000"}, "column 'sample_rate': must be a positive"),
     ({"samples": [0.1] * 800, "sample_rate": 10 ** 12},
      "row 0, column 'sample_rate': a sample rate of 1e+12 Hz; expected 1,000 to 384,000 Hz"),
+    ({"samples": [0.1] * 800, "sample_rate": 10 ** 400},
+     "row 0, column 'sample_rate': a sample rate of over 1e+18 Hz"),
+    ({"samples": [0.1] * 799 + [1e308], "sample_rate": 8000},
+     "row 0, column 'samples': out of range: samples reach 1e+308"),
     ({"samples": [0.1] * 800, "sample_rate": 16000, "utterance_id": "u" * 300},
      "row 0, column 'utterance_id': 300 characters; the limit is 256"),
 ])

@@ -48,6 +48,10 @@ def server():
     again = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True,
                            timeout=60)  # already running: the same line, nothing else
     assert (again.returncode, again.stdout) == (0, started.stdout), again.stderr
+    moved = subprocess.run([str(SCRIPT), "start"], env={**env, "MLFLOW_PORT": str(free_port())},
+                           capture_output=True, text=True, timeout=60)
+    assert moved.returncode == 1 and f"already running on 127.0.0.1:{env['MLFLOW_PORT']}" \
+        in moved.stderr
     yield uri
     subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, check=True)
     shutil.rmtree(state, ignore_errors=True)
@@ -180,3 +184,15 @@ def test_a_port_taken_by_another_program_is_refused_before_any_work(tmp_path):
     assert proc.returncode == 1 and not proc.stdout
     assert f"port {env['MLFLOW_PORT']} on 127.0.0.1 is taken by another program" in proc.stderr
     assert not (tmp_path / "pg").exists()  # nothing made
+
+
+def test_stop_leaves_alone_a_program_that_took_over_a_stale_pid(tmp_path):
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (tmp_path / "mlflow.pid").write_text(str(other.pid))
+        (tmp_path / "mlflow.port").write_text("5000")
+        subprocess.run([str(SCRIPT), "stop"], env=script_env(tmp_path), check=True, timeout=60)
+        assert other.poll() is None  # not ours: still running
+        assert not (tmp_path / "mlflow.pid").exists()
+    finally:
+        other.kill()

@@ -95,6 +95,11 @@ class Task(ABC):
         none by default (one run)."""
         return []
 
+    def serves(self, cfg: Config) -> bool:
+        """Whether a run of this config trains a model to register and serve (`main`
+        registers it); a cross-validation's fold, trained on part of the data, does not."""
+        return True
+
     @abstractmethod
     def prepare(self, cfg: Config) -> Any:
         """The data as sequences: an object with `summary() -> str` (printed)."""

@@ -171,20 +171,17 @@ class PricesTask(Task):
         return f"{cfg.model.cell}-{cfg.train.bptt}{_suffix(cfg.task.loss)}"
 
     def folds(self, cfg: Config) -> list[tuple[str, dict]]:
-        """folds=K (and fold=0): one walk-forward block per child run."""
+        """folds=K (and fold=0): one walk-forward block per child run, each block checked
+        before any runs."""
         p = cfg.task
         if p.folds == 1 or p.fold:
             return []
-        frames = self.load_series(cfg)[0]  # before any fold: a block long enough to score?
-        days = len(np.unique(np.concatenate([f.index.to_numpy()[1:] for f in frames.values()])))
-        block = int(days * cfg.data.test_frac // p.folds)
-        if block < max(MIN_BLOCK_DAYS, 2 * p.horizon):
-            most = int(days * cfg.data.test_frac // max(MIN_BLOCK_DAYS, 2 * p.horizon))
-            raise ValueError(f"folds: {p.folds} blocks of the {days * cfg.data.test_frac:.0f} "
-                             f"test days (test_frac={cfg.data.test_frac}) are {block} days "
-                             f"each; a block needs {max(MIN_BLOCK_DAYS, 2 * p.horizon)} or "
-                             f"more: at most folds={most}, or a larger test_frac")
+        frames = self.load_series(cfg)[0]
+        check_blocks(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
         return [(f"fold={k}", {"fold": k}) for k in range(1, p.folds + 1)]
+
+    def serves(self, cfg: Config) -> bool:
+        return not cfg.task.fold  # a walk-forward block's model knows only the block's past
 
     def load_series(self, cfg: Config) -> tuple[dict, list[str], str, str]:
         """The price frames named by the config, the repairs made, the path read and
@@ -241,6 +238,7 @@ class PricesTask(Task):
 
         d, p = cfg.data, cfg.task
         if p.fold:
+            check_blocks(cfg, steps)
             return walk_forward_cutoffs(steps, d.val_frac, d.test_frac, p.fold, p.folds)
         return (*date_cutoffs(steps, d.val_frac, d.test_frac), None)
 
@@ -444,6 +442,19 @@ class PricesTask(Task):
 
         series, _ = read_prices(path, repair, what="input")
         return pd.DataFrame([request_row(f, n, price_columns(spec)) for n, f in series.items()])
+
+
+def check_blocks(cfg: Config, steps: list[np.ndarray]) -> None:
+    """Refuse walk-forward blocks too short to score: fewer than MIN_BLOCK_DAYS test days,
+    or two horizons. steps: each series' step dates."""
+    p, test_frac = cfg.task, cfg.data.test_frac
+    days = len(np.unique(np.concatenate(steps))) * test_frac
+    need = max(MIN_BLOCK_DAYS, 2 * p.horizon)
+    if days // p.folds < need:
+        raise ValueError(f"folds: {p.folds} blocks of the {days:.0f} test days (test_frac="
+                         f"{test_frac}) are {int(days // p.folds)} days each; a block needs "
+                         f"{need} or more: at most folds={int(days // need)}, or a larger "
+                         "test_frac")
 
 
 TASK = PricesTask()
