@@ -65,5 +65,6 @@ def sigterm_raises():
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # unless training lost a rank and chose to ignore SIGTERM (stop_signals)
+        if signal.getsignal(signal.SIGTERM) is interrupt:
+            signal.signal(signal.SIGTERM, previous)
