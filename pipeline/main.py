@@ -38,8 +38,9 @@ def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
         return run_folds(cfg, folds, run, run_name or task.run_name(cfg), nested)
     data = task.prepare(cfg)
     print(data.summary())
-    registering = cfg.tracking.register and not nested and task.serves(cfg)
-    if cfg.tracking.register and not nested and not registering:
+    asked = cfg.tracking.register and not nested
+    registering = asked and task.serves(cfg)
+    if asked and not registering:
         print("a cross-validation fold's model is not registered; to register a model to "
               "serve, train it on all the data")
     if registering:  # refuse a model the name cannot take before training it

@@ -87,16 +87,14 @@ def rows_per_batch(own, table, source: Path) -> int:
     return max(1, min(own.max_rows, int(own.budget() // most)))
 
 
-def numbered(spark, table, per: int, id_column: str | None):
-    """The table in partitions of at most `per` rows, in the table's order (row i is
-    row i % per of partition i // per): the model gets each partition's rows in one
-    batch (PySpark 4.3 was seen to hand a partition over whole whatever
-    maxRecordsPerBatch says), so no batch is over its per-request limits and a batch's
-    row k is the table's row per * partition + k. A row without an id gets its row
-    number, as over REST (where each request numbers its own rows)."""
+def numbered(spark, table, n: int, per: int, id_column: str | None):
+    """The table (`n` rows) in partitions of at most `per` rows, in the table's order
+    (row i in partition i // per): the model gets each partition's rows in one batch
+    (PySpark 4.3 was seen to hand a partition over whole whatever maxRecordsPerBatch
+    says), so no batch is over its per-request limits. A row without an id gets its
+    row number, as over REST (where each request numbers its own rows)."""
     from pyspark.sql.types import StringType, StructField, StructType
 
-    n = table.count()
     fields = list(table.schema.fields)  # a copy: StructType.add would change the table's
     at = table.columns.index(id_column) if id_column in table.columns else None
     if id_column and at is None:
@@ -240,14 +238,15 @@ def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
         raise ValueError(f"input: {source} has none of the columns the model takes "
                          f"({', '.join(sorted(known))}); it has "
                          f"{', '.join(table.columns) or 'no columns'}")
-    if table.isEmpty():
+    n = table.count()
+    if n == 0:
         raise ValueError(f"input: {source} has no rows: nothing to score")
     per = rows_per_batch(own, table, source)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(per))
     id_column = getattr(own, "id_column", None)  # None in models logged before it
     ids_given = id_column in table.columns
     check_ids(table, id_column, source)
-    table = numbered(spark, table, per, id_column)
+    table = numbered(spark, table, n, per, id_column)
     columns += [id_column] if id_column and id_column not in columns else []
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type(model),
                                   env_manager="local")

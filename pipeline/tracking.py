@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import tasks
 from pipeline.config import Config, from_params
-from pipeline.signals import Interrupted, RankLost, sigterm_raises
+from pipeline.signals import Interrupted, RankLost
 
 MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
 WORKDIR_TAG = "workdir"  # the folder the run's relative paths are taken from
@@ -85,8 +85,7 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
                           nested=nested) as run:
         try:
-            with sigterm_raises():
-                yield run
+            yield run
         except Interrupted as stop:
             mlflow.end_run("KILLED")
             print(f"\n{stop}\nresume with: {resume_command(cfg, run.info.run_id)}",

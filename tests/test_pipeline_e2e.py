@@ -291,19 +291,28 @@ def test_a_quantile_model_of_returns_logs_its_value_at_risk_backtests(store):
     assert MlflowClient().get_registered_model("prices-returns-h1-quantile")
 
 
-def test_sigterm_after_training_ends_the_run_killed_not_running(store, monkeypatch, capsys):
-    """Python's default would end the process with its run left RUNNING (torchrun sends
-    SIGTERM to every rank when one fails, whatever they are doing)."""
+def sigterm_during(monkeypatch, target: str) -> int:
+    """`main` as the command runs it (cli.run), SIGTERM sent to this process when
+    `target` is called; the exit code."""
     import os
     import signal
 
-    def terminated(*args, **kwargs):  # SIGTERM arrives while the test split is evaluated
-        os.kill(os.getpid(), signal.SIGTERM)
+    from pipeline import cli
 
-    monkeypatch.setattr("pipeline.evaluate.evaluate_and_log", terminated)
+    monkeypatch.setattr(target, lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(SystemExit) as exit_:
-        main(FAST)
-    assert exit_.value.code == 128 + signal.SIGTERM
+        cli.run(main, FAST)
+    return exit_.value.code
+
+
+def test_sigterm_after_training_ends_the_run_killed_not_running(store, monkeypatch, capsys):
+    """Python's default would end the process with its run left RUNNING (torchrun sends
+    SIGTERM to every rank when one fails, whatever they are doing)."""
+    import signal
+
+    # SIGTERM arrives while the test split is evaluated
+    assert sigterm_during(monkeypatch, "pipeline.evaluate.evaluate_and_log") == \
+        128 + signal.SIGTERM
     run = mlflow.search_runs(experiment_names=["prices"], output_format="list")[0]
     assert run.info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the run
@@ -319,18 +328,11 @@ def test_one_walk_forward_block_alone_is_not_registered(store, capsys):
 def test_sigterm_while_registering_lets_go_of_the_lock(store, monkeypatch, capsys):
     """Registration comes after the run has ended; a lock left behind would make every
     later registration of the name wait for it to go stale (10 minutes)."""
-    import os
     import signal
 
-    from pipeline import cli, registry
-
-    def terminated(*args, **kwargs):  # SIGTERM arrives while the lock is held
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(registry, "champion_version", terminated)
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(main, FAST)
-    assert exit_.value.code == 128 + signal.SIGTERM
+    # SIGTERM arrives while the lock is held
+    assert sigterm_during(monkeypatch, "pipeline.registry.champion_version") == \
+        128 + signal.SIGTERM
     assert "the step stopped by SIGTERM" in capsys.readouterr().err
     assert not MlflowClient().search_registered_models()  # neither a version nor the lock
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
