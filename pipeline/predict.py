@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline import cli, tasks
 from pipeline.config import param
-from pipeline.tasks import ROWS_PER_CALL
+from pipeline.tasks import calls
 
 
 @dataclass
@@ -37,23 +37,6 @@ class PredictParams:
                         ("none", "drop", "ffill"))
 
 
-def calls(model, requests) -> list[slice]:
-    """The request rows in calls of at most ROWS_PER_CALL rows, each within the served
-    model's per-request budget (prices, seconds of audio), so that no call is refused
-    for its size; a row over the budget alone goes alone, and is refused by name."""
-    own = model.unwrap_python_model()
-    if not hasattr(own, "budget"):  # logged before models had budgets
-        return [slice(i, i + ROWS_PER_CALL) for i in range(0, len(requests), ROWS_PER_CALL)]
-    sizes = [own.size(row) for row in requests.to_dict("records")]
-    out, start, used = [], 0, 0.0
-    for i, size in enumerate(sizes):
-        if i > start and (i - start == ROWS_PER_CALL or used + size > own.budget()):
-            out.append(slice(start, i))
-            start, used = i, 0.0
-        used += size
-    return out + [slice(start, len(sizes))] if sizes else out
-
-
 def predict_rows(model, requests, params: dict | None = None, progress: bool | None = None):
     """Predictions for every request row, sent to the pyfunc in `calls`. A bad row's
     error names its input (`series_id` or `utterance_id`: the file)."""
@@ -67,7 +50,7 @@ def predict_rows(model, requests, params: dict | None = None, progress: bool | N
     parts = []
     with tqdm(total=len(requests), desc="rows", unit="row",
               disable=None if progress is None else not progress) as bar:
-        for rows in calls(model, requests):
+        for rows in calls(model.unwrap_python_model(), requests):
             chunk = requests.iloc[rows].reset_index(drop=True)
             i = rows.start
             try:

@@ -26,7 +26,8 @@ class RegisterParams:
 
 def register_run(run_id: str, cfg, data=None) -> tuple[str, bool]:
     """Register the run's model under cfg.tracking.registered_model; `data`, the run's
-    prepared data when at hand (otherwise prepared again if a comparison needs it)."""
+    prepared data when at hand (otherwise prepared again if a comparison needs it).
+    Returns (version, whether it is @champion)."""
     import mlflow
 
     from pipeline import registry
@@ -40,14 +41,18 @@ def register_run(run_id: str, cfg, data=None) -> tuple[str, bool]:
     metrics = run.data.metrics
     names = [n for n in run.data.tags.get("test_metrics", "").split(",") if n in metrics]
     uri = logged_model_uri(run_id)
-    version, promoted, why = registry.register(
+    done = registry.register(
         task, cfg, run_id, uri, load_served(uri, "run_id"),
         lambda: data if data is not None else task.prepare(cfg),
         {n: metrics[n] for n in (*names, "best_val_loss")})
     name = cfg.tracking.registered_model
-    print(f"registered {name} version {version}: "
-          + ("now @champion" if promoted else "champion unchanged") + f" ({why})")
-    return version, promoted
+    if not done.added:
+        print(f"run {run_id} is already version {done.version} of {name}"
+              f"{' (@champion)' if done.champion else ''}: nothing registered")
+    else:
+        print(f"registered {name} version {done.version}: "
+              + ("now @champion" if done.champion else "champion unchanged") + f" ({done.why})")
+    return done.version, done.champion
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,11 @@
   any is refused, with what differs.
 - `@champion` moves to a new version only when it beats the champion on the same
   validation samples: both are scored on the new run's validation split, from raw
-  inputs through their own preprocessing (the task's `validation_scores`).
+  inputs through their own preprocessing (the task's `validation_scores`, whose
+  requests are split into calls the served models take whole), and the new score is
+  lower by more than RTOL of the champion's. Closer is a tie, and a tie keeps the
+  champion: the same model trained again, or on two ranks, differs by rounding only.
+- A run registers once per name: registering it again names its version and adds none.
 - One registration at a time per name: the compare-and-move holds a lock, the
   registered model `NAME.lock`, which only one process can create (the tracking
   backend's unique names: SQLite, PostgreSQL or a tracking server alike). A lock
@@ -19,12 +23,14 @@ import os
 import random
 import socket
 import time
+from typing import NamedTuple
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
+RTOL = 1e-4  # a challenger must score lower than the champion by more than this, relatively
 STALE_S = 600.0  # a lock held this long belongs to a register that died
 WAIT_S = 900.0  # give up waiting for the lock after this long
 # Taken; or freed between MLflow's failed insert and its look-up; or the database busy.
@@ -102,31 +108,59 @@ def champion_version(name: str) -> str | None:
         return None
 
 
+class Registration(NamedTuple):
+    version: str
+    champion: bool  # the version is @champion
+    why: str  # the comparison it went through
+    added: bool = True  # False: the run was a version of the name already
+
+
 def register(task, cfg, run_id: str, model_uri: str, challenger, data_fn,
-             tags: dict[str, str]) -> tuple[str, bool, str]:
+             tags: dict[str, str]) -> Registration:
     """Register `model_uri` (the run's served model, loaded as `challenger`) under
-    cfg.tracking.registered_model; move @champion to it when it beats the champion
-    on this run's validation data (`data_fn()` prepares it). Returns (version,
-    promoted, a sentence saying why)."""
+    cfg.tracking.registered_model, unless the run is a version of it already; move
+    @champion to it when it beats the champion on this run's validation data
+    (`data_fn()` prepares it)."""
     name, client = cfg.tracking.registered_model, MlflowClient()
     ident = identity(task, challenger.spec)
     with locked(name):
-        check_compatible(name, ident)
         current = champion_version(name)
+        if done := registered_version(name, run_id):
+            return Registration(done, done == current, "", added=False)
+        check_compatible(name, ident)
         scores, why = None, "the first version"
         if current is not None:
             scores, why = _compare(task, cfg, run_id, challenger, name, current, data_fn)
         version = str(mlflow.register_model(model_uri, name).version)
         for key, value in ident.items():
             client.set_registered_model_tag(name, key, value)
-        for key, value in {**tags, "run_id": run_id, "champion_check": why}.items():
+        for key, value in {**tags, "run_id": run_id, "champion_check": why,
+                           "champion_rtol": RTOL}.items():
             client.set_model_version_tag(name, version, key, str(value))
         if scores:
             client.set_model_version_tag(name, version, f"val_{task.score_name}", scores[0])
-        promoted = current is None or bool(scores and scores[0] < scores[1])
+        promoted = current is None or bool(scores and beats(*scores))
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
-        return version, promoted, why
+        return Registration(version, promoted, why)
+
+
+def registered_version(name: str, run_id: str) -> str | None:
+    """The version of `name` that holds run `run_id`'s model, if one does."""
+    found = [v for v in MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+             if v.name == name]
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def beats(challenger: float, champion: float) -> bool:
+    """Lower by more than rounding noise (RTOL of the champion's score)."""
+    return challenger < champion - RTOL * abs(champion)
+
+
+def shown(a: float, b: float) -> tuple[str, str]:
+    """Two scores with the digits it takes to tell them apart (6 when equal)."""
+    digits = next((d for d in range(6, 18) if f"{a:.{d}g}" != f"{b:.{d}g}"), 6)
+    return f"{a:.{digits}g}", f"{b:.{digits}g}"
 
 
 def _compare(task, cfg, run_id: str, challenger, name: str, current: str, data_fn):
@@ -145,6 +179,13 @@ def _compare(task, cfg, run_id: str, challenger, name: str, current: str, data_f
                f"validation data ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                "@champion stays")
         return None, why
-    verdict = "beats" if scores[0] < scores[1] else "does not beat"
-    return scores, (f"validation {task.score_name} {scores[0]:.6g} {verdict} version "
-                    f"{current}'s {scores[1]:.6g} on run {run_id}'s validation split")
+    new, old = shown(*scores)
+    lower = (scores[1] - scores[0]) / abs(scores[1]) if scores[1] else 0.0
+    head = f"validation {task.score_name} {new}"
+    tail = f"version {current}'s {old} on run {run_id}'s validation split"
+    if beats(*scores):
+        return scores, f"{head} beats {tail} ({100 * lower:.3g} % lower)"
+    tie = "" if scores[0] > scores[1] else (
+        f": {lower:.2g} lower, within the relative tolerance {RTOL:g}" if lower
+        else ": equal") + "; a tie keeps @champion"
+    return scores, f"{head} does not beat {tail}{tie}"

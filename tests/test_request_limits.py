@@ -176,7 +176,7 @@ def test_ids_and_dates_come_back_as_sent(tmp_path):
 
 
 def test_batch_prediction_splits_its_calls_by_the_model_s_budget(tmp_path, monkeypatch):
-    from pipeline import predict
+    from pipeline import predict, tasks
 
     model = price_forecaster(tmp_path)
 
@@ -189,7 +189,7 @@ def test_batch_prediction_splits_its_calls_by_the_model_s_budget(tmp_path, monke
 
     monkeypatch.setattr(price_model, "MAX_PRICES", 250)
     frame = rows([100] * 5)
-    assert predict.calls(PyFunc(), frame) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert tasks.calls(model, frame) == [slice(0, 2), slice(2, 4), slice(4, 5)]
     got = predict.predict_rows(PyFunc(), frame, {"mode": "rolling"}, progress=False)
     assert got.groupby("series_id").size().tolist() == [92] * 5
     with pytest.raises(ValueError, match=r"^input s0: request has 300 prices; the limit is 250"):

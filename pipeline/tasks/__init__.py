@@ -37,6 +37,30 @@ TASKS = {  # task name: its module
 ROWS_PER_CALL = 64  # request rows per predict call, when the pipeline feeds a served model
 
 
+def calls(model, requests: pd.DataFrame) -> list[slice]:
+    """The request rows in calls that a served model (unwrapped) takes whole: at most
+    ROWS_PER_CALL rows (and its `max_rows`), their sizes within its per-request budget
+    (prices, seconds of audio); a row over the budget alone goes alone, and is refused
+    by name. Every path that feeds a served model from the pipeline (predict, the
+    registry's validation scores) splits its requests here."""
+    most = min(ROWS_PER_CALL, getattr(model, "max_rows", ROWS_PER_CALL))
+    if not hasattr(model, "budget"):  # logged before models had budgets
+        return [slice(i, i + most) for i in range(0, len(requests), most)]
+    sizes = [model.size(row) for row in requests.to_dict("records")]
+    out, start, used = [], 0, 0.0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start == most or used + size > model.budget()):
+            out.append(slice(start, i))
+            start, used = i, 0.0
+        used += size
+    return out + [slice(start, len(sizes))] if sizes else out
+
+
+def in_calls(model, requests: pd.DataFrame) -> list[pd.DataFrame]:
+    """The request split by `calls`, each part indexed from 0 as a request is."""
+    return [requests.iloc[s].reset_index(drop=True) for s in calls(model, requests)]
+
+
 def load(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {name!r}")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.config import ROOT, Config, param
-from pipeline.tasks import ROWS_PER_CALL, Evaluation, Objective, Task
+from pipeline.tasks import Evaluation, Objective, Task, in_calls
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -424,14 +424,12 @@ class PricesTask(Task):
         from models.price_model import price_columns, request_row
 
         columns, out = price_columns(model.spec), {}
-        names = list(anchors)
-        for i in range(0, len(names), ROWS_PER_CALL):
-            chunk = names[i:i + ROWS_PER_CALL]
-            rows = [request_row(data.frames[n].iloc[: anchors[n][-1] + 2], n, columns)
-                    for n in chunk]
-            got = model.predict(None, pd.DataFrame(rows), {"mode": "rolling"})
-            for n, part in got.groupby("series_id", sort=False):
-                out[n] = (part["step"].to_numpy() - 1, part[model.spec["outputs"]].to_numpy())
+        requests = pd.DataFrame([request_row(data.frames[n].iloc[: a[-1] + 2], n, columns)
+                                 for n, a in anchors.items()])
+        for part in in_calls(model, requests):
+            got = model.predict(None, part, {"mode": "rolling"})
+            for n, rows in got.groupby("series_id", sort=False):
+                out[n] = (rows["step"].to_numpy() - 1, rows[model.spec["outputs"]].to_numpy())
         return out
 
     def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:

@@ -22,7 +22,7 @@ import numpy as np
 
 from data_loaders.sequences import TEST, TRAIN, VAL
 from pipeline.config import Config, param
-from pipeline.tasks import Evaluation, Objective, speech
+from pipeline.tasks import Evaluation, Objective, in_calls, speech
 from pipeline.tasks.speech import SpeechData, SpeechTask
 
 
@@ -204,12 +204,14 @@ class SpeechClassifyTask(SpeechTask):
     def validation_scores(self, models: list, cfg: Config, data: SpeechData) -> list[float]:
         """Log loss (mean -log p of the true label) of each served model on the
         validation files, from their audio."""
+        import pandas as pd
+
         request = data.requests(VAL)
         true = [data.classes[c] for c in data.y[data.split == VAL]]
         scores = []
         for model in models:
-            got = model.predict(None, request)
-            p = got.to_dict("records")
+            p = pd.concat([model.predict(None, part) for part in in_calls(model, request)],
+                          ignore_index=True).to_dict("records")
             scores.append(float(np.mean([-np.log(max(r[f"p_{c}"], 1e-12))
                                          for r, c in zip(p, true, strict=True)])))
         return scores

@@ -17,7 +17,7 @@ import numpy as np
 
 from data_loaders.sequences import TEST, TRAIN, VAL
 from pipeline.config import Config, param
-from pipeline.tasks import Evaluation, Objective, speech
+from pipeline.tasks import Evaluation, Objective, in_calls, speech
 from pipeline.tasks.speech import SpeechData, SpeechTask
 
 
@@ -133,7 +133,8 @@ class SpeechForecastTask(SpeechTask):
         """Mean L1 in raw log-mel units (not normalised, so models with other
         normalisers compare) of each served model on the validation files' audio."""
         request = data.requests(VAL)
-        return [float(np.mean(m.raw_l1(request))) for m in models]
+        return [float(np.mean(np.concatenate([m.raw_l1(part) for part in in_calls(m, request)])))
+                for m in models]
 
 
 TASK = SpeechForecastTask()
