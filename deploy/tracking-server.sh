@@ -15,7 +15,8 @@
 #
 # Settings (environment): STATE (default .tracking-server in the project), PG_PORT
 # (54329), MLFLOW_PORT (5000), WORKERS (2), MLFLOW (the mlflow command; default the
-# project's .venv), MLFLOW_APP (empty; basic-auth: users and passwords, see README).
+# project's .venv), MLFLOW_APP (empty; basic-auth: MLflow's users and permissions, kept
+# in the same PostgreSQL database through $STATE/basic-auth.ini, see README).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -112,6 +113,19 @@ preflight() {  # before any work: what `start` needs
 program (an \`mlflow ui\`?): stop it, or set MLFLOW_PORT to a free port"
 }
 
+basic_auth() {  # MLflow's auth app: its users in our PostgreSQL database, not ./basic_auth.db
+  local uri="$1"
+  (umask 077
+   [ -s "$STATE/flask-secret" ] || head -c 32 /dev/urandom | base64 > "$STATE/flask-secret"
+   printf '%s\n' "[mlflow]" "default_permission = READ" "database_uri = $uri" \
+     "admin_username = admin" \
+     "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" \
+     > "$STATE/basic-auth.ini")
+  # every worker must sign with the same key; the user's own, else one kept in $STATE
+  export MLFLOW_FLASK_SERVER_SECRET_KEY="${MLFLOW_FLASK_SERVER_SECRET_KEY:-$(cat "$STATE/flask-secret")}"
+  export MLFLOW_AUTH_CONFIG_PATH="$STATE/basic-auth.ini"
+}
+
 start_mlflow() {
   local url="http://127.0.0.1:$MLFLOW_PORT"
   if mlflow_running; then
@@ -120,12 +134,15 @@ start_mlflow() {
   fi
   local uri="postgresql+psycopg2://mlflow:$(cat "$STATE/pg-password")@127.0.0.1:$PG_PORT/mlflow"
   mkdir -p "$STATE/artifacts"
+  [ "$MLFLOW_APP" != basic-auth ] || basic_auth "$uri"
   # the server's own process group, so `stop` ends its workers with it; the store's URI
-  # (with its password) in the environment, which only this user can read, not in argv
-  setsid env PATH="$(dirname "$MLFLOW"):$PATH" MLFLOW_BACKEND_STORE_URI="$uri" "$MLFLOW" server \
+  # (with its password) in the environment, which only this user can read, not in argv.
+  # Started in $STATE: whatever it writes where it runs stays there.
+  (cd "$STATE" && exec setsid env PATH="$(dirname "$MLFLOW"):$PATH" \
+    MLFLOW_BACKEND_STORE_URI="$uri" "$MLFLOW" server \
     --artifacts-destination "$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" \
     --workers "$WORKERS" ${MLFLOW_APP:+--app-name "$MLFLOW_APP"} \
-    >"$STATE/mlflow.log" 2>&1 < /dev/null &
+    >"$STATE/mlflow.log" 2>&1 < /dev/null) &
   echo $! > "$STATE/mlflow.pid"
   echo "$MLFLOW_PORT" > "$STATE/mlflow.port"
   for _ in $(seq 120); do  # it takes 20-45 s here
@@ -133,7 +150,8 @@ start_mlflow() {
       echo "export MLFLOW_TRACKING_URI=$url"
       return
     fi
-    kill -0 "$(cat "$STATE/mlflow.pid")" 2>/dev/null || break
+    kill -0 "$(cat "$STATE/mlflow.pid")" 2>/dev/null || die "mlflow server stopped: \
+$(grep -v '^\s*$' "$STATE/mlflow.log" | tail -1) (see $STATE/mlflow.log)"
     sleep 1
   done
   die "mlflow server did not answer $url/health: see $STATE/mlflow.log"

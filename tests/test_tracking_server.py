@@ -196,3 +196,46 @@ def test_stop_leaves_alone_a_program_that_took_over_a_stale_pid(tmp_path):
         assert not (tmp_path / "mlflow.pid").exists()
     finally:
         other.kill()
+
+
+def test_basic_auth_keeps_its_users_in_the_server_s_postgresql(tmp_path, monkeypatch):
+    """MLFLOW_APP=basic-auth: MLflow's users live in the tracking server's PostgreSQL
+    database (the auth config the script writes), nothing lands in the folder the script
+    was started from, a client without credentials gets 401 and one with them trains and
+    registers. The first start needs the admin's password, and says so."""
+    import psycopg2
+
+    state = Path(tempfile.mkdtemp(prefix="seqpredict-auth-"))
+    state.chmod(0o755)
+    here = tmp_path / "started-here"
+    here.mkdir()
+    env = script_env(state) | {"MLFLOW_APP": "basic-auth"}
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    start = [str(SCRIPT), "start"]
+    try:
+        refused = subprocess.run(start, env=env, cwd=here, capture_output=True, text=True,
+                                 timeout=300)
+        assert refused.returncode == 1, refused.stderr
+        assert "needs a password to create the admin user 'admin'" in refused.stderr
+        password = "Seqpredict-admin-0"
+        started = subprocess.run(start, env=env | {"MLFLOW_AUTH_ADMIN_PASSWORD": password},
+                                 cwd=here, capture_output=True, text=True, timeout=300)
+        assert started.returncode == 0, started.stderr
+        uri = started.stdout.strip().removeprefix("export MLFLOW_TRACKING_URI=")
+        args = argv({**TINY, "epochs": "1"})
+        anonymous = python_m("main", args, tmp_path, uri)
+        assert anonymous.returncode == 2 and "401" in anonymous.stderr, anonymous.stderr
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        assert "now @champion" in ok(python_m("main", args, tmp_path, uri))
+        with psycopg2.connect(host="127.0.0.1", port=env["PG_PORT"], user="mlflow",
+                              dbname="mlflow",
+                              password=(state / "pg-password").read_text().strip()) as db:
+            cursor = db.cursor()
+            cursor.execute("SELECT username, is_admin FROM users")
+            assert cursor.fetchall() == [("admin", True)]
+        assert list(here.iterdir()) == []  # no ./basic_auth.db, nothing else
+        assert (state / "basic-auth.ini").stat().st_mode & 0o077 == 0  # it holds a password
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, check=True)
+        shutil.rmtree(state, ignore_errors=True)
