@@ -5,7 +5,8 @@ trains and registers, @champion moves to the better version, two trainings run a
 a sweep and a walk-forward backtest run their children, `mlflow models serve` answers a
 batch from models:/NAME@champion, a run killed with SIGKILL resumes, and under torchrun
 two ranks train and register. Nothing reads artifacts from a local path: the test's
-working folders hold none (the server keeps them)."""
+working folders hold none (the server keeps them). With MLflow's basic-auth app, the
+users live in the same PostgreSQL database."""
 
 import json
 import os
