@@ -259,6 +259,19 @@ def check_choices(part) -> None:
                              f"got {getattr(part, f.name)!r}")
 
 
+MAX_REGISTERED_NAME = 251  # the registry keeps 256 characters; the lock adds ".lock"
+
+
+def check_registered_model(name: str) -> None:
+    """A registry name (empty: the task's) that MLflow and the registration lock can take."""
+    if name and (not name.strip() or any(c in name for c in "/:") or name.endswith(".lock")
+                 or len(name) > MAX_REGISTERED_NAME):
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ValueError(f"registered_model: {shown} is not a usable name: it must not be "
+                         "blank, hold '/' or ':', end in '.lock' (kept for the registration "
+                         f"lock) or be longer than {MAX_REGISTERED_NAME} characters")
+
+
 def validate(cfg: Config) -> None:
     """The common rules: allowed values, ranges, and how the parts fit together."""
     for part in cfg.parts().values():
@@ -285,11 +298,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"seed must be below 2**32, got {t.seed!r}")
     if not t.checkpoint_dir.strip():
         raise ValueError("checkpoint_dir must not be empty (it is where runs checkpoint)")
-    name = cfg.tracking.registered_model
-    if name and (not name.strip() or any(c in name for c in "/:") or name.endswith(".lock")):
-        raise ValueError(f"registered_model: {name!r} is not a usable name: it must not be "
-                         "blank, hold '/' or ':', or end in '.lock' (kept for the "
-                         "registration lock)")
+    check_registered_model(cfg.tracking.registered_model)
     if not (0 < d.val_frac < 1 and 0 < d.test_frac < 1 and d.val_frac + d.test_frac < 0.9):
         raise ValueError(f"val_frac and test_frac must be in (0, 1) and leave at least 10 % "
                          f"for training, got {d.val_frac!r} and {d.test_frac!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import cli, tasks
-from pipeline.config import param
+from pipeline.config import check_registered_model, param
 
 
 @dataclass
@@ -35,6 +35,11 @@ def register_run(run_id: str, cfg, data=None) -> tuple[str, bool]:
 
     task = tasks.load(cfg.task_name)
     run = mlflow.get_run(run_id)
+    if "folds" in run.data.tags or not task.serves(cfg):
+        raise ValueError(f"run_id: run {run_id} is a cross-validation's "
+                         f"{'parent' if 'folds' in run.data.tags else 'fold'}: its models "
+                         "know part of the data only; to register a model to serve, train it "
+                         "on all the data")
     if "best_val_loss" not in run.data.metrics:
         raise ValueError(f"run_id: run {run_id} has no trained model (no best_val_loss); "
                          "was it a training run that finished?")
@@ -60,6 +65,7 @@ def main(argv=None) -> None:
     from pipeline.tracking import note_launcher, run_config  # after parsing: fast --help
 
     cfg = run_config(p.run_id)
+    check_registered_model(p.registered_model)
     cfg.tracking.registered_model = p.registered_model or cfg.tracking.registered_model
     note_launcher(f"This launch registered run {p.run_id}'s model as "
                   f"{cfg.tracking.registered_model}.")

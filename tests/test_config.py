@@ -34,6 +34,8 @@ from pipeline.config import COMMON, PRESETS, build_config, from_params
     ({"checkpoint_dir": ""}, "checkpoint_dir must not be empty"),
     ({"registered_model": "a/b"}, "registered_model: 'a/b' is not a usable name"),
     ({"registered_model": "prices.lock"}, "end in '.lock'"),
+    ({"registered_model": "m" * 252}, r"'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm'\.\.\. \(252 "
+     r"characters\) is not a usable name: .* longer than 251 characters"),
     ({"start": "2015-13-45"}, r"start: cannot read '2015-13-45' as a date \(YYYY-MM-DD\)"),
     ({"start": "2015-01-01", "end": "2010-01-01"}, r"start \(2015-01-01\) is after end"),
     ({"data": "x.csv", "tickers": "SPY"}, "data and tickers: give one"),

@@ -25,6 +25,7 @@ COMMANDS = [
      "prices-returns-h1"),
     (f"{MLFLOW_RUN} prices -P cell=gru -P bptt=truncated -P k1=50 -P k2=100",
      "prices-returns-h1"),
+    (f"{MLFLOW_RUN} prices", "prices-returns-h1"),
     ("python -m pipeline.main --data /path/to/prices.csv", "prices-returns-h1"),
     ("python -m pipeline.main --data /path/to/folder", "prices-returns-h1"),
     (f"{MLFLOW_RUN} prices -P preset=volatility-tbptt", "prices-volatility-h5-gaussian"),
@@ -105,4 +106,4 @@ def test_every_readme_command_that_registers_does_on_the_full_bundled_data(tmp_p
     first = runs["prices-returns-h1"][0]
     out = launched(shlex.split(REGISTER.replace("<RUN_ID>", first)), uri)
     assert f"run {first} is already version 1 of prices-returns-h1" in out
-    assert len(client.search_model_versions("name='prices-returns-h1'")) == 4
+    assert len(client.search_model_versions("name='prices-returns-h1'")) == 5

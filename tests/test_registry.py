@@ -170,3 +170,24 @@ def test_validation_over_the_request_limits_is_scored_in_calls(store, small_fsdd
     name = {"prices": "prices-returns-h1"}.get(task, task)
     v2 = MlflowClient().get_model_version(name, "2")
     assert " version 1's " in v2.tags["champion_check"], v2.tags["champion_check"]
+
+
+def test_register_refuses_cross_validation_models_and_unusable_names(store):
+    """A walk-forward parent and its folds know part of the data; a name the registry or
+    its lock cannot hold is refused before anything is registered."""
+    from pipeline.register import main as register
+
+    parent = main(["--data", tiny_csv(store), *TINY[:-2], "--folds", "2"])["run_id"]
+    fold = MlflowClient().search_runs(
+        [mlflow.get_run(parent).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent}'")[0].info.run_id
+    for run_id, what in ((parent, "parent"), (fold, "fold")):
+        with pytest.raises(ValueError, match=f"^run_id: run {run_id} is a cross-validation's "
+                                             f"{what}: its models know part of the data"):
+            register(["--run_id", run_id])
+    for name, problem in (("%.lock", "end in '.lock'"), ("a/b", "hold '/'"), (" ", "blank"),
+                          ("m" * 300, "longer than 251 characters")):
+        with pytest.raises(ValueError, match=f"^registered_model: .* not a usable name: .*"
+                                             f"{problem}"):
+            register(["--run_id", fold, "--registered_model", name])
+    assert MlflowClient().search_registered_models() == []
