@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python -m bench.audio_features
 	$(BIN)/python -m bench.speech_trainer_overhead
 	$(BIN)/python -m bench.ddp_scaling
+	$(BIN)/python -m bench.universe_epoch
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints test-artifacts .pytest_cache

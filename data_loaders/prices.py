@@ -158,37 +158,131 @@ def _repair(frame: pd.DataFrame, bad: pd.DataFrame, how: str, path: Path):
     return frame, repairs
 
 
-def read_price_parquet(path: Path, repair: str = "none") -> tuple[dict[str, pd.DataFrame], list]:
-    """A Parquet table of prices: one series, or several in a `series_id` column."""
+def _clean_numbers(table: pd.DataFrame) -> bool:
+    """Whether a Parquet table of typed columns (dates, numbers) holds no bad cell, checked
+    for all series at once; the text path then names any problem by row and column."""
+    prices = [c for c in PRICE_COLUMNS if c in table]
+    typed = pd.api.types.is_datetime64_any_dtype(table["date"]) and all(
+        pd.api.types.is_numeric_dtype(table[c]) for c in [*prices, "volume"] if c in table)
+    if not typed or table["date"].isna().any():
+        return False
+    values = table[prices].to_numpy(np.float64)
+    volume = table["volume"].to_numpy(np.float64) if "volume" in table else np.zeros(1)
+    return bool(np.isfinite(values).all() and (values > 0).all() and np.isfinite(volume).all()
+                and (volume >= 0).all() and not table.duplicated(["series_id", "date"]).any())
+
+
+def read_price_parquet(path: Path, repair: str = "none",
+                       skip_bad: bool = False) -> tuple[dict[str, pd.DataFrame], list, list]:
+    """A Parquet table of prices: one series, or several in a `series_id` column. A table
+    of typed columns with no bad cell is taken as it is (fast); otherwise each series is
+    checked as a CSV file is. Returns the series, the repairs and the bad series left out
+    (`skip_bad`)."""
     table = pd.read_parquet(path)
     table.columns = [_canonical(c) for c in table.columns]
     if "series_id" not in table:
         table = table.assign(series_id=path.stem)
-    series, repairs = {}, []
-    for name, part in table.groupby("series_id", sort=True):
+    if {"date", "open", "high", "low", "close"} <= set(table.columns) and _clean_numbers(table):
+        if "adj_close" not in table:
+            table = table.assign(adj_close=table["close"])
+        keep = [c for c in (*PRICE_COLUMNS, "volume") if c in table]
+        table = table.astype({c: np.float64 for c in PRICE_COLUMNS})  # volume as it is
+        return {str(name): part.set_index("date").sort_index()[keep].rename_axis("date")
+                for name, part in table.groupby("series_id", sort=True, observed=True)}, [], []
+    series, repairs, bad = {}, [], []
+    for name, part in table.groupby("series_id", sort=True, observed=True):
         text = part.drop(columns="series_id").reset_index(drop=True)
         text = text.astype(str).apply(lambda c: c.str.replace(r"^(nan|NaT|None)$", "", regex=True))
-        series[str(name)], fixed = parse_prices(text, path, repair)
+        try:
+            series[str(name)], fixed = parse_prices(text, Path(f"{path}[series_id={name}]"),
+                                                    repair)
+        except PriceDataError as err:
+            bad.append((f"{path}[series_id={name}]", str(err).split(": ", 1)[-1]))
+            continue
         repairs += fixed
+    _stop_unless(bad, skip_bad, len(series))
+    return series, repairs, bad
+
+
+def _stop_unless(bad: list[tuple[str, str]], skip_bad: bool, kept: int) -> None:
+    """Bad series stop the run, all of them named, unless they are to be left out (and
+    some are good)."""
+    if bad and (not skip_bad or not kept):
+        if len(bad) == 1:
+            raise PriceDataError(f"{bad[0][0]}: {bad[0][1]}")
+        listing = "; ".join(f"{p}: {why}" for p, why in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise PriceDataError(f"{len(bad)} bad price series: {listing}{more}. Fix or remove "
+                             "them, or pass skip_bad=true to leave them out (the list is then "
+                             "logged)")
+
+
+def read_prices(path: str | Path, repair: str = "none", what: str = "data",
+                skip_bad: bool = False) -> tuple[dict[str, pd.DataFrame], list]:
+    """A CSV file (one series, named by the file stem), a folder of CSV files, or a
+    Parquet file (one series, or several in a `series_id` column). Errors about the
+    path name the parameter `what` that gave it. Bad files stop the read (all named),
+    or with `skip_bad` are left out: `read_prices_skipping` returns which."""
+    series, repairs, _ = read_prices_skipping(path, repair, what, skip_bad)
     return series, repairs
 
 
-def read_prices(path: str | Path, repair: str = "none",
-                what: str = "data") -> tuple[dict[str, pd.DataFrame], list]:
-    """A CSV file (one series, named by the file stem), a folder of CSV files, or a
-    Parquet file (one series, or several in a `series_id` column). Errors about the
-    path name the parameter `what` that gave it."""
+def read_prices_skipping(path: str | Path, repair: str = "none", what: str = "data",
+                         skip_bad: bool = False) -> tuple[dict[str, pd.DataFrame], list, list]:
+    """`read_prices`, also returning the bad files or series left out: (name, why)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what}: {path} does not exist")
     if path.suffix == ".parquet":
-        return read_price_parquet(path, repair)
-    files = csv_files(path, what) if path.is_dir() else [path]
-    series, repairs = {}, []
-    for f in files:
-        series[f.stem], fixed = read_price_csv(f, repair)
+        return read_price_parquet(path, repair, skip_bad)
+    if not path.is_dir():
+        frame, repairs = read_price_csv(path, repair)
+        return {path.stem: frame}, repairs, []
+    series, repairs, bad = {}, [], []
+    for f in csv_files(path, what):
+        try:
+            series[f.stem], fixed = read_price_csv(f, repair)
+        except PriceDataError as err:
+            bad.append((str(f), str(err).removeprefix(f"{f}: ")))
+            continue
         repairs += fixed
-    return series, repairs
+    _stop_unless(bad, skip_bad, len(series))
+    return series, repairs, bad
+
+
+CACHE_VERSION = 1  # changes when what a read gives changes: older cached reads are not used
+
+
+def cached_prices(path: str | Path, repair: str, skip_bad: bool, cache_dir: str | Path,
+                  what: str = "data") -> tuple[dict[str, pd.DataFrame], list, list]:
+    """`read_prices_skipping`, the parsed CSV files kept under `cache_dir`/prices keyed by
+    their content and the options: hundreds of files are read once, then in well under a
+    second. Nothing is cached for a read that fails."""
+    import hashlib
+    import json
+
+    path = Path(path)
+    if path.suffix == ".parquet" or not path.exists():  # Parquet reads as fast as a cache
+        return read_prices_skipping(path, repair, what, skip_bad)
+    files = csv_files(path, what) if path.is_dir() else [path]
+    digest = hashlib.blake2b(f"{CACHE_VERSION}|{repair}|{skip_bad}".encode(), digest_size=16)
+    for f in files:
+        digest.update(f"|{f.name}|".encode())
+        digest.update(f.read_bytes())
+    stem = Path(cache_dir) / "prices" / digest.hexdigest()
+    table, meta = stem.with_suffix(".parquet"), stem.with_suffix(".json")
+    if table.exists() and meta.exists():
+        kept = json.loads(meta.read_text())
+        parts = pd.read_parquet(table).groupby("series_id", sort=True, observed=True)
+        series = {str(k): v.drop(columns="series_id").set_index("date").dropna(axis=1, how="all")
+                  for k, v in parts}
+        return series, kept["repairs"], [tuple(b) for b in kept["bad"]]
+    series, repairs, bad = read_prices_skipping(path, repair, what, skip_bad)
+    whole = pd.concat([f.reset_index().assign(series_id=k) for k, f in series.items()])
+    atomic_write(table, lambda tmp: whole.to_parquet(tmp, index=False))
+    atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps({"repairs": repairs,
+                                                                     "bad": bad})))
+    return series, repairs, bad
 
 
 def csv_files(folder: Path, what: str = "data") -> list[Path]:
@@ -294,8 +388,22 @@ def download_prices(tickers: list[str], start: str | None, end: str | None, inte
 
 # --- features and targets -------------------------------------------------------------------
 
-def feature_names(has_volume: bool) -> list[str]:
-    return ["log_return", "log_range"] + (["log_volume_change"] if has_volume else [])
+EWMA_DECAY = 0.94  # RiskMetrics' daily decay: a trailing volatility any series has
+SEED_DAYS = 22  # the EWMA starts from the mean square of the first month's returns
+YEAR_DAYS = 252  # trading days
+VOL_FLOOR = 1e-5  # a daily volatility below this (a price that never moves) counts as this
+
+
+SEASONS = {"quarter": (57, 66), "half_year": (120, 132), "year": (245, 258)}  # lags, days
+LONG_DAYS = 1000  # about four years
+SCALE_FREE = ["return_over_vol", "range_over_vol", "log_vol_over_year_vol",
+              *(f"big_move_{k}_ago" for k in SEASONS), "log_range_over_return_var",
+              "log_tail_weight", "log_year_vol_over_4y_vol"]
+
+
+def feature_names(has_volume: bool, scale_free: bool = False) -> list[str]:
+    first = SCALE_FREE if scale_free else ["log_return", "log_range"]
+    return first + (["log_volume_change"] if has_volume else [])
 
 
 def price_features(prices, use_volume: bool) -> np.ndarray:
@@ -311,6 +419,58 @@ def price_features(prices, use_volume: bool) -> np.ndarray:
     if use_volume:
         cols.append(np.diff(np.log1p(col("volume"))))
     return np.stack(cols, axis=-1).astype(np.float32)
+
+
+def trailing_vol(returns: np.ndarray) -> np.ndarray:
+    """The EWMA volatility s_t = sqrt(v_t), v_t = λ v_(t-1) + (1 - λ) r_t^2 (r_t included),
+    seeded with the mean square of the first SEED_DAYS returns; at least VOL_FLOOR."""
+    from scipy.signal import lfilter
+
+    r2 = np.asarray(returns, np.float64) ** 2
+    lam = EWMA_DECAY
+    v = lfilter([1 - lam], [1, -lam], r2, zi=[lam * r2[:SEED_DAYS].mean()])[0]
+    return np.maximum(np.sqrt(v), VOL_FLOOR)
+
+
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of the last `window` values at each step (of all there are, before)."""
+    total = np.concatenate([[0.0], np.cumsum(values)])
+    n = np.minimum(np.arange(1, len(values) + 1), window)
+    return (total[1:] - total[np.arange(1, len(values) + 1) - n]) / n
+
+
+def scale_free(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Features that mean the same for a bond fund and a biotech stock, from the past only
+    (SCALE_FREE): the log return and range over the trailing volatility before the day
+    (s_(t-1)); log(s_t / the past year's realised volatility); the largest squared
+    standardised return a quarter, half a year and a year ago (earnings come quarterly);
+    the past year's mean squared range over its mean squared return, and its mean fourth
+    power of standardised returns (tails); log(the past year's volatility / the past four
+    years'); then the volume change as it is. From `price_features` [T, F] of one series;
+    returns them [T, F] and s [T], by which targets are divided."""
+    r, rng = features[:, 0].astype(np.float64), features[:, 1].astype(np.float64)
+    s = trailing_vol(r)
+    before = np.concatenate([s[:1], s[:-1]])
+    z2 = (r / before) ** 2
+    year = realised_vol(r, YEAR_DAYS)
+    year = np.maximum(np.where(np.isnan(year), s, year), VOL_FLOOR)  # s until a year is there
+    square, tiny = trailing_mean(r ** 2, YEAR_DAYS), VOL_FLOOR ** 2
+    cols = [r / before, rng / before, np.log(s / year),
+            *(np.log1p(_lagged_max(z2, *lags)) for lags in SEASONS.values()),
+            np.log(np.maximum(trailing_mean(rng ** 2, YEAR_DAYS), tiny) / np.maximum(square, tiny)),
+            np.log1p(trailing_mean(z2 ** 2, YEAR_DAYS)),
+            0.5 * np.log(np.maximum(square, tiny) / np.maximum(trailing_mean(r ** 2, LONG_DAYS),
+                                                               tiny)),
+            *features[:, 2:].T]
+    return np.stack(cols, axis=-1).astype(np.float32), s
+
+
+def _lagged_max(values: np.ndarray, first: int, last: int) -> np.ndarray:
+    """At each step t the largest of values[t - last .. t - first] (0 before there are any)."""
+    out = np.zeros(len(values))
+    for lag in range(first, min(last, len(values) - 1) + 1):
+        out[lag:] = np.maximum(out[lag:], values[:-lag])
+    return out
 
 
 def realised_vol(returns: np.ndarray, window: int) -> np.ndarray:

@@ -34,9 +34,9 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from data_loaders.prices import price_features
+from data_loaders.prices import price_features, scale_free
 from data_loaders.sequences import Normaliser
-from models.heads import column_names, columns, denormalise
+from models.heads import column_names, columns, denormalise, rescale
 from models.networks import forecasts
 from models.served import ServedModel, bad, missing, row_id
 
@@ -373,27 +373,38 @@ class PriceForecaster(ServedModel):
             s["prices"]["adj_close"] = s["prices"].pop("close")
         return series
 
-    def _features(self, series: list[dict], mode: str) -> list[torch.Tensor]:
-        """The normalised features of each series. The last forecast of a windowed model
-        reads only the last lookback + 1 prices: those of all series in one call."""
+    def _features(self, series: list[dict], mode: str) -> tuple[list[torch.Tensor], list]:
+        """The normalised features of each series, and each step's scale (a scale-free
+        model's trailing volatility; None otherwise). The last forecast of a windowed model
+        that is not scale-free reads only the last lookback + 1 prices: those of all series
+        in one call (a trailing volatility reads them all)."""
         volume = "volume" in series[0]["prices"]
-        if mode == "rolling" or self.stateful:
-            return [torch.as_tensor(self.x_norm.transform(price_features(s["prices"], volume)))
-                    for s in series]
+        raw = None
+        if self.spec.get("scale_free"):
+            raw = [scale_free(price_features(s["prices"], volume)) for s in series]
+        elif mode == "rolling" or self.stateful:
+            raw = [(price_features(s["prices"], volume), None) for s in series]
+        if raw is not None:
+            return [torch.as_tensor(self.x_norm.transform(x)) for x, _ in raw], [s for _, s in raw]
         keep = self.spec["lookback"] + 1
         last = {k: np.stack([s["prices"][k][-keep:] for s in series]) for k in series[0]["prices"]}
-        return list(torch.as_tensor(self.x_norm.transform(price_features(last, volume))))
+        xs = list(torch.as_tensor(self.x_norm.transform(price_features(last, volume))))
+        return xs, [None] * len(xs)
 
     def forecast(self, rows: list[dict], mode: str) -> pd.DataFrame:
         """The forecasts of checked rows, all series through the network together."""
         series = self._series(rows)
         dates = _dates(rows, [len(s["prices"]["adj_close"]) for s in series])
         lookback = self.spec["lookback"]
-        xs = self._features(series, mode)
+        xs, scales = self._features(series, mode)
         anchors = [np.arange(lookback - 1 if mode == "rolling" else len(x) - 1, len(x))
                    for x in xs]
         preds = forecasts(self.net, xs, anchors, self.stateful, lookback)
-        values = columns(self.spec, denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm))
+        values = denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm)
+        if self.spec.get("scale_free"):
+            values = rescale(values, np.concatenate([s[a] for s, a in zip(scales, anchors,
+                                                                            strict=True)]))
+        values = columns(self.spec, values)
         counts = [len(a) for a in anchors]
         bad_rows = np.flatnonzero(~np.isfinite(np.column_stack(list(values.values()))).all(1))
         if len(bad_rows):

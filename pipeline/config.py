@@ -327,13 +327,14 @@ def from_params(params: dict[str, str], base: Path | None = None) -> Config:
 
 def table_rows() -> list[tuple[str, str, Any, str, tuple]]:
     """(name, part, default, meaning, choices) of every parameter: the common parts and
-    each task's own, in the order --help shows them (for the README's table)."""
+    each task's own, in the order --help shows them (for the README's table). A name two
+    tasks share with one meaning is listed once; with two meanings, once per task."""
     rows, seen = [], set()
     parts = [*COMMON.items(), *((name, tasks.load(name).Params) for name in tasks.TASKS)]
     for part, cls in parts:
         for f in fields(cls):
-            if f.name not in seen:
-                seen.add(f.name)
+            if (f.name, f.metadata["help"]) not in seen:
+                seen.add((f.name, f.metadata["help"]))
                 rows.append((f.name, part, f.default, f.metadata["help"],
                              f.metadata["choices"]))
     return rows

@@ -15,7 +15,7 @@ ENTRY_POINTS = {  # name: (module, declared parameters)
     "main": ("pipeline.main", {}),
     "prepare": ("pipeline.prepare", {}),
     "train": ("pipeline.train", {}),
-    "evaluate": ("pipeline.evaluate", RUN_ID),
+    "evaluate": ("pipeline.evaluate", {}),
     "register": ("pipeline.register", RUN_ID),
     "predict": ("pipeline.predict", {}),
     "sweep": ("pipeline.sweep", {}),

@@ -71,6 +71,23 @@ def forecast_vs_actual(dates, actual, model, baseline, baseline_name: str, title
     return fig
 
 
+def ratio_by_series(names, ratios, baseline: str):
+    """Each series' test loss of the model over a baseline's, sorted: below 1 the model
+    is ahead on that series."""
+    order = np.argsort(ratios)
+    ratios = np.asarray(ratios)[order]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar(np.arange(len(ratios)), ratios, width=1.0, color=np.where(ratios < 1, "C0", "C3"))
+    ax.axhline(1.0, color="0.3", lw=0.8)
+    if len(ratios) <= 40:
+        ax.set_xticks(np.arange(len(ratios)), np.asarray(names)[order], rotation=90)
+    ahead = float(np.mean(ratios < 1))
+    ax.set(title=f"test QLIKE, model / {baseline}, per series: model ahead on {ahead:.0%}",
+           xlabel=f"{len(ratios)} series, sorted", ylabel=f"model / {baseline}")
+    fig.tight_layout()
+    return fig
+
+
 def sweep_comparison(table, curves: dict[str, list[float]]):
     """Left: every run's validation loss per epoch; right: best validation loss per run
     (best at the top), its memory horizon written beside the bar when there is one."""

@@ -80,6 +80,24 @@ class Forecasts:
                          {k: v[keep] for k, v in self.variances.items()})
 
 
+def from_response(spec: dict, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A served price model's response rows back to forecasts: `point` [N, out] and, as
+    the model has them, `scale` [N, out] and `quantiles` [N, out, Q]. The response holds
+    `series_id`, `step`, `date`, then per output its point, scale and quantiles
+    (models/heads.py `columns`). Read by position: this side needs no code of the model's,
+    whose own copy of models/ is first on the path once it is loaded."""
+    loss, n_q = spec.get("loss", "mse"), len(spec.get("quantiles", []))
+    width = 1 + (loss == "gaussian") + (n_q if loss != "mse" else 0)
+    values = rows.iloc[:, 3:].to_numpy(np.float64).reshape(len(rows), len(spec["outputs"]),
+                                                           width)
+    out = {"point": values[..., 0]}
+    if loss == "gaussian":
+        out["scale"] = values[..., 1]
+    if loss != "mse":
+        out["quantiles"] = values[..., width - n_q:]
+    return out
+
+
 def losses(f: Forecasts, method: str, target: str) -> np.ndarray:
     """Per-sample loss the methods are ranked and tested by: QLIKE of the forecast
     variance for volatility (robust to the noise in realised volatility, Patton 2011),
@@ -142,3 +160,22 @@ def per_series(f: Forecasts, target: str, quantiles: list[float]) -> pd.DataFram
             row.update({f"model {k}": v for k, v in scores.items() if k.startswith("coverage")})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+COVERAGE_BAND = (0.85, 0.95)  # a series' 90 % interval is called calibrated inside this
+
+
+def series_shares(series: pd.DataFrame) -> dict:
+    """Over the series of a per-series table: the share on which the model's loss is below
+    each baseline's (`share_beats_garch`), below both GARCH's and HAR's, and, with
+    intervals, the share whose 90 % interval covers COVERAGE_BAND of its days."""
+    methods = [m for m in series.columns[2:] if not m.startswith("model")]
+    out = {f"share_beats_{m}": float((series["model"] < series[m]).mean()) for m in methods}
+    if {"garch", "har"} <= set(methods):
+        out["share_beats_garch_and_har"] = float(
+            ((series["model"] < series["garch"]) & (series["model"] < series["har"])).mean())
+    if "model coverage_90" in series:
+        low, high = COVERAGE_BAND
+        cov = series["model coverage_90"]
+        out["share_coverage_90_in_band"] = float(((cov >= low) & (cov <= high)).mean())
+    return out

@@ -20,6 +20,7 @@ from scipy.stats import chi2, norm
 MIN_HISTORY = 20  # historical simulation: fewest realised values that make a quantile
 VAR_FLOOR = 1e-12  # QLIKE: variances are floored here so a zero realised variance is finite
 GARCH_SCALE = 100.0  # returns are fitted in per cent (see garch_forecasts)
+GARCH_RESTARTS = 2  # a fit that did not converge is taken up again from where it stopped
 
 
 def pinball_loss(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[float]) -> float:
@@ -144,14 +145,21 @@ def _garch_model(returns: np.ndarray):
 def _fit_garch(returns: np.ndarray):
     """Fit _garch_model to `returns` (already scaled); a ValueError when the optimiser
     does not converge."""
-    from arch.utility.exceptions import ConvergenceWarning, DataScaleWarning
+    from arch.utility.exceptions import ConvergenceWarning, DataScaleWarning, StartingValueWarning
 
     model = _garch_model(returns)
     with warnings.catch_warnings():
         # a failed fit is reported below; the data are rescaled by the caller already
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", DataScaleWarning)
+        warnings.simplefilter("ignore", StartingValueWarning)
         res = model.fit(disp="off")
+        for _ in range(GARCH_RESTARTS):  # SLSQP can stop at a failed line search ("code 8")
+            if res.convergence_flag == 0:  # near alpha + beta = 1: going on from there,
+                break  # pulled inside the constraints (else arch ignores it), helps
+            mu, omega, alpha, beta = res.params.to_numpy()
+            res = model.fit(disp="off", starting_values=np.array([mu, omega, 0.9 * alpha,
+                                                                   0.9 * beta]))
     if res.convergence_flag != 0:
         raise ValueError("GARCH(1,1) fit did not converge on the training returns: "
                          f"{res.optimization_result.message}")

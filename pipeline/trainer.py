@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from data_loaders.sequences import TRAIN, VAL, Streams, pack_lanes, windows
-from models.networks import forecast_at, last_step
+from models.networks import forecasts, last_step
 from pipeline import distributed
 from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
 from pipeline.distributed import shard
@@ -233,14 +233,13 @@ def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Opti
 
 def split_loss(model: nn.Module, streams: Streams, which: int, stateful: bool,
                lookback: int, loss_fn: Callable = masked_mse) -> float:
-    """The loss (MSE by default, normalised units) over one split of all series."""
-    preds, targets = [], []
-    for x, y, a in zip(streams.x, streams.y, streams.anchors(which, lookback), strict=True):
-        if len(a):
-            preds.append(forecast_at(model, x, a, stateful, lookback))
-            targets.append(y[torch.as_tensor(a)])
-    if not preds:
+    """The loss (MSE by default, normalised units) over one split of all series, the
+    series forecast side by side (one pass for hundreds of series, not one each)."""
+    anchors = streams.anchors(which, lookback)
+    if not sum(len(a) for a in anchors):
         raise ValueError("the validation split has no samples with a full lookback")
+    preds = forecasts(model, streams.x, anchors, stateful, lookback)
+    targets = [y[torch.as_tensor(a)] for y, a in zip(streams.y, anchors, strict=True)]
     return loss_fn(torch.cat(preds), torch.cat(targets)).item()
 
 

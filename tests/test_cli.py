@@ -159,8 +159,8 @@ def test_experiment_param_under_mlflow_run_is_refused_before_any_work(monkeypatc
 
 
 def test_help_says_what_is_required_and_what_a_boolean_takes():
-    text, _ = _help("evaluate")
-    assert "the training run whose model to evaluate. Required." in " ".join(text.split())
+    text, _ = _help("register")
+    assert "the training run whose model to register. Required." in " ".join(text.split())
     text, _ = _help("main")
     assert "One of: true, false. Default: true." in " ".join(text.split())  # --register
 

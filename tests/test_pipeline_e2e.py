@@ -90,9 +90,13 @@ def _history_rows(prep, name, anchor):
                        ["close", "high", "low", "volume"])
 
 
-@pytest.mark.parametrize("extra", [[], ["--bptt", "truncated", "--cell", "gru",
-                                        "--target", "volatility", "--horizon", "3"]])
+VOLATILITY = ["--bptt", "truncated", "--cell", "gru", "--target", "volatility", "--horizon", "3"]
+
+
+@pytest.mark.parametrize("extra", [[], VOLATILITY, [*VOLATILITY, "--scale_free", "true"]])
 def test_pyfunc_predicts_from_price_histories_like_evaluation(store, extra):
+    """The served model computes what evaluation does from the prices alone; a scale-free
+    model's trailing volatility too (from the history sent, here all of it)."""
     out = main([*FAST, "--data", str(PRICES), "--start", "2010-01-01", *extra])
     cfg = tracking.run_config(out["run_id"])
     prep = tasks.load("prices").prepare(cfg)
@@ -106,7 +110,8 @@ def test_pyfunc_predicts_from_price_histories_like_evaluation(store, extra):
             x = streams.x[i][: anchor + 1]  # the model only ever sees the past
             pred = forecast_at(net, x, np.array([anchor]), cfg.train.bptt == "truncated",
                                cfg.task.lookback)
-            expected.append(prep.y_norm.inverse_transform(pred.numpy())[0])
+            expected.append(prep.y_norm.inverse_transform(pred.numpy())[0]
+                            * prep.scale[i][anchor])
             rows.append(_history_rows(prep, name, anchor))
     got = model.predict(pd.DataFrame(rows))
     outputs = model.unwrap_python_model().spec["outputs"]

@@ -89,3 +89,30 @@ def test_walk_forward_blocks_tile_the_test_part_of_the_calendar():
         assert ((days[0] >= val) & (days[0] < start)).sum() == 150
     with pytest.raises(ValueError, match="fold 1 of 5: too few days"):
         walk_forward_cutoffs(days, 0.8, 0.3, 1, 5)
+
+
+@pytest.mark.parametrize("loss, target, horizon", [
+    ("gaussian", "volatility", 5), ("quantile", "returns", 2), ("mse", "returns", 3)])
+def test_a_served_response_reads_back_into_the_forecasts_it_was_written_from(loss, target,
+                                                                               horizon):
+    import pandas as pd
+
+    from models.heads import columns
+    from models.price_model import output_names
+    from pipeline.price_eval import from_response
+
+    qs = [0.05, 0.5, 0.95] if loss != "mse" else []
+    spec = {"loss": loss, "quantiles": qs, "outputs": output_names(target, horizon)}
+    rng = np.random.default_rng(0)
+    n, out = 7, len(spec["outputs"])
+    values = {"point": rng.normal(size=(n, out))}
+    if loss == "gaussian":
+        values["scale"] = rng.uniform(size=(n, out))
+    if loss != "mse":
+        values["quantiles"] = np.sort(rng.normal(size=(n, out, len(qs))), axis=-1)
+    rows = pd.DataFrame({"series_id": "x", "step": np.arange(n), "date": "",
+                         **columns(spec, values)})
+    back = from_response(spec, rows)
+    assert back.keys() == values.keys()
+    for k, v in values.items():
+        np.testing.assert_array_equal(back[k], v)

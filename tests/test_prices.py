@@ -261,3 +261,138 @@ def test_a_series_outside_a_split_is_named_and_an_empty_split_is_an_error(caplog
     assert "no test (from 2016-01-01) samples in OLD" in caplog.text
     with pytest.raises(ValueError, match=r"the test \(from 2016-01-01\) split is empty for every"):
         check_splits(["A", "B"], [np.array([0, 1]), np.array([0, 0, 1])], cutoffs)
+
+
+def test_scale_free_features_read_the_same_on_a_quieter_series():
+    """Prices p^0.1 move a tenth as much (log returns and ranges x 0.1): the scale-free
+    features are the same, the trailing volatility a tenth; the EWMA is the recursion."""
+    frame, _ = read_price_csv(DATA / "SPY.csv")
+    quiet = frame.assign(**{c: frame[c] ** 0.1 for c in ("adj_close", "high", "low")})
+    x, s = prices.scale_free(prices.price_features(frame, use_volume=True))
+    xq, sq = prices.scale_free(prices.price_features(quiet, use_volume=True))
+    assert x.shape == (len(frame) - 1, len(prices.SCALE_FREE) + 1) and np.isfinite(x).all()
+    np.testing.assert_allclose(xq, x, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(sq, 0.1 * s, rtol=1e-6)
+    r = np.diff(np.log(frame.adj_close.to_numpy()))
+    v = np.mean(r[:prices.SEED_DAYS] ** 2)
+    for t in range(300):
+        v = prices.EWMA_DECAY * v + (1 - prices.EWMA_DECAY) * r[t] ** 2
+    assert s[299] == pytest.approx(np.sqrt(v), rel=1e-6)  # features are float32
+    assert x[300, 0] == pytest.approx(r[300] / s[299], rel=1e-5)  # the scale before the day
+    assert prices.feature_names(True, scale_free=True)[:2] == ["return_over_vol",
+                                                               "range_over_vol"]
+
+
+def test_a_price_that_never_moves_has_the_floor_as_its_scale():
+    flat = pd.DataFrame({"adj_close": np.full(40, 10.0), "high": 10.0, "low": 10.0})
+    x, s = prices.scale_free(prices.price_features(flat, use_volume=False))
+    assert (s == prices.VOL_FLOOR).all() and np.isfinite(x).all()
+
+
+def test_the_bundled_universe_is_300_whole_series():
+    series, _ = prices.read_prices(DATA.parent / "universe.parquet")
+    assert len(series) == 300 and {"AAPL", "MSFT", "XOM", "CVX"} <= set(series)
+    assert {len(f) for f in series.values()} == {6084}
+    aapl = series["AAPL"]
+    assert str(aapl.index[0].date()) == "2000-01-03" and str(aapl.index[-1].date()) == "2024-03-08"
+    move = aapl.adj_close.pct_change().loc["2000-09-29"]
+    assert move == pytest.approx(-0.52, abs=0.01)  # the data README's real event
+
+
+def _write(folder, name, frame):
+    folder.mkdir(exist_ok=True)
+    frame.to_csv(folder / name, index=False)
+
+
+def test_cached_read_is_the_read_and_follows_the_content(tmp_path, monkeypatch):
+    spy = pd.read_csv(DATA / "SPY.csv")
+    _write(tmp_path / "data", "SPY.csv", spy)
+    _write(tmp_path / "data", "AAPL.csv", pd.read_csv(DATA / "AAPL.csv"))
+    first, _, _ = prices.cached_prices(tmp_path / "data", "none", False, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "prices").glob("*.parquet"))) == 1
+    read = prices.read_prices_skipping
+    monkeypatch.setattr(prices, "read_prices_skipping", lambda *a: pytest.fail("not cached"))
+    again, _, _ = prices.cached_prices(tmp_path / "data", "none", False, tmp_path / "cache")
+    for name in ("SPY", "AAPL"):
+        pd.testing.assert_frame_equal(again[name], first[name], check_freq=False)
+    monkeypatch.setattr(prices, "read_prices_skipping", read)
+    spy.loc[10, "Close"] = 1.0  # a changed file is read again
+    _write(tmp_path / "data", "SPY.csv", spy)
+    changed, _, _ = prices.cached_prices(tmp_path / "data", "none", False, tmp_path / "cache")
+    assert changed["SPY"].close.iloc[10] == 1.0
+
+
+def test_bad_files_stop_the_read_all_named_or_are_left_out_and_listed(tmp_path):
+    spy = pd.read_csv(DATA / "SPY.csv")
+    _write(tmp_path, "SPY.csv", spy)
+    _write(tmp_path, "BAD.csv", spy.assign(Close=spy.Close.where(spy.index != 3, -1.0)))
+    _write(tmp_path, "OTHER.csv", spy.rename(columns={"Close": "Last"}))
+    with pytest.raises(PriceDataError, match=r"2 bad price series: .*BAD.csv: line 5, "
+                       r"column 'close': non-positive price -1.*OTHER.csv: missing column.*"
+                       "skip_bad=true"):
+        prices.read_prices(tmp_path)
+    series, _, bad = prices.read_prices_skipping(tmp_path, skip_bad=True)
+    assert list(series) == ["SPY"]
+    assert [Path(name).name for name, _ in bad] == ["BAD.csv", "OTHER.csv"]
+    table = spy.assign(series_id="SPY", Date=pd.to_datetime(spy.Date))
+    both = pd.concat([table, table.assign(series_id="NEG", Low=-table.Low)])
+    both.to_parquet(tmp_path / "two.parquet", index=False)
+    series, _, bad = prices.read_prices_skipping(tmp_path / "two.parquet", skip_bad=True)
+    assert list(series) == ["SPY"] and "two.parquet[series_id=NEG]" in bad[0][0]
+    _write(tmp_path / "none", "BAD.csv", spy.assign(Close=-1.0))
+    with pytest.raises(PriceDataError, match="BAD.csv: line 2"):  # nothing left: an error
+        prices.read_prices_skipping(tmp_path / "none", skip_bad=True)
+
+
+def test_a_calendar_split_and_bad_or_short_series_left_out(tmp_path):
+    """val_start/test_start cut every series on those days; with skip_bad a bad file and
+    a series too short for the lookback are left out, each with its reason."""
+    from pipeline.config import build_config
+    from pipeline.tasks.prices import TASK
+
+    spy = pd.read_csv(DATA / "SPY.csv")
+    _write(tmp_path / "data", "SPY.csv", spy)
+    _write(tmp_path / "data", "AAPL.csv", pd.read_csv(DATA / "AAPL.csv"))
+    _write(tmp_path / "data", "SHORT.csv", spy.head(30))
+    _write(tmp_path / "data", "BAD.csv", spy.assign(High="x"))
+    cfg = {"data": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache"),
+           "val_start": "2014-01-02", "test_start": "2016-01-04"}
+    with pytest.raises(PriceDataError, match="BAD.csv: line 2, column 'high'"):
+        TASK.prepare(build_config(cfg))
+    data = TASK.prepare(build_config({**cfg, "skip_bad": "true"}))
+    assert data.names == ["AAPL", "SPY"]
+    assert [(Path(n).name, why.split(",")[0]) for n, why in data.bad] == [
+        ("BAD.csv", "line 2"), ("SHORT", "30 rows")]
+    assert [str(c.date()) for c in data.cutoffs[:2]] == ["2014-01-02", "2016-01-04"]
+    for dates, split in zip(data.dates, data.split, strict=True):  # by the first target day
+        first = {k: dates[np.flatnonzero(split == k) + 1] for k in (0, 1, 2)}
+        assert first[2].min() == np.datetime64("2016-01-04")
+        assert first[1].min() == np.datetime64("2014-01-02")
+        assert first[0].max() < first[1].min() and first[1].max() < first[2].min()
+    assert "2 bad series left out" in data.summary()
+
+
+def test_scale_free_features_read_only_the_past():
+    """A series cut at any day gives the same features up to that day: nothing looks ahead
+    (a served request's history ends there); a big move shows a quarter later."""
+    frame, _ = read_price_csv(DATA / "AAPL.csv")
+    full, s = prices.scale_free(prices.price_features(frame, use_volume=True))
+    for n in (30, 300, 1500):
+        cut, s_cut = prices.scale_free(prices.price_features(frame.iloc[:n + 1], use_volume=True))
+        np.testing.assert_array_equal(cut, full[:n])
+        np.testing.assert_array_equal(s_cut, s[:n])
+    z2 = np.zeros(400)
+    z2[100] = 9.0
+    quarter = prices._lagged_max(z2, *prices.SEASONS["quarter"])
+    assert np.flatnonzero(quarter).tolist() == list(range(157, 167))
+
+
+def test_each_series_is_held_out_by_one_fold_and_the_groups_are_even():
+    from pipeline.tasks.prices import held_out
+
+    names = [f"T{i}" for i in range(23)]
+    groups = [held_out(names, 5, k, seed=0) for k in range(1, 6)]
+    assert sorted(n for g in groups for n in g) == sorted(names)
+    assert sorted(map(len, groups)) == [4, 4, 5, 5, 5]
+    assert groups != [held_out(names, 5, k, seed=1) for k in range(1, 6)]  # drawn by seed
+    assert groups == [held_out(list(reversed(names)), 5, k, seed=0) for k in range(1, 6)]

@@ -202,10 +202,35 @@ def test_garch_recovers_simulated_params():
     assert np.corrcoef(out["vol"], np.sqrt(sigma2[anchors + 1]))[0, 1] > 0.9
 
 
+def _failed_fit():
+    return SimpleNamespace(convergence_flag=4, params=SimpleNamespace(
+        to_numpy=lambda: np.array([0.0, 0.02, 0.05, 0.95])),
+        optimization_result=SimpleNamespace(message="Iteration limit"))
+
+
 def test_garch_fit_failure_is_a_value_error(monkeypatch, spy_returns):
-    failed = SimpleNamespace(convergence_flag=4,
-                             optimization_result=SimpleNamespace(message="Iteration limit"))
-    monkeypatch.setattr(risk, "_garch_model",
-                        lambda r: SimpleNamespace(fit=lambda **kw: failed))
+    tries = []
+    model = SimpleNamespace(fit=lambda **kw: tries.append(kw) or _failed_fit())
+    monkeypatch.setattr(risk, "_garch_model", lambda r: model)
     with pytest.raises(ValueError, match="did not converge.*Iteration limit"):
         risk.garch_forecasts(spy_returns, np.arange(1700), np.arange(1700, 1710), 1, [0.5])
+    assert len(tries) == 1 + risk.GARCH_RESTARTS
+
+
+def test_garch_fit_that_stopped_short_goes_on_inside_the_constraints(monkeypatch, spy_returns):
+    """SLSQP's failed line search near alpha + beta = 1 (MTG's 2000-2015 returns did it):
+    the fit starts again from where it stopped, moved inside alpha + beta < 1."""
+    real, starts = risk._garch_model, []
+
+    class FailsFirst:
+        def __init__(self, r):
+            self.model = real(r)
+
+        def fit(self, **kw):
+            starts.append(kw.get("starting_values"))
+            return _failed_fit() if len(starts) == 1 else self.model.fit(**kw)
+
+    monkeypatch.setattr(risk, "_garch_model", FailsFirst)
+    out = risk._fit_garch(100 * spy_returns[:1700])
+    assert out.convergence_flag == 0 and len(starts) == 2
+    assert starts[1][2] + starts[1][3] == pytest.approx(0.9) and starts[1][1] == 0.02

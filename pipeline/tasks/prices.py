@@ -41,11 +41,16 @@ class Params:
                              "instead of data")
     start: str = param("", "first date (YYYY-MM-DD) to use; empty: from the beginning")
     end: str = param("", "last date to use; empty: to the end")
+    val_start: str = param("", "first day of validation (YYYY-MM-DD), with test_start: a "
+                               "calendar split instead of val_frac and test_frac")
+    test_start: str = param("", "first day of the test period (YYYY-MM-DD), with val_start")
     interval: str = param("1d", "yfinance bar interval")
     cache_dir: str = param("data/cache", "yfinance cache: one CSV per ticker and interval")
     refresh: bool = param(False, "refetch tickers even when cached")
     repair: str = param("none", "bad CSV rows: none (stop with the file, line and column), "
                                 "drop, or ffill (logged either way)", ("none", "drop", "ffill"))
+    skip_bad: bool = param(False, "leave bad or too short series out (counted and listed in "
+                                  "the run) instead of stopping")
     target: str = param("returns", "returns (the next H log returns) or volatility (realised "
                                    "over the next H)", ("returns", "volatility"))
     horizon: int = param(1, "H, steps ahead")
@@ -55,9 +60,24 @@ class Params:
                              "log-likelihood) or quantile (pinball loss at quantiles)", LOSSES)
     quantiles: str = param("0.01,0.05,0.5,0.95,0.99", "gaussian and quantile: the quantiles "
                            "served and scored (quantile needs 0.5, the point forecast)")
-    folds: int = param(1, "walk-forward backtest: K > 1 splits the test part of the calendar "
-                          "into K blocks, one child run each, trained on all that precedes it")
-    fold: int = param(0, "with folds=K: run only block k (1..K); 0 runs them all")
+    select: str = param("loss", "the validation score that picks the best epoch and stops "
+                                "early: loss (the training loss) or qlike (volatility with "
+                                "loss=gaussian: QLIKE of the forecast variance, as the test "
+                                "ranks)", ("loss", "qlike"))
+    calibrate: bool = param(False, "gaussian: each quantile from the validation residuals "
+                                   "(split conformal) instead of the normal's; carried with "
+                                   "the model")
+    split: str = param("calendar", "calendar (every series cut on the same days) or ticker "
+                                   "(with folds=K: K-fold cross-validation over the series, "
+                                   "each fold tested on series it never trained on)",
+                       ("calendar", "ticker"))
+    folds: int = param(1, "K > 1: with split=calendar a walk-forward backtest (the test part "
+                          "of the calendar in K blocks, one child run each, trained on all "
+                          "that precedes it); with split=ticker the series in K groups, one "
+                          "child run each, trained on the others")
+    fold: int = param(0, "with folds=K: run only fold k (1..K); 0 runs them all")
+    scale_free: bool = param(False, "inputs and targets relative to each series' own trailing "
+                                    "(EWMA) volatility: one model for quiet and wild series")
 
 
 @dataclass
@@ -68,13 +88,17 @@ class PriceData:
     frames: dict[str, pd.DataFrame]  # the price frames as loaded
     dates: list[np.ndarray]  # [T] day of each step
     x: list[np.ndarray]  # [T, F] features
-    y: list[np.ndarray]  # [T, out] targets (NaN at the end)
-    split: list[np.ndarray]  # [T]
+    y: list[np.ndarray]  # [T, out] targets (NaN at the end), in the series' units
+    returns: list[np.ndarray]  # [T] log returns
+    scale: list[np.ndarray]  # [T] what the model's targets are divided by (scale_free; or 1)
+    split: list[np.ndarray]  # [T] what the model trains, validates and is tested on
+    calendar: list[np.ndarray]  # [T] the split by day alone: the baselines fit on its train
     features: list[str]
     cutoffs: tuple  # (validation start, test start, test end or None), pandas Timestamps
     x_norm: object  # data_loaders.sequences.Normaliser
     y_norm: object
     repairs: list[str]
+    bad: list[tuple[str, str]]  # series left out (skip_bad) and why
     source: str  # the file or folder read
     origin: str  # how the data got there: the path, or yfinance:TICKERS:INTERVAL
 
@@ -87,7 +111,11 @@ class PriceData:
             return torch.as_tensor(a, device=device)
 
         return Streams([t(self.x_norm.transform(x)) for x in self.x],
-                       [t(self.y_norm.transform(y)) for y in self.y], list(self.split))
+                       [t(self.y_norm.transform(y)) for y in self.model_y()], list(self.split))
+
+    def model_y(self) -> list[np.ndarray]:
+        """The targets the model learns, before normalisation."""
+        return [y / s[:, None] for y, s in zip(self.y, self.scale, strict=True)]
 
     def table(self) -> pd.DataFrame:
         import pandas as pd
@@ -101,8 +129,15 @@ class PriceData:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def summary(self) -> str:
-        return self.table().to_string(index=False)
+    def summary(self, shown: int = 12) -> str:
+        """The split of each series; of many, the first `shown` and a count (the whole
+        table is logged: data/splits.json)."""
+        table = self.table()
+        text = table.head(shown).to_string(index=False)
+        more = len(table) - shown
+        left = f"\n... and {more} more series (data/splits.json)" if more > 0 else ""
+        bad = f"\n{len(self.bad)} bad series left out (data/bad_series.txt)" if self.bad else ""
+        return text + left + bad
 
 
 def _suffix(loss: str) -> str:
@@ -120,11 +155,14 @@ def check_splits(names: list[str], split: list[np.ndarray], cutoffs) -> None:
 
     starts = {VAL: f"validation (from {cutoffs[0].date()})",
               TEST: f"test (from {cutoffs[1].date()})"}
+    if cutoffs[0] == cutoffs[1]:  # scoring only (`prepare(..., scored_from)`): no validation
+        del starts[VAL]
     for which, label in starts.items():
         without = [n for n, s in zip(names, split, strict=True) if not (s == which).any()]
         if len(without) == len(names):
             raise ValueError(f"data: the {label} split is empty for every series; "
-                             "change val_frac/test_frac or give more data")
+                             "change val_frac/test_frac (or val_start/test_start) or give "
+                             "more data")
         if without:
             logging.getLogger(__name__).warning(
                 "data: no %s samples in %s: their dates do not reach it", label,
@@ -146,7 +184,7 @@ class PricesTask(Task):
             raise ValueError("data and tickers: give one (a CSV file or folder, or tickers "
                              "for yfinance), not both")
         days = {}
-        for name in ("start", "end"):
+        for name in ("start", "end", "val_start", "test_start"):
             try:
                 days[name] = date.fromisoformat(getattr(p, name)) if getattr(p, name) else None
             except ValueError:
@@ -154,9 +192,29 @@ class PricesTask(Task):
                                  "(YYYY-MM-DD)") from None
         if days["start"] and days["end"] and days["start"] > days["end"]:
             raise ValueError(f"start ({p.start}) is after end ({p.end})")
+        if bool(p.val_start) != bool(p.test_start):
+            raise ValueError("val_start and test_start: give both (a calendar split) or "
+                             f"neither (val_frac and test_frac), got val_start={p.val_start!r}, "
+                             f"test_start={p.test_start!r}")
+        if p.val_start and days["val_start"] >= days["test_start"]:
+            raise ValueError(f"val_start ({p.val_start}) must be before test_start "
+                             f"({p.test_start})")
+        if p.split == "ticker" and p.folds < 2:
+            raise ValueError(f"split=ticker needs folds >= 2 (the groups of series held out "
+                             f"in turn), got folds={p.folds}")
+        if p.val_start and p.folds > 1 and p.split == "calendar":
+            raise ValueError("folds: a walk-forward backtest splits the last test_frac of the "
+                             "calendar; give folds or val_start/test_start, not both")
         from models.heads import parse_quantiles
 
         qs = parse_quantiles(p.quantiles)  # whatever the loss: gaussian serves them too
+        if p.select == "qlike" and (p.loss, p.target) != ("gaussian", "volatility"):
+            raise ValueError(f"select=qlike scores a forecast variance: it needs "
+                             f"target=volatility and loss=gaussian, got target={p.target}, "
+                             f"loss={p.loss}")
+        if p.calibrate and p.loss != "gaussian":
+            raise ValueError(f"calibrate: calibrates a gaussian model's quantiles; "
+                             f"loss={p.loss} has none to calibrate")
         if p.loss == "quantile" and 0.5 not in qs:
             raise ValueError(f"quantiles: loss=quantile needs 0.5 (the point forecast), got "
                              f"{p.quantiles!r}")
@@ -171,22 +229,26 @@ class PricesTask(Task):
         return f"{cfg.model.cell}-{cfg.train.bptt}{_suffix(cfg.task.loss)}"
 
     def folds(self, cfg: Config) -> list[tuple[str, dict]]:
-        """folds=K (and fold=0): one walk-forward block per child run, each block checked
-        before any runs."""
+        """folds=K (and fold=0): one walk-forward block, or one group of held-out series,
+        per child run, checked before any runs."""
         p = cfg.task
         if p.folds == 1 or p.fold:
             return []
         frames = self.load_series(cfg)[0]
-        check_blocks(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
+        if p.split == "ticker" and len(frames) < p.folds:
+            raise ValueError(f"folds: split=ticker holds out each of {p.folds} groups of series "
+                             f"in turn, but the data has {len(frames)} series")
+        if p.split == "calendar":
+            check_blocks(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
         return [(f"fold={k}", {"fold": k}) for k in range(1, p.folds + 1)]
 
     def serves(self, cfg: Config) -> bool:
-        return not cfg.task.fold  # a walk-forward block's model knows only the block's past
+        return not cfg.task.fold  # a fold's model knows part of the data only
 
-    def load_series(self, cfg: Config) -> tuple[dict, list[str], str, str]:
-        """The price frames named by the config, the repairs made, the path read and
-        the data's origin."""
-        from data_loaders.prices import download_prices, read_prices
+    def load_series(self, cfg: Config) -> tuple[dict, list[str], list, str, str]:
+        """The price frames named by the config, the repairs made, the bad series left
+        out, the path read and the data's origin."""
+        from data_loaders.prices import cached_prices, download_prices
 
         p = cfg.task
         if p.tickers:
@@ -194,42 +256,69 @@ class PricesTask(Task):
             cache = cfg.path(p.cache_dir)
             series, repairs = download_prices(tickers, p.start, p.end, p.interval, cache,
                                               p.refresh, p.repair)
-            return series, repairs, str(cache), f"yfinance:{','.join(tickers)}:{p.interval}"
+            return (series, repairs, [], str(cache),
+                    f"yfinance:{','.join(tickers)}:{p.interval}")
         path = cfg.path(cfg.data.data) if cfg.data.data else self.sample
-        series, repairs = read_prices(path, p.repair)
+        series, repairs, bad = cached_prices(path, p.repair, p.skip_bad, cfg.path(p.cache_dir))
         series = {k: v.loc[p.start or None:p.end or None] for k, v in series.items()}
-        return series, repairs, str(path), str(path)
+        return series, repairs, bad, str(path), str(path)
 
-    def prepare(self, cfg: Config) -> PriceData:
-        from data_loaders.prices import feature_names, price_features, price_targets
-        from data_loaders.sequences import Normaliser, assign_splits
+    def prepare(self, cfg: Config, scored_from: str = "") -> PriceData:
+        """The data a run trains on; with `scored_from` (a date), data to score a trained
+        model on: the days before it are each series' history (the baselines fit on it),
+        the test period starts on it, and there is no validation."""
+        from data_loaders.prices import feature_names, price_features, price_targets, scale_free
+        from data_loaders.sequences import TEST, UNUSED, Normaliser, assign_splits
 
         p = cfg.task
-        frames, repairs, source, origin = self.load_series(cfg)
-        cutoffs = self.cutoffs(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
+        frames, repairs, bad, source, origin = self.load_series(cfg)
+        if scored_from:
+            import pandas as pd
+
+            cutoffs = (pd.Timestamp(scored_from), pd.Timestamp(scored_from), None)
+        else:
+            cutoffs = self.cutoffs(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
         if cutoffs[2] is not None:  # a walk-forward fold sees nothing from its test end on
             frames = {k: f[f.index < cutoffs[2]] for k, f in frames.items()}
         short = {k: len(v) for k, v in frames.items() if len(v) < p.lookback + p.horizon + 2}
-        if short:
+        if short and p.skip_bad and len(short) < len(frames):
+            bad = bad + [(k, f"{n} rows, too short for lookback={p.lookback} and horizon="
+                             f"{p.horizon}") for k, n in short.items()]
+            frames = {k: v for k, v in frames.items() if k not in short}
+        elif short:
             window = (f" between start={p.start or '...'} and end={p.end or '...'}"
                       if p.start or p.end else "")
             raise ValueError(f"data: series too short for lookback={p.lookback} and "
-                             f"horizon={p.horizon}{window}: {short} rows")
+                             f"horizon={p.horizon}{window}: {short} rows; or pass skip_bad=true "
+                             "to leave them out")
         use_volume = all("volume" in f for f in frames.values())
         names = sorted(frames)
         x = [price_features(frames[n], use_volume) for n in names]
-        y = [price_targets(xi[:, 0], p.target, p.horizon) for xi in x]
+        returns = [xi[:, 0] for xi in x]
+        y = [price_targets(r, p.target, p.horizon) for r in returns]
+        if p.scale_free:
+            x, scale = (list(v) for v in zip(*(scale_free(xi) for xi in x), strict=True))
+        else:
+            scale = [np.ones(len(xi)) for xi in x]
         dates = [frames[n].index.to_numpy()[1:] for n in names]  # step t is known at day t+1
-        split = [assign_splits(dt, p.horizon, ~np.isnan(yi).any(1), cutoffs[:2])
-                 for dt, yi in zip(dates, y, strict=True)]
+        calendar = [assign_splits(dt, p.horizon, ~np.isnan(yi).any(1), cutoffs[:2])
+                    for dt, yi in zip(dates, y, strict=True)]
+        check_splits(names, calendar, cutoffs)
+        split = calendar
+        if p.split == "ticker" and p.fold:  # held out: tested only; the others: never tested
+            held = held_out(names, p.folds, p.fold, cfg.train.seed)
+            split = [np.where(s == TEST, s, UNUSED) if n in held else np.where(s == TEST, UNUSED, s)
+                     for n, s in zip(names, calendar, strict=True)]
+        data = PriceData(names, frames, dates, x, y, returns, scale, split, calendar,
+                         feature_names(use_volume, p.scale_free), cutoffs, None, None, repairs,
+                         bad, source, origin)
         train_x = np.concatenate([xi[s == 0] for xi, s in zip(x, split, strict=True)])
-        train_y = np.concatenate([yi[s == 0] for yi, s in zip(y, split, strict=True)])
+        train_y = np.concatenate([yi[s == 0] for yi, s in zip(data.model_y(), split,
+                                                               strict=True)])
         if len(train_x) == 0:
             raise ValueError(f"data: no training samples before {cutoffs[0].date()}")
-        check_splits(names, split, cutoffs)
-        return PriceData(names, frames, dates, x, y, split, feature_names(use_volume), cutoffs,
-                         Normaliser().fit(train_x), Normaliser().fit(train_y), repairs,
-                         source, origin)
+        data.x_norm, data.y_norm = Normaliser().fit(train_x), Normaliser().fit(train_y)
+        return data
 
     def cutoffs(self, cfg: Config, steps: list[np.ndarray]) -> tuple:
         """(validation start, test start, test end or None) on the calendar of all series'
@@ -237,7 +326,11 @@ class PricesTask(Task):
         from data_loaders.sequences import date_cutoffs, walk_forward_cutoffs
 
         d, p = cfg.data, cfg.task
-        if p.fold:
+        if p.test_start:
+            import pandas as pd
+
+            return pd.Timestamp(p.val_start), pd.Timestamp(p.test_start), None
+        if p.fold and p.split == "calendar":
             check_blocks(cfg, steps)
             return walk_forward_cutoffs(steps, d.val_frac, d.test_frac, p.fold, p.folds)
         return (*date_cutoffs(steps, d.val_frac, d.test_frac), None)
@@ -256,8 +349,15 @@ class PricesTask(Task):
                          "test_end": str(end.date()) if end is not None else "",
                          "features": ",".join(data.features), "series": ",".join(data.names)})
         mlflow.log_table(data.table(), "data/splits.json")
+        if cfg.task.split == "ticker" and cfg.task.fold:
+            held = held_out(data.names, cfg.task.folds, cfg.task.fold, cfg.train.seed)
+            mlflow.set_tag("held_out", ",".join(sorted(held)))
         if data.repairs:
             mlflow.log_text("\n".join(data.repairs), "data/repairs.txt")
+        mlflow.log_metric("bad_series", len(data.bad))
+        if data.bad:
+            mlflow.log_text("\n".join(f"{name}: {why}" for name, why in data.bad),
+                            "data/bad_series.txt")
 
     def network(self, cfg: Config, data: PriceData) -> dict:
         from models.heads import parse_quantiles, width
@@ -271,6 +371,7 @@ class PricesTask(Task):
                 "n_in": len(data.features), "n_out": len(outputs) * width(p.loss, quantiles),
                 "bptt": cfg.train.bptt, "lookback": p.lookback, "target": p.target,
                 "horizon": p.horizon, "features": data.features, "outputs": outputs,
+                "scale_free": p.scale_free,
                 "loss": p.loss, "quantiles": quantiles}
 
     def objective(self, cfg: Config, data: PriceData, net) -> Objective:
@@ -281,7 +382,39 @@ class PricesTask(Task):
         updates, validate = stream_objective(net, data.streams(device), cfg.train,
                                              cfg.task.lookback, loss)
         name = {"mse": "MSE", "gaussian": "Gaussian NLL", "quantile": "pinball loss"}
-        return Objective(updates, validate, loss, f"{name[cfg.task.loss]} (normalised units)")
+        if cfg.task.select == "qlike":
+            def validate():  # noqa: F811 (the score the best epoch is picked by)
+                raw, y = self._at_validation(net, cfg, data)
+                return {"val_loss": self._qlike(raw, y, cfg, data),
+                        "val_nll": loss(raw, y).item()}
+        return Objective(updates, validate, loss, f"{name[cfg.task.loss]} (normalised units)"
+                         + ("; validation: QLIKE" if cfg.task.select == "qlike" else ""))
+
+    def _at_validation(self, net, cfg: Config, data: PriceData):
+        """The net's raw outputs at the validation anchors of all series, and the targets
+        there (normalised units)."""
+        import torch
+
+        from data_loaders.sequences import VAL
+        from models.networks import forecasts
+
+        device = next(net.parameters()).device
+        streams, lookback = data.streams(device), cfg.task.lookback
+        anchors = streams.anchors(VAL, lookback)
+        raw = forecasts(net, streams.x, anchors, cfg.train.bptt == "truncated", lookback)
+        y = torch.cat([yi[a] for yi, a in zip(streams.y, anchors, strict=True)])
+        return torch.cat(raw).cpu(), y.cpu()
+
+    def _qlike(self, raw, y, cfg: Config, data: PriceData) -> float:
+        """QLIKE of the variance a gaussian volatility model forecasts (mean^2 + scale^2),
+        from its raw outputs and the targets (normalised), in the model's units (QLIKE
+        does not change with the units)."""
+        from models.heads import denormalise
+        from pipeline.risk import qlike
+
+        out = denormalise(raw.numpy(), self.network(cfg, data), data.y_norm)
+        actual = data.y_norm.inverse_transform(y.numpy())[:, 0]
+        return float(qlike(out["point"][:, 0] ** 2 + out["scale"][:, 0] ** 2, actual ** 2).mean())
 
     @staticmethod
     def _loss_fn(cfg: Config):
@@ -296,29 +429,38 @@ class PricesTask(Task):
 
         return validation_horizon(net, data.streams(), cfg.task.lookback, self._loss_fn(cfg))
 
-    def test_forecasts(self, net, cfg: Config, data: PriceData):
+    def test_forecasts(self, net, cfg: Config, data: PriceData, model_at=None):
         """The model's and every baseline's forecasts at the test anchors of all series
         (pipeline.price_eval.Forecasts): point baselines from pipeline/metrics.py,
-        GARCH(1,1) fit on each series' training part, historical simulation."""
+        GARCH(1,1) fit on each series' training part, historical simulation. The model's
+        come from `net`, or from `model_at(i, anchors)` (`served_forecasts`)."""
         from data_loaders.sequences import TEST, TRAIN
-        from models.heads import denormalise, parse_quantiles
+        from models.heads import denormalise, parse_quantiles, rescale
         from models.networks import forecast_at
         from pipeline import metrics, risk
         from pipeline.price_eval import Forecasts
 
-        p, spec = cfg.task, self.network(cfg, data)
+        p = cfg.task
+        spec = self.calibrated(net, cfg, data) if model_at is None else None
         qs, vol = parse_quantiles(p.quantiles), p.target == "volatility"
         streams = data.streams()
-        returns = [x[:, 0] for x in data.x]
-        train_idx = [np.flatnonzero(s == TRAIN) for s in data.split]
+        returns = data.returns
+        train_idx = [np.flatnonzero(s == TRAIN) for s in data.calendar]
         base = metrics.baseline_forecasts(returns, data.y, train_idx, p.target, p.horizon)
         parts = []
         for i, a in enumerate(streams.anchors(TEST, p.lookback)):
             if not len(a):
                 continue
-            raw = forecast_at(net, streams.x[i], a, cfg.train.bptt == "truncated", p.lookback)
-            model = denormalise(raw.numpy(), spec, data.y_norm)
-            garch = risk.garch_forecasts(returns[i], train_idx[i], a, p.horizon, qs)
+            if model_at is None:
+                raw = forecast_at(net, streams.x[i], a, cfg.train.bptt == "truncated",
+                                  p.lookback)
+                model = rescale(denormalise(raw.numpy(), spec, data.y_norm), data.scale[i][a])
+            else:
+                model = model_at(i, a)
+            try:
+                garch = risk.garch_forecasts(returns[i], train_idx[i], a, p.horizon, qs)
+            except ValueError as err:
+                raise ValueError(f"{data.names[i]}: {err}") from None
             points = {"model": model["point"], **{k: v[i][a] for k, v in base.items()},
                       "garch": garch["vol"][:, None] if vol else garch["mean"]}
             quantiles = {"model": model["quantiles"][:, 0]} if "quantiles" in model else {}
@@ -336,12 +478,28 @@ class PricesTask(Task):
             raise ValueError("data: the test split has no samples with a full lookback")
         return Forecasts.concat(parts)
 
+    def served_forecasts(self, model, cfg: Config, data: PriceData):
+        """`test_forecasts` with the model's forecasts from a served model (the pyfunc's
+        python model), as a client gets them from each series' prices."""
+        from data_loaders.sequences import TEST
+        from pipeline.price_eval import from_response
+
+        anchors = {n: a for n, a in zip(data.names, data.streams().anchors(TEST, cfg.task.lookback),
+                                        strict=True) if len(a)}
+        rolled = self._rolling(model, data, anchors)
+
+        def model_at(i, a):
+            steps, rows = rolled[data.names[i]]
+            return from_response(model.spec, rows.iloc[np.searchsorted(steps, a)])
+
+        return self.test_forecasts(None, cfg, data, model_at)
+
     def evaluate(self, net, cfg: Config, data: PriceData) -> Evaluation:
         return self.scored(self.test_forecasts(net, cfg, data), cfg)
 
     def scored(self, forecasts, cfg: Config) -> Evaluation:
-        """The test table, per-series table and plot of forecasts (one run's, or the
-        folds' of a walk-forward backtest pooled)."""
+        """The test table, per-series table and plots (one run's, or the folds' pooled:
+        a walk-forward backtest's, or a cross-validation's over held-out series)."""
         from models.heads import parse_quantiles
         from pipeline import plots, price_eval
 
@@ -357,15 +515,20 @@ class PricesTask(Task):
             f"{first.series[0]}: test forecast vs realised (first output)",
             band=(band[:, 0], band[:, -1], f"model {qs[0]:g}-{qs[-1]:g} quantiles")
             if band is not None else None)
+        table["model"].update(price_eval.series_shares(series))
+        figures = {"plots/test_forecast.png": fig}
+        if p.target == "volatility" and len(series) > 1:
+            figures["plots/qlike_ratio_vs_garch.png"] = plots.ratio_by_series(
+                series["series"], series["model"] / series["garch"], "GARCH(1,1)")
         loss = "QLIKE" if p.target == "volatility" else "MSE"
-        return Evaluation(table, {"plots/test_forecast.png": fig},
+        return Evaluation(table, figures,
                           {"evaluation/per_series.csv": series,
                            "evaluation/test_forecasts.npz": forecasts},
-                          f"per series, test {loss} (lower is better):\n"
-                          + series.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+                          f"per series, test {loss} (lower is better):\n" + _shown(series))
 
     def pool(self, cfg: Config, run_ids: list[str]) -> Evaluation | None:
-        """A walk-forward backtest's folds, their test forecasts pooled and scored."""
+        """The folds (walk-forward blocks, or groups of held-out series), their test
+        forecasts pooled and scored."""
         from mlflow.artifacts import download_artifacts
 
         from pipeline.price_eval import Forecasts
@@ -385,12 +548,36 @@ class PricesTask(Task):
         from models.price_model import price_columns, request_row
         from models.served import log_served
 
-        spec = self.network(cfg, data)
+        spec = self.calibrated(net, cfg, data)
+        if "calibrated_z" in spec:
+            import mlflow
+
+            mlflow.log_dict({k: spec[k] for k in ("quantiles", "normal_z", "calibrated_z")},
+                            "calibration.json")
         name = data.names[0]  # the input example: a real request, the last L + 1 prices
         tail = data.frames[name].iloc[-(spec["lookback"] + 1):]
         example = pd.DataFrame([request_row(tail, name, price_columns(spec))])
         return log_served(self.served_model(), net, spec,
                           {"x": data.x_norm.to_dict(), "y": data.y_norm.to_dict()}, example)
+
+    def calibrated(self, net, cfg: Config, data: PriceData) -> dict:
+        """The network's spec; with calibrate=true, also each quantile's z from the
+        validation residuals (y - mean) / scale in the model's units (split conformal:
+        validation coverage is then nominal at every quantile), which `denormalise` uses
+        instead of the normal's. From the net and the data: the same in every step."""
+        from statistics import NormalDist
+
+        from models.heads import gaussian
+
+        spec = self.network(cfg, data)
+        if not cfg.task.calibrate:
+            return spec
+        raw, y = self._at_validation(net, cfg, data)
+        mean, scale = gaussian(raw)
+        z = ((y - mean) / scale)[:, 0].numpy()
+        spec["normal_z"] = [NormalDist().inv_cdf(q) for q in spec["quantiles"]]
+        spec["calibrated_z"] = [float(np.quantile(z, q)) for q in spec["quantiles"]]
+        return spec
 
     def target(self, spec: dict) -> str:
         return f"{spec['target']}-h{spec['horizon']}{_suffix(spec.get('loss', 'mse'))}"
@@ -409,7 +596,9 @@ class PricesTask(Task):
             for f in forecasts:
                 common = np.intersect1d(common, f[name][0])
             actual = data.y[data.names.index(name)][common]
-            for err, (steps, values) in zip(errors, (f[name] for f in forecasts), strict=True):
+            for err, m, f in zip(errors, models, forecasts, strict=True):
+                steps, rows = f[name]
+                values = rows[m.spec["outputs"]].to_numpy()
                 err.append(values[np.searchsorted(steps, common)] - actual)
         if not sum(len(e) for e in errors[0]):
             raise ValueError("data: no validation sample that every model can forecast (the "
@@ -417,7 +606,7 @@ class PricesTask(Task):
         return [float(np.sqrt(np.mean(np.concatenate(e) ** 2))) for e in errors]
 
     def _rolling(self, model, data: PriceData, anchors: dict) -> dict:
-        """{series: (anchors, forecasts [N, out])}: a served model's rolling forecasts up
+        """{series: (anchors, the response's rows)}: a served model's rolling forecasts up
         to each series' last anchor, from the prices."""
         import pandas as pd
 
@@ -429,7 +618,7 @@ class PricesTask(Task):
         for part in in_calls(model, requests):
             got = model.predict(None, part, {"mode": "rolling"})
             for n, rows in got.groupby("series_id", sort=False):
-                out[n] = (rows["step"].to_numpy() - 1, rows[model.spec["outputs"]].to_numpy())
+                out[n] = (rows["step"].to_numpy() - 1, rows)
         return out
 
     def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
@@ -440,6 +629,20 @@ class PricesTask(Task):
 
         series, _ = read_prices(path, repair, what="input")
         return pd.DataFrame([request_row(f, n, price_columns(spec)) for n, f in series.items()])
+
+
+def _shown(table: pd.DataFrame, rows: int = 12) -> str:
+    """A table printed whole, or its first `rows` and a count."""
+    text = table.head(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    more = len(table) - rows
+    return text + (f"\n... and {more} more (evaluation/per_series.csv)" if more > 0 else "")
+
+
+def held_out(names: list[str], folds: int, fold: int, seed: int) -> set[str]:
+    """The series fold k of K holds out: the names shuffled by `seed`, every K-th from
+    k-1 (groups differ in size by one at most; each series is held out once)."""
+    order = np.random.default_rng(seed).permutation(sorted(names))
+    return {str(n) for n in order[fold - 1::folds]}
 
 
 def check_blocks(cfg: Config, steps: list[np.ndarray]) -> None:
