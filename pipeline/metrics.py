@@ -15,22 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_loaders.prices import realised_vol
+from data_loaders.prices import realised_vol, trailing_vol
 
-EWMA_LAMBDA = 0.94
 HAR_WINDOWS = (1, 5, 22)
 
 
-def ewma_vol(returns: np.ndarray, lam: float = EWMA_LAMBDA) -> np.ndarray:
-    """sigma_t^2 = lam sigma_{t-1}^2 + (1 - lam) r_t^2, started at the mean of the first
-    22 squared returns (the forecast for every future step is sigma_t)."""
-    r2 = np.asarray(returns, np.float64) ** 2
-    var = np.empty_like(r2)
-    prev = r2[:22].mean()
-    for t, v in enumerate(r2):
-        prev = lam * prev + (1 - lam) * v
-        var[t] = prev
-    return np.sqrt(var)
+def ewma_vol(returns: np.ndarray) -> np.ndarray:
+    """RiskMetrics' EWMA(0.94) volatility, sigma_t^2 = lam sigma_(t-1)^2 + (1 - lam) r_t^2,
+    the forecast for every future step: the trailing volatility scale-free inputs are
+    divided by (data_loaders.prices.trailing_vol)."""
+    return trailing_vol(returns)
 
 
 def har_design(returns: np.ndarray) -> np.ndarray:
