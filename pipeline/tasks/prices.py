@@ -354,7 +354,8 @@ class PricesTask(Task):
             mlflow.set_tag("held_out", ",".join(sorted(held)))
         if data.repairs:
             mlflow.log_text("\n".join(data.repairs), "data/repairs.txt")
-        mlflow.log_metric("bad_series", len(data.bad))
+        if cfg.task.skip_bad:  # counted when asked for (0 included), as speech counts files
+            mlflow.log_metric("bad_series", len(data.bad))
         if data.bad:
             mlflow.log_text("\n".join(f"{name}: {why}" for name, why in data.bad),
                             "data/bad_series.txt")
