@@ -209,7 +209,8 @@ def _stop_unless(bad: list[tuple[str, str]], skip_bad: bool, kept: int) -> None:
     some are good)."""
     if bad and (not skip_bad or not kept):
         if len(bad) == 1:
-            raise PriceDataError(f"{bad[0][0]}: {bad[0][1]}")
+            raise PriceDataError(f"{bad[0][0]}: {bad[0][1]}; or pass skip_bad=true to leave "
+                                 "it out")
         listing = "; ".join(f"{p}: {why}" for p, why in bad[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise PriceDataError(f"{len(bad)} bad price series: {listing}{more}. Fix or remove "

@@ -13,9 +13,9 @@ plots and files, and the tag `test_metrics` (the model's own metric names).
 
 With `data` (price models): the model (`run_id`'s, or `model`, a model URI such as
 models:/NAME@champion) scored on other data from `test_start` on, through the served
-model from each series' prices, beside the same baselines fit on each series' days
-before `test_start`; logged as a run of its own, in the model's experiment, tagged with
-the model, its run and the data:
+model from each series' prices, beside the same baselines fit on the days before
+`test_start` (GARCH per series; HAR one fit over all the series given); logged as a
+run of its own, in the model's experiment, tagged with the model, its run and the data:
 
     python -m pipeline.evaluate --model models:/prices-volatility-h5-gaussian@champion \
         --data data/etfs --test_start 2014-01-02
@@ -41,6 +41,8 @@ class EvaluateParams:
     end: str = param("", "with data: the last day scored; empty: to the end")
     skip_bad: bool = param(False, "with data: leave bad or too short series out (listed in "
                                   "the run)")
+    repair: str = param("none", "with data: bad CSV rows: none (stop with the file, line and "
+                                "column), drop, or ffill", ("none", "drop", "ffill"))
 
 
 def evaluate_and_log(net, cfg, task, data):
@@ -91,7 +93,7 @@ def score_other_data(p: EvaluateParams) -> None:
         raise ValueError(f"test_start: cannot read {p.test_start!r} as a date (YYYY-MM-DD)") \
             from None
     if bool(p.model) == bool(p.run_id):
-        raise ValueError("model or run_id: give one (the model to score)")
+        raise ValueError("model or run_id: give only one (the model to score)")
     uri = p.model or logged_model_uri(p.run_id)
     served = load_served(uri, "model" if p.model else "run_id")
     run_id = p.run_id or mlflow.models.get_model_info(uri).run_id
@@ -103,7 +105,8 @@ def score_other_data(p: EvaluateParams) -> None:
     fixed = {k: v for k, v in trained.flat().items() if k != "preset"}  # resolved already
     cfg = build_config({**fixed, "data": str(data_path), "tickers": "", "start": "",
                         "end": p.end, "val_start": "", "test_start": "", "split": "calendar",
-                        "folds": 1, "fold": 0, "skip_bad": p.skip_bad, "register": False})
+                        "folds": 1, "fold": 0, "skip_bad": p.skip_bad, "repair": p.repair,
+                        "register": False})
     task = tasks.load("prices")
     data = task.prepare(cfg, scored_from=p.test_start)
     result = task.scored(task.served_forecasts(served, cfg, data), cfg)
@@ -116,7 +119,9 @@ def score_other_data(p: EvaluateParams) -> None:
         task.log_data(cfg, data)
         log_evaluation(result)
         print(f"run {mlflow.active_run().info.run_id}: {uri} scored on {len(data.names)} "
-              f"series of {data_path} from {p.test_start}")
+              f"series of {data_path} from {p.test_start}"
+              + (f"; {len(data.bad)} bad series left out (data/bad_series.txt): "
+                 + ", ".join(Path(n).name for n, _ in data.bad) if data.bad else ""))
     print(report_text(result))
 
 

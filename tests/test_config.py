@@ -47,7 +47,7 @@ from pipeline.config import COMMON, PRESETS, build_config, from_params
     ({"test_start": "2019-02-30", "val_start": "2016-01-04"}, "test_start: cannot read"),
     ({"select": "qlike"}, "select=qlike .* needs target=volatility and loss=gaussian, got "
      "target=returns, loss=mse"),
-    ({"calibrate": "true", "loss": "quantile"}, "calibrate: .* loss=quantile has none"),
+    ({"calibrate": "true", "loss": "quantile"}, "calibrate: .* loss=quantile learns its own"),
     ({"split": "ticker"}, "split=ticker needs folds >= 2"),
     ({"loss": "gaussian", "quantiles": "0.5,0.2"}, "quantiles: expected ascending numbers"),
     ({"quantiles": "1.5"}, "strictly between 0 and 1, each once, got '1.5'"),

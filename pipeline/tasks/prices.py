@@ -213,8 +213,8 @@ class PricesTask(Task):
                              f"target=volatility and loss=gaussian, got target={p.target}, "
                              f"loss={p.loss}")
         if p.calibrate and p.loss != "gaussian":
-            raise ValueError(f"calibrate: calibrates a gaussian model's quantiles; "
-                             f"loss={p.loss} has none to calibrate")
+            raise ValueError(f"calibrate: sets a gaussian model's quantiles from validation "
+                             f"(loss=gaussian); loss={p.loss} learns its own")
         if p.loss == "quantile" and 0.5 not in qs:
             raise ValueError(f"quantiles: loss=quantile needs 0.5 (the point forecast), got "
                              f"{p.quantiles!r}")
