@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -24,6 +25,23 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def tracked():
+    """A throwaway SQLite store with an open run, and a checkpoint folder: where the
+    pipeline's loop logs and writes while a benchmark times it."""
+    import tempfile
+
+    import mlflow
+
+    from pipeline.checkpoint import Checkpoints
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
+        mlflow.set_experiment("bench")
+        with mlflow.start_run():
+            yield Checkpoints(f"{tmp}/checkpoints")
 
 
 def result(name: str, value: float, op: str, target: float) -> None:

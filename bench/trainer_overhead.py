@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import mlflow
 import torch
 from torch import nn
 
-from bench.common import pin_allocator, result
+from bench.common import pin_allocator, result, tracked
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model
 from pipeline import tasks
@@ -78,11 +77,7 @@ def main() -> None:
     net = build_model(spec["model"], spec["n_in"], spec["n_out"])
     print(f"{len(train_x)} training windows of 64 steps, {len(val_x)} validation windows; "
           f"LSTM hidden 32, batch 64, Adam, clip 1.0")
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
-        mlflow.set_experiment("bench")
-        mlflow.start_run()
-        ckpt = Checkpoints(f"{tmp}/checkpoints")
+    with tracked() as ckpt:
         ours(net, prep, cfg, 0, ckpt)  # warm-up: first-call costs (MLflow tables, allocator)
         bare(net, train_x, train_y, val_x, val_y, 0, 64)
         ratios = []
@@ -92,7 +87,6 @@ def main() -> None:
             ratios.append(t_bare / t_ours)
             print(f"epoch {epoch}: ours {len(train_x) / t_ours:8.0f} windows/s, "
                   f"bare {len(train_x) / t_bare:8.0f} windows/s, ratio {ratios[-1]:.3f}")
-        mlflow.end_run()
     result("trainer_overhead_throughput_ratio", statistics.median(ratios), ">=", 0.90)
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import tempfile
 import time
 
 import mlflow
 import torch
 
-from bench.common import pin_allocator, result
+from bench.common import pin_allocator, result, tracked
 from data_loaders.sequences import VAL
 from models.heads import loss_fn
 from models.networks import build_model
@@ -98,11 +97,7 @@ def main() -> None:
     print(f"{lanes_x.shape[0]} lanes of {lanes_x.shape[1]} steps; GRU hidden "
           f"{cfg.model.hidden}, TBPTT({cfg.train.k1}, {cfg.train.k2}), Adam, clip "
           f"{cfg.train.clip}")
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
-        mlflow.set_experiment("bench")
-        mlflow.start_run()
-        ckpt = Checkpoints(f"{tmp}/checkpoints")
+    with tracked() as ckpt:
         ratios = []
         for epoch in range(args.epochs + 1):  # the first of each side warms up
             t_ours = ours(net, task, cfg, data, epoch, ckpt)
@@ -111,7 +106,6 @@ def main() -> None:
                 ratios.append(t_bare / t_ours)
             print(f"epoch {epoch}{' (warm-up)' if not epoch else ''}: ours {work / t_ours:8.0f}"
                   f" lane-steps/s, bare {work / t_bare:8.0f}, ratio {t_bare / t_ours:.3f}")
-        mlflow.end_run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     print(f"peak memory of this process: {peak:.2f} GB (target < 4)")
     result("universe_epoch_throughput_ratio", statistics.median(ratios), ">=", 0.90)
