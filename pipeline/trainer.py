@@ -231,16 +231,23 @@ def train_epoch(model: nn.Module, updates: Iterator, optimizer: torch.optim.Opti
             "grad_norm": cursor.norm_sum / cursor.update}
 
 
-def split_loss(model: nn.Module, streams: Streams, which: int, stateful: bool,
-               lookback: int, loss_fn: Callable = masked_mse) -> float:
-    """The loss (MSE by default, normalised units) over one split of all series, the
-    series forecast side by side (one pass for hundreds of series, not one each)."""
+def split_outputs(model: nn.Module, streams: Streams, which: int, stateful: bool,
+                  lookback: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs at the anchors of one split of all series and the targets there
+    (normalised units), the series forecast side by side (one pass for hundreds of series,
+    not one each)."""
     anchors = streams.anchors(which, lookback)
     if not sum(len(a) for a in anchors):
         raise ValueError("the validation split has no samples with a full lookback")
     preds = forecasts(model, streams.x, anchors, stateful, lookback)
     targets = [y[torch.as_tensor(a)] for y, a in zip(streams.y, anchors, strict=True)]
-    return loss_fn(torch.cat(preds), torch.cat(targets)).item()
+    return torch.cat(preds), torch.cat(targets)
+
+
+def split_loss(model: nn.Module, streams: Streams, which: int, stateful: bool,
+               lookback: int, loss_fn: Callable = masked_mse) -> float:
+    """The loss (MSE by default, normalised units) over one split of all series."""
+    return loss_fn(*split_outputs(model, streams, which, stateful, lookback)).item()
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams):

@@ -380,31 +380,27 @@ class PricesTask(Task):
 
         device = next(net.parameters()).device
         loss = self._loss_fn(cfg)
-        updates, validate = stream_objective(net, data.streams(device), cfg.train,
-                                             cfg.task.lookback, loss)
+        streams = data.streams(device)  # built once, read by every epoch's validation
+        updates, validate = stream_objective(net, streams, cfg.train, cfg.task.lookback, loss)
         name = {"mse": "MSE", "gaussian": "Gaussian NLL", "quantile": "pinball loss"}
         if cfg.task.select == "qlike":
             def validate():  # noqa: F811 (the score the best epoch is picked by)
-                raw, y = self._at_validation(net, cfg, data)
+                raw, y = self._at_validation(net, cfg, streams)
                 return {"val_loss": self._qlike(raw, y, cfg, data),
                         "val_nll": loss(raw, y).item()}
         return Objective(updates, validate, loss, f"{name[cfg.task.loss]} (normalised units)"
                          + ("; validation: QLIKE" if cfg.task.select == "qlike" else ""))
 
-    def _at_validation(self, net, cfg: Config, data: PriceData):
+    @staticmethod
+    def _at_validation(net, cfg: Config, streams):
         """The net's raw outputs at the validation anchors of all series, and the targets
-        there (normalised units)."""
-        import torch
-
+        there (normalised units), on the CPU."""
         from data_loaders.sequences import VAL
-        from models.networks import forecasts
+        from pipeline.trainer import split_outputs
 
-        device = next(net.parameters()).device
-        streams, lookback = data.streams(device), cfg.task.lookback
-        anchors = streams.anchors(VAL, lookback)
-        raw = forecasts(net, streams.x, anchors, cfg.train.bptt == "truncated", lookback)
-        y = torch.cat([yi[a] for yi, a in zip(streams.y, anchors, strict=True)])
-        return torch.cat(raw).cpu(), y.cpu()
+        raw, y = split_outputs(net, streams, VAL, cfg.train.bptt == "truncated",
+                               cfg.task.lookback)
+        return raw.cpu(), y.cpu()
 
     def _qlike(self, raw, y, cfg: Config, data: PriceData) -> float:
         """QLIKE of the variance a gaussian volatility model forecasts (mean^2 + scale^2),
@@ -573,7 +569,7 @@ class PricesTask(Task):
         spec = self.network(cfg, data)
         if not cfg.task.calibrate:
             return spec
-        raw, y = self._at_validation(net, cfg, data)
+        raw, y = self._at_validation(net, cfg, data.streams())
         mean, scale = gaussian(raw)
         z = ((y - mean) / scale)[:, 0].numpy()
         spec["normal_z"] = [NormalDist().inv_cdf(q) for q in spec["quantiles"]]
