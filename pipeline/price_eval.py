@@ -12,6 +12,8 @@ the same code:
   historical simulation): the pinball loss, the coverage and width of each central
   interval (`coverage_90`, `width_90`) and, for returns, each lower quantile backtested
   as value-at-risk (`var5_rate`, `var5_kupiec_p`, `var5_christoffersen_p`).
+- with aci > 0, the model's intervals adapted online per series (`model_aci`,
+  pipeline/risk.py `adaptive_intervals`), scored as another method with quantiles.
 Quantile metrics are on the first output (the next day's return, or the volatility).
 """
 
@@ -155,9 +157,9 @@ def per_series(f: Forecasts, target: str, quantiles: list[float]) -> pd.DataFram
         part = f.subset(f.series == name)
         row = {"series": name, "samples": len(part.series)}
         row.update({m: float(losses(part, m, target).mean()) for m in part.points})
-        if "model" in part.quantiles:
-            scores = risk.interval_scores(part.quantiles["model"], part.actual[:, 0], quantiles)
-            row.update({f"model {k}": v for k, v in scores.items() if k.startswith("coverage")})
+        for m in (m for m in part.quantiles if m.startswith("model")):  # model, model_aci
+            scores = risk.interval_scores(part.quantiles[m], part.actual[:, 0], quantiles)
+            row.update({f"{m} {k}": v for k, v in scores.items() if k.startswith("coverage")})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -174,8 +176,9 @@ def series_shares(series: pd.DataFrame) -> dict:
     if {"garch", "har"} <= set(methods):
         out["share_beats_garch_and_har"] = float(
             ((series["model"] < series["garch"]) & (series["model"] < series["har"])).mean())
-    if "model coverage_90" in series:
-        low, high = COVERAGE_BAND
-        cov = series["model coverage_90"]
-        out["share_coverage_90_in_band"] = float(((cov >= low) & (cov <= high)).mean())
+    low, high = COVERAGE_BAND
+    for m, name in (("model", ""), ("model_aci", "_aci")):
+        if f"{m} coverage_90" in series:
+            cov = series[f"{m} coverage_90"]
+            out[f"share_coverage_90_in_band{name}"] = float(((cov >= low) & (cov <= high)).mean())
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from statistics import NormalDist
 
 import numpy as np
 from scipy.special import xlogy
@@ -20,6 +21,7 @@ from scipy.stats import chi2, norm
 MIN_HISTORY = 20  # historical simulation: fewest realised values that make a quantile
 VAR_FLOOR = 1e-12  # QLIKE: variances are floored here so a zero realised variance is finite
 GARCH_SCALE = 100.0  # returns are fitted in per cent (see garch_forecasts)
+_normal = NormalDist()  # its inv_cdf: one quantile at a time, fast in a loop
 GARCH_RESTARTS = 2  # a fit that did not converge is taken up again from where it stopped
 
 
@@ -47,6 +49,33 @@ def interval_scores(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[floa
         name = f"{round(100 * (1 - 2 * tau), 6):g}"
         out[f"coverage_{name}"] = float(np.mean((actual >= lo) & (actual <= hi)))
         out[f"width_{name}"] = float(np.mean(hi - lo))
+    return out
+
+
+def adaptive_intervals(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[float],
+                       gamma: float, delay: int) -> np.ndarray:
+    """Central intervals of one series' quantile forecasts [N, Q] (in time order) adapted
+    online by adaptive conformal inference (Gibbs & Candes 2021, "Adaptive conformal
+    inference under distribution shift", NeurIPS): for each interval of nominal miss rate
+    alpha = 2 tau, the level in use moves alpha_t+1 = alpha_t + gamma (alpha - miss) as
+    each outcome becomes known (`delay` forecasts later: an H-day target), and the
+    interval is stretched about its centre by the normal's ratio z(alpha_t) / z(alpha).
+    Uses only outcomes known at each forecast; quantiles without a pair stay as they are."""
+    out = np.array(q_pred, np.float64)
+    actual = np.asarray(actual, np.float64)
+    for i, tau in enumerate(quantiles):
+        upper = [j for j, u in enumerate(quantiles) if abs(u - (1 - tau)) < 1e-9]
+        if tau >= 0.5 or not upper:
+            continue
+        j, alpha, z = upper[0], 2 * tau, norm.ppf(1 - tau)
+        mid, half = (out[:, i] + out[:, j]) / 2, (out[:, j] - out[:, i]) / 2
+        level, miss = alpha, np.zeros(len(actual), bool)
+        for t in range(len(actual)):
+            if t >= delay:
+                level += gamma * (alpha - miss[t - delay])
+            stretch = _normal.inv_cdf(1 - min(max(level, 1e-6), 1.0) / 2) / z  # >= 1: empty
+            out[t, i], out[t, j] = mid[t] - stretch * half[t], mid[t] + stretch * half[t]
+            miss[t] = not out[t, i] <= actual[t] <= out[t, j]
     return out
 
 

@@ -2,8 +2,11 @@
 
 from dataclasses import fields
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from data_loaders.sequences import TEST
 from pipeline import tasks
 from pipeline.config import COMMON, PRESETS, build_config, from_params
 
@@ -42,8 +45,7 @@ from pipeline.config import COMMON, PRESETS, build_config, from_params
     ({"val_start": "2016-01-04"}, "val_start and test_start: give both .* or neither"),
     ({"val_start": "2019-01-02", "test_start": "2016-01-04"},
      r"val_start \(2019-01-02\) must be before test_start \(2016-01-04\)"),
-    ({"val_start": "2016-01-04", "test_start": "2019-01-02", "folds": 3},
-     "give folds or val_start/test_start, not both"),
+    ({"aci": 1.5}, r"aci: the step gamma .* must be in \[0, 1\)"),
     ({"test_start": "2019-02-30", "val_start": "2016-01-04"}, "test_start: cannot read"),
     ({"select": "qlike"}, "select=qlike .* needs target=volatility and loss=gaussian, got "
      "target=returns, loss=mse"),
@@ -185,3 +187,19 @@ def test_more_walk_forward_folds_than_the_test_days_hold_are_refused_before_any_
     with pytest.raises(ValueError, match="folds: 300 blocks"):  # one block alone, too
         tasks.load("prices").prepare(build_config({"folds": 300, "fold": 3}))
     assert len(tasks.load("prices").folds(build_config({"folds": 62}))) == 62
+
+
+def test_walk_forward_from_test_start_runs_calendar_years_each_seeing_only_its_past():
+    dates = {"val_start": "2011-01-03", "test_start": "2014-01-02"}
+    with pytest.raises(ValueError, match=r"folds: block 6, the year from 2019-01-01, has 0 test "
+                                         r"days \(the data end on 2018-12-3\d\); at most "
+                                         r"folds=5 yearly blocks from test_start=2014-01-02"):
+        tasks.load("prices").folds(build_config({**dates, "folds": 6}))
+    assert len(tasks.load("prices").folds(build_config({**dates, "folds": 5}))) == 5
+    data = tasks.load("prices").prepare(build_config({**dates, "folds": 5, "fold": 2}))
+    assert [str(c.date()) for c in data.cutoffs] == ["2012-01-03", "2015-01-01", "2016-01-01"]
+    assert max(f.index.max() for f in data.frames.values()) < pd.Timestamp("2016-01-01")
+    test_days = np.concatenate([d[s == TEST] for d, s in zip(data.dates, data.split,
+                                                                    strict=True)])
+    # forecasts made from the last day of 2014 (their targets start in 2015) through 2015
+    assert "2014-12-30" <= str(test_days.min())[:10] and str(test_days.max())[:4] == "2015"

@@ -15,6 +15,7 @@ import soundfile as sf
 from mlflow import MlflowClient
 
 from data_loaders import nonspeech
+from pipeline.config import ROOT
 from pipeline.main import main
 from tests.conftest import FSDD
 
@@ -28,8 +29,11 @@ def recipe(tmp_path_factory):
 
     store = tmp_path_factory.mktemp("recipe")
     with fresh_store(store):
+        # the project's caches, which the README commands' test fills with the same voices
         out = main(["--preset", "speech-fsdd", "--split", "speaker", "--test_speaker", HELD_OUT,
-                    "--checkpoint_dir", str(store / "ckpt")])
+                    "--checkpoint_dir", str(store / "ckpt"),
+                    "--synthetic_cache", str(ROOT / "data" / "cache" / "synthetic"),
+                    "--feature_cache", str(ROOT / "data" / "cache" / "features")])
         run = MlflowClient().get_run(out["run_id"])
         yield store, run
 

@@ -71,13 +71,18 @@ class Params:
                                    "(with folds=K: K-fold cross-validation over the series, "
                                    "each fold tested on series it never trained on)",
                        ("calendar", "ticker"))
-    folds: int = param(1, "K > 1: with split=calendar a walk-forward backtest (the test part "
-                          "of the calendar in K blocks, one child run each, trained on all "
-                          "that precedes it); with split=ticker the series in K groups, one "
-                          "child run each, trained on the others")
+    folds: int = param(1, "K > 1: with split=calendar a walk-forward backtest, one child run "
+                          "per block trained on all that precedes it: the test part of the "
+                          "calendar in K blocks, or with val_start/test_start K calendar "
+                          "years from test_start, each validated on the span before it as "
+                          "long as val_start..test_start; with split=ticker the series in K "
+                          "groups, one child run each, trained on the others")
     fold: int = param(0, "with folds=K: run only fold k (1..K); 0 runs them all")
     scale_free: bool = param(False, "inputs and targets relative to each series' own trailing "
                                     "(EWMA) volatility: one model for quiet and wild series")
+    aci: float = param(0.0, "gamma > 0: the test also scores the model's intervals adapted "
+                            "online per series (adaptive conformal inference, row model_aci): "
+                            "the miss rate steers the level as each outcome comes in")
 
 
 @dataclass
@@ -202,9 +207,9 @@ class PricesTask(Task):
         if p.split == "ticker" and p.folds < 2:
             raise ValueError(f"split=ticker needs folds >= 2 (the groups of series held out "
                              f"in turn), got folds={p.folds}")
-        if p.val_start and p.folds > 1 and p.split == "calendar":
-            raise ValueError("folds: a walk-forward backtest splits the last test_frac of the "
-                             "calendar; give folds or val_start/test_start, not both")
+        if not 0 <= p.aci < 1:
+            raise ValueError(f"aci: the step gamma of adaptive conformal inference must be in "
+                             f"[0, 1) (0: off; 0.005 is usual), got {p.aci}")
         from models.heads import parse_quantiles
 
         qs = parse_quantiles(p.quantiles)  # whatever the loss: gaussian serves them too
@@ -239,7 +244,8 @@ class PricesTask(Task):
             raise ValueError(f"folds: split=ticker holds out each of {p.folds} groups of series "
                              f"in turn, but the data has {len(frames)} series")
         if p.split == "calendar":
-            check_blocks(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
+            steps = [f.index.to_numpy()[1:] for f in frames.values()]
+            check_years(cfg, steps) if p.test_start else check_blocks(cfg, steps)
         return [(f"fold={k}", {"fold": k}) for k in range(1, p.folds + 1)]
 
     def serves(self, cfg: Config) -> bool:
@@ -323,9 +329,11 @@ class PricesTask(Task):
     def cutoffs(self, cfg: Config, steps: list[np.ndarray]) -> tuple:
         """(validation start, test start, test end or None) on the calendar of all series'
         step dates: the latest val_frac and test_frac of it, or a walk-forward fold's."""
-        from data_loaders.sequences import date_cutoffs, walk_forward_cutoffs
+        from data_loaders.sequences import date_cutoffs, walk_forward_cutoffs, yearly_cutoffs
 
         d, p = cfg.data, cfg.task
+        if p.fold and p.split == "calendar" and p.test_start:
+            return yearly_cutoffs(p.val_start, p.test_start, p.fold)
         if p.test_start:
             import pandas as pd
 
@@ -461,6 +469,9 @@ class PricesTask(Task):
             points = {"model": model["point"], **{k: v[i][a] for k, v in base.items()},
                       "garch": garch["vol"][:, None] if vol else garch["mean"]}
             quantiles = {"model": model["quantiles"][:, 0]} if "quantiles" in model else {}
+            if quantiles and p.aci:  # an outcome is known `horizon` steps after its forecast
+                quantiles["model_aci"] = risk.adaptive_intervals(
+                    quantiles["model"], data.y[i][a][:, 0], qs, p.aci, p.horizon)
             if not vol:  # GARCH's quantiles are of the next return
                 quantiles["garch"] = garch["quantiles"]
             quantiles["historical"] = risk.historical_quantiles(data.y[i][:, 0], a, p.horizon,
@@ -640,6 +651,21 @@ def held_out(names: list[str], folds: int, fold: int, seed: int) -> set[str]:
     k-1 (groups differ in size by one at most; each series is held out once)."""
     order = np.random.default_rng(seed).permutation(sorted(names))
     return {str(n) for n in order[fold - 1::folds]}
+
+
+def check_years(cfg: Config, steps: list[np.ndarray]) -> None:
+    """Refuse yearly walk-forward blocks (val_start/test_start) with fewer than
+    MIN_BLOCK_DAYS test days: years past the data's end."""
+    from data_loaders.sequences import yearly_cutoffs
+
+    p, days = cfg.task, np.unique(np.concatenate(steps))
+    for k in range(1, p.folds + 1):
+        _, start, end = yearly_cutoffs(p.val_start, p.test_start, k)
+        n = int(((days >= start.to_datetime64()) & (days < end.to_datetime64())).sum())
+        if n < max(MIN_BLOCK_DAYS, 2 * p.horizon):
+            raise ValueError(f"folds: block {k}, the year from {start.date()}, has {n} test "
+                             f"days (the data end on {str(days[-1])[:10]}); at most "
+                             f"folds={k - 1} yearly blocks from test_start={p.test_start}")
 
 
 def check_blocks(cfg: Config, steps: list[np.ndarray]) -> None:
