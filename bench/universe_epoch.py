@@ -94,7 +94,7 @@ def main() -> None:
     net = build_model(spec["model"], spec["n_in"], spec["n_out"])
     loss = loss_fn(cfg.task.loss, spec["quantiles"])
     work = lanes_x.shape[0] * lanes_x.shape[1]
-    print(f"{lanes_x.shape[0]} lanes of {lanes_x.shape[1]} steps; GRU hidden "
+    print(f"{lanes_x.shape[0]} lanes of {lanes_x.shape[1]} steps; GRU {cfg.model.layers} x "
           f"{cfg.model.hidden}, TBPTT({cfg.train.k1}, {cfg.train.k2}), Adam, clip "
           f"{cfg.train.clip}")
     with tracked() as ckpt:

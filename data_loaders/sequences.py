@@ -88,14 +88,13 @@ def walk_forward_cutoffs(all_dates: list[np.ndarray], val_frac: float, test_frac
 def yearly_cutoffs(val_start: str, test_start: str, fold: int) -> tuple[pd.Timestamp, ...]:
     """Validation start, test start and test end (exclusive) of block `fold` (1..) of a
     yearly walk-forward backtest: block 1 tests from test_start to the end of its year,
-    block k the calendar year k-1 later; each is validated on the span before it, as long
-    as val_start..test_start (moved by whole years), and trained on everything earlier."""
+    block k the calendar year k-1 later; each is validated on the days just before it, as
+    many calendar days as val_start..test_start, and trained on everything earlier."""
     import pandas as pd
 
     first = pd.Timestamp(test_start)
     start = first if fold == 1 else pd.Timestamp(first.year + fold - 1, 1, 1)
-    val = pd.Timestamp(val_start) + pd.DateOffset(years=fold - 1)
-    return val, start, pd.Timestamp(first.year + fold, 1, 1)
+    return start - (first - pd.Timestamp(val_start)), start, pd.Timestamp(first.year + fold, 1, 1)
 
 
 def assign_splits(dates: np.ndarray, horizon: int, has_target: np.ndarray,

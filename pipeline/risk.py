@@ -60,7 +60,11 @@ def adaptive_intervals(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[f
     alpha = 2 tau, the level in use moves alpha_t+1 = alpha_t + gamma (alpha - miss) as
     each outcome becomes known (`delay` forecasts later: an H-day target), and the
     interval is stretched about its centre by the normal's ratio z(alpha_t) / z(alpha).
-    Uses only outcomes known at each forecast; quantiles without a pair stay as they are."""
+    The stretch has a ceiling (alpha_t at 1e-6) where the paper's interval is infinite and
+    always covers, so the level is held in [-gamma, 1 + gamma], the range it keeps in the
+    paper: a long shock does not wind it up past what the end of the shock can undo. The
+    quantiles are then sorted (rearranged) so the adapted pairs cannot cross. Uses only
+    outcomes known at each forecast; quantiles without a pair stay as they are."""
     out = np.array(q_pred, np.float64)
     actual = np.asarray(actual, np.float64)
     for i, tau in enumerate(quantiles):
@@ -72,11 +76,11 @@ def adaptive_intervals(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[f
         level, miss = alpha, np.zeros(len(actual), bool)
         for t in range(len(actual)):
             if t >= delay:
-                level += gamma * (alpha - miss[t - delay])
-            stretch = _normal.inv_cdf(1 - min(max(level, 1e-6), 1.0) / 2) / z  # >= 1: empty
+                level = min(max(level + gamma * (alpha - miss[t - delay]), -gamma), 1 + gamma)
+            stretch = _normal.inv_cdf(1 - min(max(level, 1e-6), 1.0) / 2) / z  # >= 1: a point
             out[t, i], out[t, j] = mid[t] - stretch * half[t], mid[t] + stretch * half[t]
             miss[t] = not out[t, i] <= actual[t] <= out[t, j]
-    return out
+    return np.sort(out, axis=1)
 
 
 def qlike(var_pred: np.ndarray, var_actual: np.ndarray) -> np.ndarray:

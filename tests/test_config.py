@@ -46,6 +46,10 @@ from pipeline.config import COMMON, PRESETS, build_config, from_params
     ({"val_start": "2019-01-02", "test_start": "2016-01-04"},
      r"val_start \(2019-01-02\) must be before test_start \(2016-01-04\)"),
     ({"aci": 1.5}, r"aci: the step gamma .* must be in \[0, 1\)"),
+    ({"aci": 0.005}, r"aci: adapts the model's central intervals .* loss=mse, quantiles="),
+    ({"aci": 0.005, "loss": "quantile", "quantiles": "0.1,0.5,0.8"},
+     r"loss=quantile, quantiles='0.1,0.5,0.8' have none"),
+    ({"fold": 1}, "fold: runs one fold k of folds=K .* got fold=1 with folds=1"),
     ({"test_start": "2019-02-30", "val_start": "2016-01-04"}, "test_start: cannot read"),
     ({"select": "qlike"}, "select=qlike .* needs target=volatility and loss=gaussian, got "
      "target=returns, loss=mse"),
@@ -192,12 +196,20 @@ def test_more_walk_forward_folds_than_the_test_days_hold_are_refused_before_any_
 def test_walk_forward_from_test_start_runs_calendar_years_each_seeing_only_its_past():
     dates = {"val_start": "2011-01-03", "test_start": "2014-01-02"}
     with pytest.raises(ValueError, match=r"folds: block 6, the year from 2019-01-01, has 0 test "
-                                         r"days \(the data end on 2018-12-3\d\); at most "
-                                         r"folds=5 yearly blocks from test_start=2014-01-02"):
+                                         r"days \(the data run from 1986-03-1\d to 2018-12-3\d\); "
+                                         r"at most folds=5 yearly blocks from "
+                                         r"test_start=2014-01-02"):
         tasks.load("prices").folds(build_config({**dates, "folds": 6}))
+    with pytest.raises(ValueError, match="folds: block 6"):  # a fold alone is checked too
+        tasks.load("prices").prepare(build_config({**dates, "folds": 6, "fold": 2}))
+    late = {"val_start": "2011-12-20", "test_start": "2013-12-27", "folds": 3}
+    with pytest.raises(ValueError, match=r"test_start: the first yearly block, 2013-12-27 to the "
+                                         r"end of 2013, has 3 test days .* needs 20 or more"):
+        tasks.load("prices").folds(build_config(late))
     assert len(tasks.load("prices").folds(build_config({**dates, "folds": 5}))) == 5
     data = tasks.load("prices").prepare(build_config({**dates, "folds": 5, "fold": 2}))
-    assert [str(c.date()) for c in data.cutoffs] == ["2012-01-03", "2015-01-01", "2016-01-01"]
+    # validated on as many calendar days before its year as val_start..test_start
+    assert [str(c.date()) for c in data.cutoffs] == ["2012-01-02", "2015-01-01", "2016-01-01"]
     assert max(f.index.max() for f in data.frames.values()) < pd.Timestamp("2016-01-01")
     test_days = np.concatenate([d[s == TEST] for d, s in zip(data.dates, data.split,
                                                                     strict=True)])

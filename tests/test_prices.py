@@ -396,3 +396,18 @@ def test_each_series_is_held_out_by_one_fold_and_the_groups_are_even():
     assert sorted(map(len, groups)) == [4, 4, 5, 5, 5]
     assert groups != [held_out(names, 5, k, seed=1) for k in range(1, 6)]  # drawn by seed
     assert groups == [held_out(list(reversed(names)), 5, k, seed=0) for k in range(1, 6)]
+
+
+def test_a_series_listed_after_validation_starts_is_named_or_left_out():
+    """SPY's data start on 2007-12-31: with validation from 2006 it has no history to train
+    on or to fit GARCH on; the run stops naming it, or leaves it out with skip_bad."""
+    from pipeline.config import build_config
+    from pipeline.tasks.prices import TASK
+
+    cfg = {"data": str(DATA), "val_start": "2006-01-03", "test_start": "2008-01-02"}
+    with pytest.raises(ValueError, match=r"data: series too short: SPY: 0 rows before "
+                                         r"2006-01-03, too few to train on and fit the "
+                                         r"baselines on \(it needs 67\); or pass skip_bad=true"):
+        TASK.prepare(build_config(cfg))
+    data = TASK.prepare(build_config({**cfg, "skip_bad": "true"}))
+    assert data.names == ["AAPL", "GSPC", "MSFT"] and data.bad[0][0] == "SPY"

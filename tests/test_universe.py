@@ -117,8 +117,9 @@ def test_a_registered_model_scored_on_funds_it_never_saw_in_a_run_of_its_own(sto
 
 def test_yearly_walk_forward_with_intervals_adapted_online(store):
     """folds with val_start/test_start: one child per calendar year, each validated on the
-    three years before it; aci adds the model's intervals adapted online (model_aci),
-    scored per series and pooled beside the fixed ones."""
+    1,095 days before it (as long as 2011-01-03..2014-01-02); aci adds the model's
+    intervals adapted online (model_aci), scored per series and pooled beside the fixed
+    ones."""
     out = main([*SMALL, "--data", str(PRICES), "--val_start", "2011-01-03", "--test_start",
                 "2014-01-02", "--folds", "3", "--aci", "0.005"])
     client = MlflowClient()
@@ -127,8 +128,8 @@ def test_yearly_walk_forward_with_intervals_adapted_online(store):
         f"tags.mlflow.parentRunId = '{out['run_id']}'", order_by=["params.fold"])
     assert [(r.data.tags["val_start"], r.data.tags["test_start"], r.data.tags["test_end"])
             for r in children] == [("2011-01-03", "2014-01-02", "2015-01-01"),
-                                   ("2012-01-03", "2015-01-01", "2016-01-01"),
-                                   ("2013-01-03", "2016-01-01", "2017-01-01")]
+                                   ("2012-01-02", "2015-01-01", "2016-01-01"),
+                                   ("2013-01-01", "2016-01-01", "2017-01-01")]
     m = client.get_run(out["run_id"]).data.metrics
     per_series = pd.read_csv(_artifact(client, out["run_id"], "evaluation/per_series.csv"))
     assert per_series.samples.sum() == sum(

@@ -226,6 +226,14 @@ class PricesTask(Task):
         if p.folds < 1 or not 0 <= p.fold <= p.folds:
             raise ValueError(f"folds must be >= 1 and fold in 0..folds, got folds={p.folds}, "
                              f"fold={p.fold}")
+        if p.fold and p.folds == 1:
+            raise ValueError(f"fold: runs one fold k of folds=K (K >= 2); got fold={p.fold} "
+                             "with folds=1")
+        if p.aci and (p.loss == "mse" or not any(abs(a + b - 1) < 1e-9 and a < b
+                                                   for a in qs for b in qs)):
+            raise ValueError(f"aci: adapts the model's central intervals (a pair of quantiles "
+                             f"tau, 1-tau, with loss=gaussian or quantile); loss={p.loss}, "
+                             f"quantiles={p.quantiles!r} have none; or aci=0")
 
     def model_name(self, cfg: Config) -> str:
         return f"prices-{cfg.task.target}-h{cfg.task.horizon}{_suffix(cfg.task.loss)}"
@@ -239,13 +247,7 @@ class PricesTask(Task):
         p = cfg.task
         if p.folds == 1 or p.fold:
             return []
-        frames = self.load_series(cfg)[0]
-        if p.split == "ticker" and len(frames) < p.folds:
-            raise ValueError(f"folds: split=ticker holds out each of {p.folds} groups of series "
-                             f"in turn, but the data has {len(frames)} series")
-        if p.split == "calendar":
-            steps = [f.index.to_numpy()[1:] for f in frames.values()]
-            check_years(cfg, steps) if p.test_start else check_blocks(cfg, steps)
+        check_folds(cfg, self.load_series(cfg)[0])
         return [(f"fold={k}", {"fold": k}) for k in range(1, p.folds + 1)]
 
     def serves(self, cfg: Config) -> bool:
@@ -283,20 +285,12 @@ class PricesTask(Task):
 
             cutoffs = (pd.Timestamp(scored_from), pd.Timestamp(scored_from), None)
         else:
+            if p.fold:  # the checks a whole cross-validation makes first, for a fold alone
+                check_folds(cfg, frames)
             cutoffs = self.cutoffs(cfg, [f.index.to_numpy()[1:] for f in frames.values()])
         if cutoffs[2] is not None:  # a walk-forward fold sees nothing from its test end on
             frames = {k: f[f.index < cutoffs[2]] for k, f in frames.items()}
-        short = {k: len(v) for k, v in frames.items() if len(v) < p.lookback + p.horizon + 2}
-        if short and p.skip_bad and len(short) < len(frames):
-            bad = bad + [(k, f"{n} rows, too short for lookback={p.lookback} and horizon="
-                             f"{p.horizon}") for k, n in short.items()]
-            frames = {k: v for k, v in frames.items() if k not in short}
-        elif short:
-            window = (f" between start={p.start or '...'} and end={p.end or '...'}"
-                      if p.start or p.end else "")
-            raise ValueError(f"data: series too short for lookback={p.lookback} and "
-                             f"horizon={p.horizon}{window}: {short} rows; or pass skip_bad=true "
-                             "to leave them out")
+        frames, bad = self._usable(cfg, frames, bad, cutoffs[0])
         use_volume = all("volume" in f for f in frames.values())
         names = sorted(frames)
         x = [price_features(frames[n], use_volume) for n in names]
@@ -326,6 +320,30 @@ class PricesTask(Task):
         data.x_norm, data.y_norm = Normaliser().fit(train_x), Normaliser().fit(train_y)
         return data
 
+    @staticmethod
+    def _usable(cfg: Config, frames: dict, bad: list, history_end) -> tuple[dict, list]:
+        """The series long enough for the lookback and horizon, with as many days before
+        `history_end` (where validation, or a scored test, starts: the baselines fit on
+        them); the others stop the run, or with skip_bad are left out with their reason."""
+        p, need = cfg.task, cfg.task.lookback + cfg.task.horizon + 2
+        why = {}
+        for k, f in frames.items():
+            if len(f) < need:
+                why[k] = (f"{len(f)} rows, too short for lookback={p.lookback} and "
+                          f"horizon={p.horizon}")
+            elif (n := int((f.index < history_end).sum())) < need:
+                why[k] = (f"{n} rows before {history_end.date()}, too few to train on and fit "
+                          f"the baselines on (it needs {need})")
+        if why and p.skip_bad and len(why) < len(frames):
+            return {k: v for k, v in frames.items() if k not in why}, bad + list(why.items())
+        if why:
+            window = (f" between start={p.start or '...'} and end={p.end or '...'}"
+                      if p.start or p.end else "")
+            raise ValueError(f"data: series too short{window}: "
+                             + "; ".join(f"{k}: {r}" for k, r in why.items())
+                             + "; or pass skip_bad=true to leave them out")
+        return frames, bad
+
     def cutoffs(self, cfg: Config, steps: list[np.ndarray]) -> tuple:
         """(validation start, test start, test end or None) on the calendar of all series'
         step dates: the latest val_frac and test_frac of it, or a walk-forward fold's."""
@@ -333,7 +351,7 @@ class PricesTask(Task):
 
         d, p = cfg.data, cfg.task
         if p.fold and p.split == "calendar" and p.test_start:
-            return yearly_cutoffs(p.val_start, p.test_start, p.fold)
+            return yearly_cutoffs(p.val_start, p.test_start, p.fold)  # checked: check_folds
         if p.test_start:
             import pandas as pd
 
@@ -653,19 +671,38 @@ def held_out(names: list[str], folds: int, fold: int, seed: int) -> set[str]:
     return {str(n) for n in order[fold - 1::folds]}
 
 
+def check_folds(cfg: Config, frames: dict) -> None:
+    """What every fold needs, checked before any trains: a group of series per fold
+    (split=ticker), or enough test days in every walk-forward block."""
+    p = cfg.task
+    if p.split == "ticker" and len(frames) < p.folds:
+        raise ValueError(f"folds: split=ticker holds out each of {p.folds} groups of series "
+                         f"in turn, but the data has {len(frames)} series")
+    if p.split == "calendar":
+        steps = [f.index.to_numpy()[1:] for f in frames.values()]
+        check_years(cfg, steps) if p.test_start else check_blocks(cfg, steps)
+
+
 def check_years(cfg: Config, steps: list[np.ndarray]) -> None:
     """Refuse yearly walk-forward blocks (val_start/test_start) with fewer than
-    MIN_BLOCK_DAYS test days: years past the data's end."""
+    MIN_BLOCK_DAYS test days (a year past the data's end, a test_start late in its year
+    or outside the data)."""
     from data_loaders.sequences import yearly_cutoffs
 
     p, days = cfg.task, np.unique(np.concatenate(steps))
+    need, span = max(MIN_BLOCK_DAYS, 2 * p.horizon), f"{str(days[0])[:10]} to {str(days[-1])[:10]}"
     for k in range(1, p.folds + 1):
         _, start, end = yearly_cutoffs(p.val_start, p.test_start, k)
         n = int(((days >= start.to_datetime64()) & (days < end.to_datetime64())).sum())
-        if n < max(MIN_BLOCK_DAYS, 2 * p.horizon):
-            raise ValueError(f"folds: block {k}, the year from {start.date()}, has {n} test "
-                             f"days (the data end on {str(days[-1])[:10]}); at most "
-                             f"folds={k - 1} yearly blocks from test_start={p.test_start}")
+        if n >= need:
+            continue
+        if k == 1:
+            raise ValueError(f"test_start: the first yearly block, {start.date()} to the end of "
+                             f"{start.year}, has {n} test days (the data run from {span}); a "
+                             f"block needs {need} or more")
+        raise ValueError(f"folds: block {k}, the year from {start.date()}, has {n} test days "
+                         f"(the data run from {span}); at most folds={k - 1} yearly blocks from "
+                         f"test_start={p.test_start}")
 
 
 def check_blocks(cfg: Config, steps: list[np.ndarray]) -> None:
