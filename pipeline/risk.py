@@ -34,6 +34,17 @@ def pinball_loss(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[float])
     return float(np.mean(np.maximum(tau * e, (tau - 1) * e)))
 
 
+def central_pairs(quantiles: list[float]) -> list[tuple[int, int]]:
+    """(i, j) of each central interval [q_tau, q_{1-tau}], tau < 0.5, whose two ends are
+    both among the quantiles."""
+    pairs = []
+    for i, tau in enumerate(quantiles):
+        upper = [j for j, u in enumerate(quantiles) if abs(u - (1 - tau)) < 1e-9]
+        if tau < 0.5 and upper:
+            pairs.append((i, upper[0]))
+    return pairs
+
+
 def interval_scores(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[float]) -> dict:
     """Coverage and width of each central interval [q_tau, q_{1-tau}], tau < 0.5, whose
     two ends are both forecast: {coverage_L: share of actual inside (ends included),
@@ -41,12 +52,9 @@ def interval_scores(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[floa
     q_pred [N, Q], actual [N]; {} when no symmetric pair is present."""
     q_pred, actual = np.asarray(q_pred, np.float64), np.asarray(actual, np.float64)
     out = {}
-    for i, tau in enumerate(quantiles):
-        upper = [j for j, u in enumerate(quantiles) if abs(u - (1 - tau)) < 1e-9]
-        if tau >= 0.5 or not upper:
-            continue
-        lo, hi = q_pred[:, i], q_pred[:, upper[0]]
-        name = f"{round(100 * (1 - 2 * tau), 6):g}"
+    for i, j in central_pairs(quantiles):
+        lo, hi = q_pred[:, i], q_pred[:, j]
+        name = f"{round(100 * (1 - 2 * quantiles[i]), 6):g}"
         out[f"coverage_{name}"] = float(np.mean((actual >= lo) & (actual <= hi)))
         out[f"width_{name}"] = float(np.mean(hi - lo))
     return out
@@ -67,11 +75,8 @@ def adaptive_intervals(q_pred: np.ndarray, actual: np.ndarray, quantiles: list[f
     outcomes known at each forecast; quantiles without a pair stay as they are."""
     out = np.array(q_pred, np.float64)
     actual = np.asarray(actual, np.float64)
-    for i, tau in enumerate(quantiles):
-        upper = [j for j, u in enumerate(quantiles) if abs(u - (1 - tau)) < 1e-9]
-        if tau >= 0.5 or not upper:
-            continue
-        j, alpha, z = upper[0], 2 * tau, norm.ppf(1 - tau)
+    for i, j in central_pairs(quantiles):
+        alpha, z = 2 * quantiles[i], norm.ppf(1 - quantiles[i])
         mid, half = (out[:, i] + out[:, j]) / 2, (out[:, j] - out[:, i]) / 2
         level, miss = alpha, np.zeros(len(actual), bool)
         for t in range(len(actual)):

@@ -211,6 +211,7 @@ class PricesTask(Task):
             raise ValueError(f"aci: the step gamma of adaptive conformal inference must be in "
                              f"[0, 1) (0: off; 0.005 is usual), got {p.aci}")
         from models.heads import parse_quantiles
+        from pipeline.risk import central_pairs
 
         qs = parse_quantiles(p.quantiles)  # whatever the loss: gaussian serves them too
         if p.select == "qlike" and (p.loss, p.target) != ("gaussian", "volatility"):
@@ -229,8 +230,7 @@ class PricesTask(Task):
         if p.fold and p.folds == 1:
             raise ValueError(f"fold: runs one fold k of folds=K (K >= 2); got fold={p.fold} "
                              "with folds=1")
-        if p.aci and (p.loss == "mse" or not any(abs(a + b - 1) < 1e-9 and a < b
-                                                   for a in qs for b in qs)):
+        if p.aci and (p.loss == "mse" or not central_pairs(qs)):
             raise ValueError(f"aci: adapts the model's central intervals (a pair of quantiles "
                              f"tau, 1-tau, with loss=gaussian or quantile); loss={p.loss}, "
                              f"quantiles={p.quantiles!r} have none; or aci=0")
