@@ -101,12 +101,17 @@ def denormalise(raw: np.ndarray, spec: dict, y_norm) -> dict[str, np.ndarray]:
     floor = 0.0 if spec.get("target") == "volatility" else -np.inf
     if loss == "gaussian":
         mu, scale = (v.numpy().astype(np.float64) for v in gaussian(t))
-        z = np.array(spec.get("calibrated_z") or [NormalDist().inv_cdf(q) for q in qs])
+        z = np.array(spec.get("calibrated_z") or normal_z(qs))
         quant = mu[..., None] + scale[..., None] * z
         return {"point": mu * std + mean, "scale": scale * std,
                 "quantiles": np.maximum(quant * std[:, None] + mean[:, None], floor)}
     quant = quantiles_of(t, len(qs)).numpy().astype(np.float64) * std[:, None] + mean[:, None]
     return {"point": quant[..., qs.index(0.5)], "quantiles": np.maximum(quant, floor)}
+
+
+def normal_z(quantiles: list[float]) -> list[float]:
+    """The standard normal's quantile at each level: a gaussian head's z, uncalibrated."""
+    return [NormalDist().inv_cdf(q) for q in quantiles]
 
 
 def rescale(values: dict[str, np.ndarray], scale: np.ndarray) -> dict[str, np.ndarray]:

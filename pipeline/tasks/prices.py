@@ -590,9 +590,7 @@ class PricesTask(Task):
         validation residuals (y - mean) / scale in the model's units (split conformal:
         validation coverage is then nominal at every quantile), which `denormalise` uses
         instead of the normal's. From the net and the data: the same in every step."""
-        from statistics import NormalDist
-
-        from models.heads import gaussian
+        from models.heads import gaussian, normal_z
 
         spec = self.network(cfg, data)
         if not cfg.task.calibrate:
@@ -600,7 +598,7 @@ class PricesTask(Task):
         raw, y = self._at_validation(net, cfg, data.streams())
         mean, scale = gaussian(raw)
         z = ((y - mean) / scale)[:, 0].numpy()
-        spec["normal_z"] = [NormalDist().inv_cdf(q) for q in spec["quantiles"]]
+        spec["normal_z"] = normal_z(spec["quantiles"])
         spec["calibrated_z"] = [float(np.quantile(z, q)) for q in spec["quantiles"]]
         return spec
 
