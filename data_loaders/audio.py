@@ -359,3 +359,39 @@ def utterance_cmvn(x: np.ndarray) -> np.ndarray:
     """Per-utterance mean and variance normalisation of [T, F] frames."""
     std = x.std(axis=0)
     return ((x - x.mean(axis=0)) / np.where(std > 1e-8, std, 1.0)).astype(np.float32)
+
+
+def channel_features(utts: list[Utterance], s: FeatureSettings, variants: int, seed: int,
+                     cache_dir: str | Path | None, progress: bool | None = None):
+    """Features of each utterance heard through `variants` random channels
+    (data_loaders/channel.py), channel k of a file drawn from (seed, k, its content):
+    the same on every machine. Cached as `load_features` caches, keyed by content and
+    chain. A variant that trimming leaves unusable (a quiet file made silent) falls back
+    to the file as recorded. Returns (features [variants][N], chains in words, alike)."""
+    from tqdm.auto import tqdm
+
+    from data_loaders import channel
+
+    cache = FeatureCache(cache_dir, s) if cache_dir else None
+    feats, words = [[] for _ in range(variants)], [[] for _ in range(variants)]
+    for u in tqdm(utts, desc="channel variants", unit="file",
+                  disable=None if progress is None else not progress):
+        data = u.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        samples = None
+        for k in range(variants):
+            chain = channel.draw(np.random.default_rng([seed, k, int(digest[:12], 16)]),
+                                 s.sample_rate)
+            key = hashlib.sha256(data + repr(chain).encode()).hexdigest()
+            x = cache.get(key) if cache else None
+            if x is None:
+                samples = decode(data, s.sample_rate) if samples is None else samples
+                cut, why = trimmed(channel.apply(samples, s.sample_rate, chain), s)
+                if why:  # the file as recorded: it loaded, so it is usable
+                    cut = trimmed(samples, s)[0]
+                x = frames(cut, s)
+                if cache:
+                    cache.put(key, x)
+            feats[k].append(x)
+            words[k].append(channel.describe(chain))
+    return feats, words

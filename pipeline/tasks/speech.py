@@ -12,7 +12,7 @@ The tasks: speech_classify.py (utterance -> label), speech_forecast.py (the fram
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,6 +58,10 @@ class SpeechData:
     classes: list[str]
     norm: object | None  # the global Normaliser (None: per-utterance)
     bad: list[tuple[str, str]]  # skipped files and why
+    # speech-classify's channel augmentation: raw frames [variant][training utterance]
+    # and each chain in words (the training split's order)
+    channels: list[list[np.ndarray]] = field(default_factory=list)
+    chains: list[list[str]] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         import pandas as pd
@@ -67,7 +71,16 @@ class SpeechData:
                              "speaker": [u.speaker for u in self.utts],
                              "index": [u.index for u in self.utts],
                              "frames": [len(x) for x in self.x],
-                             "split": [SPLIT_NAMES[s] for s in self.split]})
+                             "split": [SPLIT_NAMES[s] for s in self.split],
+                             **{f"channel_{k + 1}": self._on_train(words)
+                                for k, words in enumerate(self.chains)}})
+
+    def _on_train(self, values: list[str]) -> list[str]:
+        """A value per training utterance spread over all utterances ("" elsewhere)."""
+        out = [""] * len(self.utts)
+        for i, v in zip(np.flatnonzero(self.split == TRAIN), values, strict=True):
+            out[i] = v
+        return out
 
     def summary(self) -> str:
         counts = ", ".join(f"{name} {int((self.split == s).sum())}"
@@ -85,6 +98,19 @@ class SpeechData:
         idx = np.flatnonzero(self.split == which)
         x, lengths = pad([(self.raw if raw else self.x)[i] for i in idx])
         return x, lengths, torch.as_tensor(self.y[idx])
+
+    def heard(self, x, lengths):
+        """The training split's raw padded frames [N, T, F] and lengths [N] beside its
+        channel variants: [1 + variants, N, T', F] and [1 + variants, N], padded alike."""
+        import torch
+
+        from models.networks import pad
+
+        variants = [pad(frames) for frames in self.channels]
+        t = max([x.shape[1], *(v.shape[1] for v, _ in variants)])
+        grow = lambda v: torch.nn.functional.pad(v, (0, 0, 0, t - v.shape[1]))  # noqa: E731
+        return (torch.stack([grow(x), *(grow(v) for v, _ in variants)]),
+                torch.stack([lengths, *(n for _, n in variants)]))
 
     def add_training(self, utts: list[Utterance], feats: list[np.ndarray],
                      y: list[int] | None = None) -> None:

@@ -43,6 +43,10 @@ class Params(speech.Params):
     nonspeech: int = param(0, "training: this many generated clips of each kind of non-speech "
                               "(tones, sweeps, noise, chords, clicks, sirens) as an extra "
                               "output, unknown; 0: none")
+    channel: int = param(0, "training: this many channel variants of each training recording "
+                            "(gain, a resampling chain, band limits, equalisation, 8-bit "
+                            "mu-law; drawn from the seed, listed in data/files.json); each "
+                            "epoch hears every utterance through one, or as recorded; 0: off")
     unknown_rate: float = param(0.01, "share of validation utterances the confidence threshold "
                                       "may call unknown; 0: no threshold")
 
@@ -60,7 +64,8 @@ class Params(speech.Params):
         for name in ("freq_warp", "time_stretch"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices", "nonspeech"):
+        for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices", "nonspeech",
+                     "channel"):
             if not 0 <= getattr(self, name) <= LIMITS.get(name, 1000):
                 raise ValueError(f"{name} must be in [0, {LIMITS.get(name, 1000)}], got "
                                  f"{getattr(self, name)!r}")
@@ -71,7 +76,7 @@ class Params(speech.Params):
         return self
 
 
-LIMITS = {"synthetic_voices": 5000, "nonspeech": 1000, "noise_snr": 100}
+LIMITS = {"synthetic_voices": 5000, "nonspeech": 1000, "noise_snr": 100, "channel": 8}
 
 
 class SpeechClassifyTask(SpeechTask):
@@ -109,6 +114,8 @@ class SpeechClassifyTask(SpeechTask):
                   + (f" ({len(bad)} unusable left out)" if bad else ""))
         if cfg.task.nonspeech:
             add_nonspeech(data, cfg.task, cfg.task.nonspeech, seed=1000 + cfg.train.seed)
+        if cfg.task.channel:
+            add_channels(data, cfg)
         return data
 
     def network(self, cfg: Config, data: SpeechData) -> dict:
@@ -118,6 +125,7 @@ class SpeechClassifyTask(SpeechTask):
                 "classes": data.classes}
 
     def objective(self, cfg: Config, data: SpeechData, net) -> Objective:
+        import torch
         from torch import nn
 
         from models.networks import logits, read_out
@@ -126,6 +134,7 @@ class SpeechClassifyTask(SpeechTask):
 
         device = next(net.parameters()).device
         xt, lt, yt = data.padded(TRAIN, raw=True)
+        xt, lt = data.heard(xt, lt)  # [1 + channel variants, N, T, F], [1 + variants, N]
         xv, lv, yv = data.padded(VAL)
         xv, yv = xv.to(device), yv.to(device)
         t, augment = cfg.train, cfg.task.augment()
@@ -133,9 +142,11 @@ class SpeechClassifyTask(SpeechTask):
         def updates(gen, cursor):
             # every rank augments the whole batch (the draws from `gen` stay the same on
             # all ranks, so their shuffles agree), then keeps its share (distributed.py)
-            for idx in batches(len(xt), t.batch_size, gen, cursor):
-                steps = int(lt[idx].max())
-                x, n = augment.raw(xt[idx, :steps], lt[idx], gen)
+            for idx in batches(xt.shape[1], t.batch_size, gen, cursor):
+                via = (torch.randint(len(xt), (len(idx),), generator=gen) if len(xt) > 1
+                       else torch.zeros(len(idx), dtype=torch.long))  # as recorded, or a channel
+                steps = int(lt[via, idx].max())
+                x, n = augment.raw(xt[via, idx, :steps], lt[via, idx], gen)
                 x = augment.masks(data.normalise(x, n), n, gen)
                 x, n, y = shard(add_noise(x, t.input_noise)), shard(n), shard(yt[idx])
                 yield read_out(net(x.to(device), lengths=n)[0], n, net.readout), y.to(device)
@@ -236,6 +247,23 @@ def add_nonspeech(data: SpeechData, settings, n: int, seed: int) -> None:
             for i in range(len(frames))]
     data.add_training(utts, frames, [len(data.classes)] * len(frames))
     print(f"non-speech: {len(frames)} generated training clips as the unknown output")
+
+
+def add_channels(data: SpeechData, cfg: Config) -> None:
+    """Each training recording heard through cfg.task.channel random channels
+    (data_loaders/channel.py); generated non-speech, which has no recording, as it is."""
+    from data_loaders.audio import channel_features
+
+    p, train = cfg.task, np.flatnonzero(data.split == TRAIN)
+    files = [i for i in train if data.utts[i].path.is_file()]
+    cache = cfg.path(p.feature_cache) if p.feature_cache else None
+    feats, words = channel_features([data.utts[i] for i in files], p, p.channel,
+                                    cfg.train.seed, cache)
+    at = {i: j for j, i in enumerate(files)}
+    data.channels = [[f[at[i]] if i in at else data.raw[i] for i in train] for f in feats]
+    data.chains = [[w[at[i]] if i in at else "" for i in train] for w in words]
+    print(f"channel: {len(files)} training recordings heard through {p.channel} random "
+          "channels each")
 
 
 def false_accept(net, cfg: Config, data: SpeechData, rule: dict, n: int = 12) -> float:
