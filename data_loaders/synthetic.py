@@ -61,13 +61,29 @@ def voice(k: int, seed: int, names: list[str]) -> list[str]:
 def synthesize(labels: list[str], n_voices: int, folder: str | Path, seed: int = 0,
                progress: bool | None = None) -> list[Path]:
     """The WAV files of n_voices voices saying every label (made once, then reused)."""
+    return make([(label, k) for k in range(n_voices) for label in labels], folder, seed,
+                (sorted(labels), n_voices, seed), progress)
+
+
+def say_words(words: tuple[str, ...], voices: range, per_voice: int, folder: str | Path,
+              seed: int = 0, progress: bool | None = None) -> list[Path]:
+    """Each voice in `voices` says `per_voice` of `words`, drawn from (seed, voice)."""
+    pairs = [(str(w), k) for k in voices
+             for w in np.random.default_rng([seed, k, 1]).choice(words, per_voice, False)]
+    return make(pairs, folder, seed, (sorted(pairs), seed), progress)
+
+
+def make(pairs: list[tuple[str, int]], folder: str | Path, seed: int, key: tuple,
+         progress: bool | None = None) -> list[Path]:
+    """`{label}_synth{k}_0.wav`: voice k saying each label of `pairs`, in a subfolder
+    named by `key`, espeak-ng's voices and version (made once, then reused)."""
     from tqdm.auto import tqdm
 
     names = variants()
     version = espeak("--version").strip()
-    key = hashlib.sha256(repr((sorted(labels), n_voices, seed, names, version)).encode())
-    out = Path(folder) / key.hexdigest()[:16]
-    paths = [out / f"{label}_synth{k}_0.wav" for k in range(n_voices) for label in labels]
+    digest = hashlib.sha256(repr((*key, names, version)).encode())
+    out = Path(folder) / digest.hexdigest()[:16]
+    paths = [out / f"{label}_synth{k}_0.wav" for label, k in pairs]
     todo = [p for p in paths if not p.exists()]
     for path in tqdm(todo, desc="synthetic voices", unit="file",
                      disable=None if progress is None else not progress):

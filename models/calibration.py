@@ -2,8 +2,9 @@
 
 - Temperature scaling (Guo et al., 2017): logits / T, with T minimising the
   validation negative log-likelihood; it changes no argmax, only confidence.
-- Unknown: an utterance is "unknown" when the network's extra output, trained on
-  generated non-speech (`nonspeech` > 0 in training), is its top one, or when the
+- Unknown: an utterance is "unknown" when one of the network's extra outputs is its
+  top one (trained on generated non-speech, `nonspeech` > 0, or on words outside the
+  vocabulary, `unknown_words` > 0; each says why in its own words), or when the
   calibrated probability of its top class is below `min_probability`, the
   validation quantile that rejects `rate` of the validation utterances.
 
@@ -20,6 +21,7 @@ import torch
 UNKNOWN = "unknown"
 LOW_CONFIDENCE = "low confidence"
 NOT_SPEECH = "sounds like the non-speech it was trained to reject"
+NOT_A_WORD = "not a word it knows"
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -49,22 +51,27 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
 
 
 def fit_rule(val_logits: torch.Tensor, val_y: torch.Tensor, n_classes: int,
-             rate: float) -> dict:
-    """The temperature and the threshold, for a network with n_classes outputs, plus one
-    for unknown when it has n_classes + 1; `rate` = 0 never rejects for low confidence."""
+             rate: float, extra: tuple[str, ...] = ()) -> dict:
+    """The temperature and the threshold, for a network with n_classes outputs and then
+    one per reason in `extra` (NOT_SPEECH, NOT_A_WORD); `rate` = 0 never rejects for low
+    confidence."""
+    if val_logits.shape[1] != n_classes + len(extra):
+        raise ValueError(f"unknown rule: {val_logits.shape[1]} outputs, expected {n_classes} "
+                         f"classes and {len(extra)} unknown outputs")
     t = fit_temperature(val_logits, val_y)
     top = torch.softmax(val_logits / t, 1)[:, :n_classes].max(1).values.numpy()
-    return {"temperature": t, "unknown_output": val_logits.shape[1] > n_classes,
+    return {"temperature": t, "unknown_outputs": list(extra),
             "min_probability": float(np.quantile(top, rate)) if rate else 0.0}
 
 
 def apply_rule(logits: torch.Tensor, rule: dict, n_classes: int):
     """The classes' calibrated probabilities [N, n_classes] (float64) and, per row, why it
     is unknown ("" when it is not)."""
+    # a rule saved before words: one extra output at most, for non-speech
+    extra = rule.get("unknown_outputs", [NOT_SPEECH] * bool(rule.get("unknown_output")))
     probs = torch.softmax(logits.double() / rule["temperature"], 1).numpy()
-    not_speech = (probs.argmax(1) == n_classes) if rule["unknown_output"] else \
-        np.zeros(len(probs), bool)
+    top = probs.argmax(1)
     probs = probs[:, :n_classes]
     low = probs.max(1) < rule["min_probability"]
-    return probs, [NOT_SPEECH if n else LOW_CONFIDENCE if lo else ""
-                   for n, lo in zip(not_speech, low, strict=True)]
+    return probs, [extra[k - n_classes] if k >= n_classes else LOW_CONFIDENCE if lo else ""
+                   for k, lo in zip(top, low, strict=True)]

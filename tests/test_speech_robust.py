@@ -156,7 +156,8 @@ def test_unknown_rule_rejects_the_unknown_output_and_unsure_inputs_at_the_asked_
     y = rng.integers(0, 3, 1000)
     logit = torch.as_tensor(np.eye(4)[y] * 4 + rng.standard_normal((1000, 4)),
                             dtype=torch.float32)
-    rule = calibration.fit_rule(logit, torch.as_tensor(y), 3, rate=0.05)
+    rule = calibration.fit_rule(logit, torch.as_tensor(y), 3, rate=0.05,
+                                extra=(calibration.NOT_SPEECH,))
     probs, why = calibration.apply_rule(logit, rule, 3)
     assert probs.shape == (1000, 3) and (probs.sum(1) <= 1 + 1e-12).all()
     assert 0.03 <= np.mean([w == calibration.LOW_CONFIDENCE for w in why]) <= 0.07
@@ -164,8 +165,19 @@ def test_unknown_rule_rejects_the_unknown_output_and_unsure_inputs_at_the_asked_
     assert calibration.apply_rule(noise, rule, 3)[1] == [calibration.NOT_SPEECH]
     assert calibration.apply_rule(torch.zeros(1, 4), rule, 3)[1] == [calibration.LOW_CONFIDENCE]
     never = calibration.fit_rule(logit[:, :3], torch.as_tensor(y), 3, rate=0.0)
-    assert not never["unknown_output"]
+    assert not never["unknown_outputs"]
     assert calibration.apply_rule(torch.zeros(1, 3), never, 3)[1] == [""]
+    words = calibration.fit_rule(torch.cat([logit, torch.zeros(1000, 1)], 1),
+                                 torch.as_tensor(y), 3, 0.0,
+                                 (calibration.NOT_SPEECH, calibration.NOT_A_WORD))
+    for at, reason in ((3, calibration.NOT_SPEECH), (4, calibration.NOT_A_WORD)):
+        top = torch.zeros(1, 5).index_fill_(1, torch.tensor([at]), 9.0)
+        assert calibration.apply_rule(top, words, 3)[1] == [reason]
+    old = {"temperature": 1.0, "unknown_output": True, "min_probability": 0.0}  # saved before
+    assert calibration.apply_rule(noise, old, 3)[1] == [calibration.NOT_SPEECH]
+    with pytest.raises(ValueError, match="5 outputs, expected 3 classes and 1 unknown"):
+        calibration.fit_rule(torch.zeros(2, 5), torch.tensor([0, 1]), 3, 0.0,
+                             (calibration.NOT_SPEECH,))
 
 
 def test_generated_nonspeech_is_seeded_and_covers_every_kind():

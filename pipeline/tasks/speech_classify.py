@@ -43,6 +43,10 @@ class Params(speech.Params):
     nonspeech: int = param(0, "training: this many generated clips of each kind of non-speech "
                               "(tones, sweeps, noise, chords, clicks, sirens) as an extra "
                               "output, unknown; 0: none")
+    unknown_words: int = param(0, "training: each synthetic voice also says this many common "
+                                  "English words that are not digits (data_loaders/words.py), "
+                                  "an unknown output of their own (reason: not a word it "
+                                  "knows); needs synthetic_voices; 0: none")
     channel: int = param(0, "training: this many channel variants of each training recording "
                             "(gain, a resampling chain, band limits, equalisation, 8-bit "
                             "mu-law; drawn from the seed, listed in data/files.json); each "
@@ -56,6 +60,12 @@ class Params(speech.Params):
         return Augment(self.freq_warp, self.time_stretch, self.noise_snr, self.freq_masks,
                        self.time_masks, self.sample_rate, self.n_mels)
 
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The unknown outputs after the classes, each named by the reason it gives."""
+        from models.calibration import NOT_A_WORD, NOT_SPEECH
+
+        return (NOT_SPEECH,) * bool(self.nonspeech) + (NOT_A_WORD,) * bool(self.unknown_words)
+
     def validate(self) -> Params:
         super().validate()
         if self.features != "logmel" and (self.freq_warp or self.noise_snr):
@@ -65,10 +75,13 @@ class Params(speech.Params):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices", "nonspeech",
-                     "channel"):
+                     "unknown_words", "channel"):
             if not 0 <= getattr(self, name) <= LIMITS.get(name, 1000):
                 raise ValueError(f"{name} must be in [0, {LIMITS.get(name, 1000)}], got "
                                  f"{getattr(self, name)!r}")
+        if self.unknown_words and not self.synthetic_voices:
+            raise ValueError("unknown_words: the synthetic voices say the words; set "
+                             "synthetic_voices > 0")
         if self.synthetic_voices and not self.synthetic_cache:
             raise ValueError("synthetic_cache: give a folder for the synthetic voices")
         if not 0 <= self.unknown_rate < 0.5:
@@ -76,7 +89,8 @@ class Params(speech.Params):
         return self
 
 
-LIMITS = {"synthetic_voices": 5000, "nonspeech": 1000, "noise_snr": 100, "channel": 8}
+LIMITS = {"synthetic_voices": 5000, "nonspeech": 1000, "noise_snr": 100, "channel": 8,
+          "unknown_words": 20}
 
 
 class SpeechClassifyTask(SpeechTask):
@@ -114,6 +128,8 @@ class SpeechClassifyTask(SpeechTask):
                   + (f" ({len(bad)} unusable left out)" if bad else ""))
         if cfg.task.nonspeech:
             add_nonspeech(data, cfg.task, cfg.task.nonspeech, seed=1000 + cfg.train.seed)
+        if cfg.task.unknown_words:
+            add_words(data, cfg)
         if cfg.task.channel:
             add_channels(data, cfg)
         return data
@@ -121,7 +137,7 @@ class SpeechClassifyTask(SpeechTask):
     def network(self, cfg: Config, data: SpeechData) -> dict:
         spec = super().network(cfg, data)
         spec["model"].update(bidirectional=cfg.task.bidirectional, readout=cfg.task.readout)
-        return {**spec, "n_out": len(data.classes) + bool(cfg.task.nonspeech),
+        return {**spec, "n_out": len(data.classes) + len(cfg.task.extra_outputs()),
                 "classes": data.classes}
 
     def objective(self, cfg: Config, data: SpeechData, net) -> Objective:
@@ -164,7 +180,8 @@ class SpeechClassifyTask(SpeechTask):
         from models.networks import logits
 
         xv, lv, yv = data.padded(VAL)
-        return fit_rule(logits(net, xv, lv), yv, len(data.classes), cfg.task.unknown_rate)
+        return fit_rule(logits(net, xv, lv), yv, len(data.classes), cfg.task.unknown_rate,
+                        cfg.task.extra_outputs())
 
     def served_spec(self, net, cfg: Config, data: SpeechData) -> dict:
         import mlflow
@@ -203,6 +220,8 @@ class SpeechClassifyTask(SpeechTask):
                  "unknown_share": float(rejected.mean()),
                  "ece": expected_calibration_error(probs, true),
                  "false_accept": false_accept(net, cfg, data, rule)}
+        if cfg.task.synthetic_voices:  # espeak-ng is there: words it never trained on
+            model["word_false_accept"] = word_false_accept(net, cfg, data, rule)
         table = {"model": model,
                  "majority": classification_scores(np.full_like(true, majority), true, n),
                  "mlp_mean_pooled": classification_scores(mlp_baseline(cfg, data), true, n)}
@@ -247,6 +266,43 @@ def add_nonspeech(data: SpeechData, settings, n: int, seed: int) -> None:
             for i in range(len(frames))]
     data.add_training(utts, frames, [len(data.classes)] * len(frames))
     print(f"non-speech: {len(frames)} generated training clips as the unknown output")
+
+
+def add_words(data: SpeechData, cfg: Config) -> None:
+    """Each synthetic voice says unknown_words training words (data_loaders/words.py),
+    as the last unknown output."""
+    from data_loaders import audio, synthetic, words
+
+    p = cfg.task
+    paths = synthetic.say_words(words.TRAINING, range(p.synthetic_voices), p.unknown_words,
+                                cfg.path(p.synthetic_cache), cfg.train.seed)
+    utts = [audio.Utterance(f, "unknown", f.stem.split("_")[1], 0) for f in paths]
+    cache = cfg.path(p.feature_cache) if p.feature_cache else None
+    feats, kept, _ = audio.load_features(utts, p, cache, skip_bad=True)
+    data.add_training(kept, feats, [len(data.classes) + len(p.extra_outputs()) - 1] * len(kept))
+    print(f"unknown words: {len(kept)} training clips of {len(words.TRAINING)} words as the "
+          "unknown output")
+
+
+HELD_OUT_VOICES = range(100_000, 100_008)  # voice numbers no training run draws (LIMITS)
+
+
+def word_false_accept(net, cfg: Config, data: SpeechData, rule: dict) -> float:
+    """The share of 200 clips of words never trained on (words.HELD_OUT, 25 of them said by
+    each of 8 synthetic voices never trained on) that the model labels as a digit."""
+    from data_loaders import audio, synthetic, words
+    from models.calibration import apply_rule
+    from models.networks import logits, pad
+
+    p = cfg.task
+    paths = synthetic.say_words(words.HELD_OUT, HELD_OUT_VOICES, 25,
+                                cfg.path(p.synthetic_cache), seed=0)
+    utts = [audio.Utterance(f, "unknown", None, None) for f in paths]
+    cache = cfg.path(p.feature_cache) if p.feature_cache else None
+    feats = audio.load_features(utts, p, cache, skip_bad=True)[0]
+    x, lengths = pad([data.normalise_one(f) for f in feats])
+    _, why = apply_rule(logits(net, x, lengths), rule, len(data.classes))
+    return sum(not w for w in why) / len(why)
 
 
 def add_channels(data: SpeechData, cfg: Config) -> None:

@@ -1,0 +1,54 @@
+"""Words outside the vocabulary (speech-classify's `unknown_words`): the word lists keep
+the digits and their sound-alikes out, voices say them from the seed, and a run trains
+them as an unknown output of their own and measures words and voices it never heard."""
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from data_loaders import synthetic, words
+from models.calibration import NOT_A_WORD, NOT_SPEECH
+from pipeline.main import main
+from pipeline.tasks.speech_classify import HELD_OUT_VOICES, LIMITS
+
+
+def test_the_word_lists_hold_no_digit_nor_its_sound_alike_and_are_disjoint():
+    banned = (set(synthetic.DIGITS) | {w for ws in words.HOMOPHONES.values() for w in ws}
+              | set(words.NEAR_RHYMES))
+    for listed in (words.TRAINING, words.HELD_OUT):
+        assert not banned & set(listed) and len(set(listed)) == len(listed)
+        assert all(w.isalpha() and w.islower() for w in listed)  # file names {word}_synthK_0
+    assert not set(words.TRAINING) & set(words.HELD_OUT)
+    assert set(words.HOMOPHONES) <= set(synthetic.DIGITS)
+    assert HELD_OUT_VOICES.start >= LIMITS["synthetic_voices"]  # no run trains on them
+
+
+def test_voices_say_words_drawn_from_the_seed(tmp_path):
+    said = synthetic.say_words(words.TRAINING, range(3), 2, tmp_path, seed=0, progress=False)
+    again = synthetic.say_words(words.TRAINING, range(3), 2, tmp_path, seed=0, progress=False)
+    other = synthetic.say_words(words.TRAINING, range(3), 2, tmp_path, seed=1, progress=False)
+    assert said == again and len(said) == 6 and all(p.stat().st_size > 1000 for p in said)
+    assert {p.stem.split("_")[0] for p in said} <= set(words.TRAINING)
+    assert [p.stem for p in said] != [p.stem for p in other]
+
+
+@pytest.mark.slow
+def test_words_train_an_unknown_output_of_their_own_and_are_measured(store, small_fsdd):
+    out = main(["--task", "speech-classify", "--data", str(small_fsdd), "--epochs", "1",
+                "--hidden", "8", "--synthetic_voices", "4", "--unknown_words", "3",
+                "--nonspeech", "2", "--synthetic_cache", str(store / "synthetic"),
+                "--feature_cache", str(store / "cache")])
+    run = MlflowClient().get_run(out["run_id"])
+    assert 0 <= run.data.metrics["test_word_false_accept"] <= 1
+    table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/data/files.json")
+    rows = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    said = [r for r in rows if r["label"] == "unknown" and "synth" in str(r["speaker"])]
+    assert len(said) == 12 and {r["split"] for r in said} == {"train"}
+    model = mlflow.pyfunc.load_model("models:/speech-classify@champion").unwrap_python_model()
+    assert model.spec["n_out"] == 3 + 2
+    assert model.spec["unknown"]["unknown_outputs"] == [NOT_SPEECH, NOT_A_WORD]
+
+
+def test_words_need_the_voices_that_say_them(store, small_fsdd):
+    with pytest.raises(ValueError, match="unknown_words: the synthetic voices say the words"):
+        main(["--task", "speech-classify", "--data", str(small_fsdd), "--unknown_words", "2"])
