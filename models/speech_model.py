@@ -10,9 +10,9 @@ OGG; base64 over REST) or `samples` (array of floats in [-1, 1]) with
 Response, speech-classify: `utterance_id`, `label` (a class, or "unknown"),
 `probability` (of the top class, calibrated), `reason` (why "unknown": silent, too
 short, low confidence, like the non-speech it was trained to reject, or not a word it
-knows; empty otherwise) and one `p_{class}` column per class. speech-forecast: `utterance_id`, `l1` (the
-mean absolute error of predicting each frame `shift` steps ahead, normalised
-log-mel units) and `embedding` (the mean of the top layer's hidden states).
+knows; empty otherwise) and one `p_{class}` column per class. speech-forecast:
+`utterance_id`, `l1` (the mean absolute error of predicting each frame `shift` steps
+ahead, normalised log-mel units) and `embedding` (the mean of the top layer's hidden states).
 Limits (checked from the file headers before anything is decoded): MAX_ROWS clips and
 MAX_REQUEST_SECONDS of audio per request, MAX_SECONDS and MAX_CLIP_SAMPLES per clip.
 """

@@ -82,7 +82,9 @@ class TrainParams:
                                      "training")
     seed: int = param(0, "seeds weights, shuffling, dropout and noise")
     init_from: str = param("", "warm start from a logged model's weights (models:/NAME@ALIAS, "
-                               "models:/NAME/N, runs:/ID/model); the shapes must match")
+                               "models:/NAME/N, runs:/ID/model); the shapes must match; a "
+                               "speech-forecast model starts speech-classify's recurrent "
+                               "layers (pretraining)")
     checkpoint_every: int = param(1, "epochs between latest.pt checkpoints (one is also "
                                      "written on SIGTERM/SIGINT); 0: on signals only")
     checkpoint_dir: str = param("checkpoints", "checkpoints go to checkpoint_dir/RUN_ID/: "

@@ -13,6 +13,7 @@ the config's experiment (the task's name by default).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import warnings
@@ -215,9 +216,15 @@ def load_served(uri: str, what: str = "model_uri"):
     return load_model(uri, what).unwrap_python_model()
 
 
-def load_initial_weights(net, uri: str) -> None:
-    """Warm start: copy the weights of the logged model at `uri` into `net`, which must
-    have the same parameters of the same shapes; otherwise say exactly what differs."""
+def load_initial_weights(net, uri: str, spec: dict | None = None) -> str:
+    """Warm start from the logged model at `uri`; returns what was copied, in words.
+
+    A model of the same task (or `spec` not given) gives every weight: `net` must have
+    the same parameters of the same shapes. A model of another task on the same inputs
+    (pretraining: a speech-forecast model for speech-classify) gives its body, every
+    weight but its output layer (`head`); each must have its place and shape here, and
+    what it has no weight for (the backward direction of a bidirectional layer, the
+    head) keeps its initial values. Otherwise the error says exactly what differs."""
     import torch
 
     try:
@@ -228,13 +235,32 @@ def load_initial_weights(net, uri: str) -> None:
     if not os.path.exists(weights):
         raise ValueError(f"init_from: {uri} is not a model of this project (no weights.pt)")
     theirs = torch.load(weights, map_location="cpu", weights_only=True)
+    with open(os.path.join(folder, "artifacts", "model.json")) as f:
+        source = json.load(f)
     ours = net.state_dict()
-    problems = [f"{k}: {list(theirs[k].shape)} there, {list(v.shape)} here"
-                for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape]
-    problems += [f"{k}: only here" for k in ours if k not in theirs]
+    across = spec is not None and source.get("task") != spec.get("task")
+    if across:
+        _same_inputs(uri, source, spec)
+        theirs = {k: v for k, v in theirs.items() if not k.startswith("head.")}
+    problems = [f"{k}: {list(v.shape)} there, {list(ours[k].shape)} here"
+                for k, v in theirs.items() if k in ours and ours[k].shape != v.shape]
     problems += [f"{k}: only there" for k in theirs if k not in ours]
+    problems += [] if across else [f"{k}: only here" for k in ours if k not in theirs]
     if problems:
         raise ValueError(f"init_from: {uri} does not fit this network; "
                          + "; ".join(problems[:10])
                          + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
-    net.load_state_dict(theirs)
+    net.load_state_dict({**ours, **theirs})
+    kept = [k for k in ours if k not in theirs]
+    return (f"{len(theirs)} of {len(ours)} weight tensors from {uri}"
+            + (f" (a {source.get('task')} model); kept at their initial values: "
+               f"{', '.join(kept)}" if across else ""))
+
+
+def _same_inputs(uri: str, source: dict, spec: dict) -> None:
+    """A model of another task can start this one only if its inputs mean the same."""
+    differ = [f"{k}: {source.get(k)!r} there, {spec.get(k)!r} here"
+              for k in ("n_in", "audio", "features", "normalise") if source.get(k) != spec.get(k)]
+    if differ:
+        raise ValueError(f"init_from: {uri} is a {source.get('task')} model whose inputs "
+                         f"differ from this {spec.get('task')} model's: " + "; ".join(differ))

@@ -29,7 +29,12 @@ def new_network(cfg, spec: dict):
     seed_everything(cfg.train.seed)
     net = build_model(spec["model"], spec["n_in"], spec["n_out"])
     if cfg.train.init_from:
-        load_initial_weights(net, cfg.train.init_from)
+        import mlflow
+
+        said = load_initial_weights(net, cfg.train.init_from, spec)
+        print(f"init_from: {said}", flush=True)
+        if mlflow.active_run():
+            mlflow.set_tag("init_from_weights", said)
     return net.to(resolve_device(cfg.model.device))
 
 

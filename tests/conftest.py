@@ -49,9 +49,11 @@ def store(tmp_path):
 
 @pytest.fixture(scope="session")
 def small_fsdd(tmp_path_factory):
-    """Digits 0-2, takes 0-9, all four speakers: 120 real files."""
+    """Digits 0-2, takes 0-9, four of the six speakers: 120 real files."""
     folder = tmp_path_factory.mktemp("fsdd")
     for f in FSDD.glob("[012]_*.wav"):
+        if f.stem.split("_")[1] in ("theo", "yweweler"):
+            continue
         if int(f.stem.split("_")[2]) < 10:
             shutil.copy(f, folder)
     return folder

@@ -16,9 +16,10 @@ S = FeatureSettings()
 
 def test_discovers_fsdd_names():
     utts = audio.discover(FSDD)
-    assert len(utts) == 2000
+    assert len(utts) == 3000
     assert {u.label for u in utts} == {str(d) for d in range(10)}
-    assert {u.speaker for u in utts} == {"george", "jackson", "lucas", "nicolas"}
+    assert {u.speaker for u in utts} == {"george", "jackson", "lucas", "nicolas", "theo",
+                                         "yweweler"}
     assert {u.index for u in utts} == set(range(50))
     u = next(u for u in utts if u.path.name == "7_lucas_12.wav")
     assert (u.label, u.speaker, u.index) == ("7", "lucas", 12)
@@ -146,7 +147,7 @@ def test_random_split_is_seeded():
     a = audio.split_utterances(utts, "random", seed=1)
     assert np.array_equal(a, audio.split_utterances(utts, "random", seed=1))
     assert not np.array_equal(a, audio.split_utterances(utts, "random", seed=2))
-    assert (a == 2).sum() == 400
+    assert (a == 2).sum() == 600
 
 
 def test_bad_settings_are_named():

@@ -385,3 +385,38 @@ def test_a_damaged_stored_temperature_is_a_400_never_a_nan_answer(classifier):
     wav = (FSDD / "3_george_7.wav").read_bytes()
     with pytest.raises(mlflow.exceptions.MlflowException, match="non-finite probabilities"):
         damaged.predict(None, pd.DataFrame({"audio": [wav]}))
+
+
+@pytest.mark.slow
+def test_a_speech_forecast_model_pretrains_the_classifier_s_recurrent_layers(store, small_fsdd):
+    """init_from across the two speech tasks: the forecaster's body, never its head; the
+    backward direction, which a forecaster cannot have, stays at its initial values."""
+    common = ["--data", str(small_fsdd), "--epochs", "1", "--hidden", "16",
+              "--feature_cache", str(store / "cache")]
+    main(["--task", "speech-forecast", *common])
+    uri = "models:/speech-forecast@champion"
+    forecaster = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    body = forecaster.net.state_dict()
+    spec = {**forecaster.spec, "task": "speech-classify", "n_out": 4,
+            "model": {**forecaster.spec["model"], "bidirectional": True, "readout": "mean"}}
+    from models.networks import build_model
+    from pipeline.tracking import load_initial_weights
+
+    net = build_model(spec["model"], spec["n_in"], spec["n_out"])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    said = load_initial_weights(net, uri, spec)
+    assert said.startswith(f"4 of 10 weight tensors from {uri} (a speech-forecast model)")
+    assert "cells.0.weight_ih_l0_reverse" in said and "head.weight" in said
+    got = net.state_dict()
+    assert all(torch.equal(got[k], body[k]) for k in body if k.startswith("cells."))
+    assert all(torch.equal(got[k], before[k]) for k in got if k not in body or "head" in k)
+    out = main(["--task", "speech-classify", "--bidirectional", "true", "--init_from", uri,
+                *common, "--register", "false"])
+    assert MlflowClient().get_run(out["run_id"]).data.tags["init_from_weights"] == said
+    with pytest.raises(ValueError, match=r"inputs differ from this speech-classify model's: "
+                                         r"n_in: 40 there, 32 here"):
+        main(["--task", "speech-classify", "--init_from", uri, "--n_mels", "32", *common])
+    with pytest.raises(ValueError, match=r"does not fit this network; cells.0.weight_ih_l0: "
+                                         r"\[64, 40\] there, \[128, 40\] here"):
+        main(["--task", "speech-classify", "--init_from", uri, *common[:4], "--hidden", "32",
+              "--feature_cache", str(store / "cache")])
