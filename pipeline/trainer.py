@@ -84,15 +84,28 @@ def gather_windows(streams: Streams, anchors: list[np.ndarray], lookback: int):
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator,
-            cursor: Cursor | None = None) -> Iterator[torch.Tensor]:
+            cursor: Cursor | None = None,
+            lengths: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Shuffled minibatch indices over n samples, from the cursor's update on. The same on
     every rank of a data-parallel run (each keeps its `shard`), which skips a last
-    minibatch of fewer samples than ranks."""
+    minibatch of fewer samples than ranks. With `lengths` [n], samples of similar length
+    go together (less padding): the shuffled order is sorted by length within groups of
+    BUCKET_BATCHES minibatches, and the minibatches are shuffled."""
     order = torch.randperm(n, generator=generator)
-    start = cursor.update * batch_size if cursor else 0
-    for i in range(start, n, batch_size):
-        if min(batch_size, n - i) >= distributed.size():
-            yield order[i:i + batch_size]
+    groups = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is not None:
+        chunk = batch_size * BUCKET_BATCHES
+        order = torch.cat([part[torch.argsort(lengths[part], stable=True)]
+                           for part in order.split(chunk)])
+        groups = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        groups = [groups[i] for i in torch.randperm(len(groups), generator=generator)]
+    start = cursor.update if cursor else 0
+    for idx in groups[start:]:
+        if len(idx) >= distributed.size():
+            yield idx
+
+
+BUCKET_BATCHES = 50  # minibatches sorted by length together: similar, and still shuffled
 
 
 def window_updates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,

@@ -175,3 +175,22 @@ def test_memory_horizon_follows_the_recurrence():
     norms = state_gradient_norms(net, x, y, 20)
     assert norms[0] > 0 and (norms[1:] == 0).all() and memory_horizon(norms) == 0
     assert memory_horizon(np.array([1.0, 0.5, 0.02, 0.011, 0.009, 0.012])) == 5
+
+
+def test_length_buckets_cover_every_sample_once_pad_less_and_resume_where_they_were():
+    from pipeline.trainer import Cursor, batches
+
+    lengths = torch.as_tensor(np.random.default_rng(0).integers(5, 200, 1000))
+    plain = list(batches(1000, 10, torch.Generator().manual_seed(1)))
+    bucketed = list(batches(1000, 10, torch.Generator().manual_seed(1), lengths=lengths))
+    assert sorted(torch.cat(bucketed).tolist()) == list(range(1000))
+    padded = lambda bs: sum(int(lengths[b].max()) * len(b) for b in bs)  # noqa: E731
+    assert padded(bucketed) < 0.7 * padded(plain)
+    again = list(batches(1000, 10, torch.Generator().manual_seed(1), lengths=lengths))
+    assert all(torch.equal(a, b) for a, b in zip(bucketed, again, strict=True))
+    later = list(batches(1000, 10, torch.Generator().manual_seed(1), Cursor(update=7),
+                         lengths=lengths))
+    assert all(torch.equal(a, b) for a, b in zip(later, bucketed[7:], strict=True))
+    assert len(later) == len(bucketed) - 7
+    other = list(batches(1000, 10, torch.Generator().manual_seed(2), lengths=lengths))
+    assert not torch.equal(torch.cat(other), torch.cat(bucketed))

@@ -31,6 +31,9 @@ class Params(speech.Params):
     bidirectional: bool = param(False, "each layer also reads the utterance backwards")
     readout: str = param("last", "last: the output at the last frame; mean: the mean over "
                                  "the frames", ("last", "mean"))
+    bucket: bool = param(False, "training: batch utterances of similar length together "
+                                "(shuffled, then sorted by length within groups of 50 "
+                                "batches): less padding, faster epochs")
     freq_warp: float = param(0.0, "training: vocal-tract-length perturbation, mel axis scaled "
                                   "by a factor in [1-w, 1+w]; 0: off")
     time_stretch: float = param(0.0, "training: tempo scaled by a factor in [1-s, 1+s]; 0: off")
@@ -158,7 +161,8 @@ class SpeechClassifyTask(SpeechTask):
         def updates(gen, cursor):
             # every rank augments the whole batch (the draws from `gen` stay the same on
             # all ranks, so their shuffles agree), then keeps its share (distributed.py)
-            for idx in batches(xt.shape[1], t.batch_size, gen, cursor):
+            for idx in batches(xt.shape[1], t.batch_size, gen, cursor,
+                               lt[0] if cfg.task.bucket else None):
                 via = (torch.randint(len(xt), (len(idx),), generator=gen) if len(xt) > 1
                        else torch.zeros(len(idx), dtype=torch.long))  # as recorded, or a channel
                 steps = int(lt[via, idx].max())
