@@ -3,7 +3,7 @@
 
     python -m bench.audio_features [--data DIR]
 
-Default data: the bundled 2,000 FSDD files. Result: the cold throughput
+Default data: the bundled 3,000 FSDD files. Result: the cold throughput
 (target >= 1: faster than real time).
 """
 

@@ -1,7 +1,7 @@
 """The README's speech recipe (presets/speech-fsdd.yaml) on a speaker it never heard,
 and its served model over REST: accuracy on the new voice, the unknown rule's price
 on in-vocabulary audio, generated non-speech rejected, silence around a recording
-changing nothing. One fold trains here (the README's cross-validation runs all four)."""
+changing nothing. One fold trains here (the README's cross-validation runs all six)."""
 
 import base64
 import io
@@ -47,7 +47,7 @@ def wav(samples: np.ndarray, rate: int = 8000) -> bytes:
 def test_recipe_recognises_a_new_voice_and_rejects_nonspeech(recipe):
     _, run = recipe
     m = run.data.metrics
-    assert m["test_accuracy"] >= 0.75  # lucas was never heard (README: the mean of 4 folds)
+    assert m["test_accuracy"] >= 0.68  # lucas was never heard (README: 0.714 in its fold)
     assert m["test_accuracy"] > m["test_accuracy_mlp_mean_pooled"] + 0.1
     assert m["test_accuracy"] - m["test_accuracy_with_unknown"] <= 0.01 + 1e-9
     assert m["test_false_accept"] <= 0.10
