@@ -106,6 +106,8 @@ class SpeechData:
 
         from models.networks import pad
 
+        if not self.channels:
+            return x[None], lengths[None]
         variants = [pad(frames) for frames in self.channels]
         t = max([x.shape[1], *(v.shape[1] for v, _ in variants)])
         grow = lambda v: torch.nn.functional.pad(v, (0, 0, 0, t - v.shape[1]))  # noqa: E731

@@ -117,15 +117,12 @@ class SpeechClassifyTask(SpeechTask):
         """The files, and in training the synthetic voices asked for."""
         data = super().prepare(cfg)
         if cfg.task.synthetic_voices:
-            from data_loaders import audio, synthetic
+            from data_loaders import synthetic
 
             p = cfg.task
-            paths = synthetic.synthesize(data.classes, p.synthetic_voices,
-                                         cfg.path(p.synthetic_cache), cfg.train.seed)
-            utts = [audio.Utterance(f, f.stem.split("_")[0], f.stem.split("_")[1], 0)
-                    for f in paths]
-            cache = cfg.path(p.feature_cache) if p.feature_cache else None
-            feats, kept, bad = audio.load_features(utts, p, cache, skip_bad=True)
+            kept, feats, bad = synthetic_features(synthetic.synthesize(
+                data.classes, p.synthetic_voices, cfg.path(p.synthetic_cache), cfg.train.seed),
+                cfg)
             data.add_training(kept, feats)
             print(f"synthetic voices: {len(kept)} training utterances added"
                   + (f" ({len(bad)} unusable left out)" if bad else ""))
@@ -272,17 +269,27 @@ def add_nonspeech(data: SpeechData, settings, n: int, seed: int) -> None:
     print(f"non-speech: {len(frames)} generated training clips as the unknown output")
 
 
+def synthetic_features(paths: list[Path], cfg: Config, label: str = ""):
+    """(utterances, their features, unusable files) of synthetic clips
+    (`{label}_synth{k}_0.wav`), labelled by their file name unless `label` is given."""
+    from data_loaders import audio
+
+    utts = [audio.Utterance(f, label or f.stem.split("_")[0], f.stem.split("_")[1], 0)
+            for f in paths]
+    cache = cfg.path(cfg.task.feature_cache) if cfg.task.feature_cache else None
+    feats, kept, bad = audio.load_features(utts, cfg.task, cache, skip_bad=True)
+    return kept, feats, bad
+
+
 def add_words(data: SpeechData, cfg: Config) -> None:
     """Each synthetic voice says unknown_words training words (data_loaders/words.py),
     as the last unknown output."""
-    from data_loaders import audio, synthetic, words
+    from data_loaders import synthetic, words
 
     p = cfg.task
-    paths = synthetic.say_words(words.TRAINING, range(p.synthetic_voices), p.unknown_words,
-                                cfg.path(p.synthetic_cache), cfg.train.seed)
-    utts = [audio.Utterance(f, "unknown", f.stem.split("_")[1], 0) for f in paths]
-    cache = cfg.path(p.feature_cache) if p.feature_cache else None
-    feats, kept, _ = audio.load_features(utts, p, cache, skip_bad=True)
+    kept, feats, _ = synthetic_features(synthetic.say_words(
+        words.TRAINING, range(p.synthetic_voices), p.unknown_words,
+        cfg.path(p.synthetic_cache), cfg.train.seed), cfg, "unknown")
     data.add_training(kept, feats, [len(data.classes) + len(p.extra_outputs()) - 1] * len(kept))
     print(f"unknown words: {len(kept)} training clips of {len(words.TRAINING)} words as the "
           "unknown output")
@@ -294,16 +301,13 @@ HELD_OUT_VOICES = range(100_000, 100_008)  # voice numbers no training run draws
 def word_false_accept(net, cfg: Config, data: SpeechData, rule: dict) -> float:
     """The share of 200 clips of words never trained on (words.HELD_OUT, 25 of them said by
     each of 8 synthetic voices never trained on) that the model labels as a digit."""
-    from data_loaders import audio, synthetic, words
+    from data_loaders import synthetic, words
     from models.calibration import apply_rule
     from models.networks import logits, pad
 
-    p = cfg.task
-    paths = synthetic.say_words(words.HELD_OUT, HELD_OUT_VOICES, 25,
-                                cfg.path(p.synthetic_cache), seed=0)
-    utts = [audio.Utterance(f, "unknown", None, None) for f in paths]
-    cache = cfg.path(p.feature_cache) if p.feature_cache else None
-    feats = audio.load_features(utts, p, cache, skip_bad=True)[0]
+    feats = synthetic_features(synthetic.say_words(
+        words.HELD_OUT, HELD_OUT_VOICES, 25, cfg.path(cfg.task.synthetic_cache), seed=0),
+        cfg, "unknown")[1]
     x, lengths = pad([data.normalise_one(f) for f in feats])
     _, why = apply_rule(logits(net, x, lengths), rule, len(data.classes))
     return sum(not w for w in why) / len(why)
