@@ -43,4 +43,3 @@ HELD_OUT = (
     "valley", "desert", "ocean", "thunder", "rainbow", "shadow", "whisper", "journey",
     "magic", "secret", "silent", "gentle", "brave", "clever", "lucky", "empty", "heavy",
 )
-

@@ -92,12 +92,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator,
     go together (less padding): the shuffled order is sorted by length within groups of
     BUCKET_BATCHES minibatches, and the minibatches are shuffled."""
     order = torch.randperm(n, generator=generator)
-    groups = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     if lengths is not None:
-        chunk = batch_size * BUCKET_BATCHES
         order = torch.cat([part[torch.argsort(lengths[part], stable=True)]
-                           for part in order.split(chunk)])
-        groups = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+                           for part in order.split(batch_size * BUCKET_BATCHES)])
+    groups = order.split(batch_size)
+    if lengths is not None:
         groups = [groups[i] for i in torch.randperm(len(groups), generator=generator)]
     start = cursor.update if cursor else 0
     for idx in groups[start:]:

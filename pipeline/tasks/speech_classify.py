@@ -302,14 +302,11 @@ def word_false_accept(net, cfg: Config, data: SpeechData, rule: dict) -> float:
     """The share of 200 clips of words never trained on (words.HELD_OUT, 25 of them said by
     each of 8 synthetic voices never trained on) that the model labels as a digit."""
     from data_loaders import synthetic, words
-    from models.calibration import apply_rule
-    from models.networks import logits, pad
 
     feats = synthetic_features(synthetic.say_words(
         words.HELD_OUT, HELD_OUT_VOICES, 25, cfg.path(cfg.task.synthetic_cache), seed=0),
         cfg, "unknown")[1]
-    x, lengths = pad([data.normalise_one(f) for f in feats])
-    _, why = apply_rule(logits(net, x, lengths), rule, len(data.classes))
+    why = unknown_reasons(net, data, rule, feats)
     return sum(not w for w in why) / len(why)
 
 
@@ -335,13 +332,18 @@ def false_accept(net, cfg: Config, data: SpeechData, rule: dict, n: int = 12) ->
     which never reaches the network) that the model labels as a class: what the
     served model answers for them."""
     from data_loaders import nonspeech
+
+    why = unknown_reasons(net, data, rule, nonspeech_frames(cfg.task, n, seed=1))
+    return sum(not w for w in why) / (n * (len(nonspeech.KINDS) - 1))
+
+
+def unknown_reasons(net, data: SpeechData, rule: dict, frames: list[np.ndarray]) -> list[str]:
+    """Why the model calls each clip's raw frames unknown ("": it names a class)."""
     from models.calibration import apply_rule
     from models.networks import logits, pad
 
-    frames = nonspeech_frames(cfg.task, n, seed=1)
     x, lengths = pad([data.normalise_one(f) for f in frames])
-    _, why = apply_rule(logits(net, x, lengths), rule, len(data.classes))
-    return sum(not w for w in why) / (n * (len(nonspeech.KINDS) - 1))
+    return apply_rule(logits(net, x, lengths), rule, len(data.classes))[1]
 
 
 def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
