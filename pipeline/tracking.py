@@ -23,12 +23,13 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import tasks
+from pipeline import __version__, tasks
 from pipeline.config import Config, from_params
 from pipeline.signals import Interrupted, RankLost
 
 MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
 WORKDIR_TAG = "workdir"  # the folder the run's relative paths are taken from
+VERSION_TAG = "seqpredict_version"  # the project's version that made the run (CHANGELOG.md)
 # MLflow's per-file download bars drown the training output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -121,7 +122,7 @@ def log_config(cfg: Config, extra: dict[str, str] | None = None) -> None:
     params = {**cfg.params(), **(extra or {})}
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     if WORKDIR_TAG not in run.data.tags:
-        mlflow.set_tag(WORKDIR_TAG, str(cfg.base))
+        mlflow.set_tags({WORKDIR_TAG: str(cfg.base), VERSION_TAG: __version__})
 
 
 def run_config(run_id: str, what: str = "run_id") -> Config:

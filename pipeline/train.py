@@ -54,7 +54,11 @@ def train_and_log(cfg, task, data):
         task.log_data(cfg, data)
     if distributed.active():
         mlflow.set_tag("ranks", str(distributed.size()))
-    net = new_network(cfg, task.network(cfg, data))
+    spec = task.network(cfg, data)
+    net = new_network(cfg, spec)
+    if not resumed and (said := task.pretrain(net, spec, cfg, data)):  # resumed: in its weights
+        print(f"pretrained: {said}", flush=True)
+        mlflow.set_tag("pretrained", said)
     model = distributed.wrap(net)
     goal = task.objective(cfg, data, model)
     checkpoints = run_checkpoints(cfg)
@@ -87,6 +91,9 @@ def other_rank(cfg) -> bool:
     if tasks.load(cfg.task_name).folds(cfg):
         raise ValueError("folds: a cross-validation runs its folds one after another in one "
                          "process; start it without torchrun")
+    if getattr(cfg.task, "pretrain_epochs", 0):
+        raise ValueError("pretrain_epochs: pretraining runs in one process; under torchrun, "
+                         "pretrain with task=speech-forecast and start from it (init_from)")
     if cfg.model.norm == "batch":
         raise ValueError("norm=batch under torchrun: each rank would normalise by its own "
                          "share of the batch; use norm=layer, or train in one process")

@@ -168,6 +168,8 @@ def test_help_says_what_is_required_and_what_a_boolean_takes():
 @pytest.mark.parametrize("step, args, message", [
     ("main", ["--folds", "2"], "folds: a cross-validation runs its folds one after another"),
     ("train", ["--norm", "batch", "--layers", "2"], "norm=batch under torchrun"),
+    ("train", ["--task", "speech-classify", "--pretrain_epochs", "1"],
+     "pretrain_epochs: pretraining runs in one process"),
     ("sweep", [], "sweep: its points train one after another in one process"),
 ])
 def test_what_cannot_run_under_torchrun_is_refused_before_any_work(monkeypatch, step, args,

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+import pipeline
 from data_loaders.sequences import TEST
 from models.networks import forecast_at
 from models.price_model import request_row
@@ -62,6 +63,7 @@ def test_main_logs_one_complete_run_and_registers_it(store):
     assert run.data.params == cfg.params()  # exactly the resolved config, nothing else
     assert run.data.tags["val_start"] and run.data.tags["series"] == "SPY"
     assert run.data.tags["workdir"] == str(store)
+    assert run.data.tags["seqpredict_version"] == pipeline.__version__
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]
     for name in ("train_loss", "grad_norm", "lr", "epoch_seconds"):

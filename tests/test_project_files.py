@@ -1,5 +1,10 @@
 """MLproject, conda.yaml, pyproject.toml, README and CI agree with each other and the code."""
 
+import os
+import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -49,3 +54,40 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_holds_the_generated_parameter_table():
     assert readme_table() in (ROOT / "README.md").read_text(), \
         "README's configuration table: paste python -m pipeline.config"
+
+
+def test_the_version_is_one_unreleased_past_the_changelog_s_last_release():
+    from packaging.version import Version
+
+    import pipeline
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pipeline.__version__"}
+    text = (ROOT / "CHANGELOG.md").read_text()
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d\d-\d\d)$", text, re.M)
+    assert "## [Unreleased]" in text and released
+    assert [v for v, _ in released] == sorted((v for v, _ in released), key=Version, reverse=True)
+    assert Version(pipeline.__version__) > Version(released[0][0])
+
+
+def test_pre_commit_lints_with_the_project_s_ruff(tmp_path):
+    """The hook runs `ruff check`, as `make lint` does, and fails a commit that ruff fails."""
+    hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    assert [h["entry"] for h in hooks] == ["ruff check"]
+    assert "$(BIN)/ruff check ." in (ROOT / "Makefile").read_text()
+    bin_ = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}",
+           "PRE_COMMIT_HOME": str(tmp_path / "cache")}
+    shutil.copy(ROOT / ".pre-commit-config.yaml", tmp_path)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)  # ruff's settings
+    (tmp_path / "good.py").write_text("import os\n\nprint(os.sep)\n")
+    (tmp_path / "bad.py").write_text("import os\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+
+    def hook(name):
+        return subprocess.run([bin_ / "pre-commit", "run", "--files", name], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    assert hook("good.py").returncode == 0
+    bad = hook("bad.py")
+    assert bad.returncode == 1 and "F401" in bad.stdout, bad.stdout + bad.stderr

@@ -166,8 +166,8 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
 
 
 def test_apc_targets_and_stream_never_cross_utterances():
-    from pipeline.tasks.speech import SpeechData
-    from pipeline.tasks.speech_forecast import apc_targets, forecast_stream
+    from pipeline.tasks.speech import SpeechData, apc_targets
+    from pipeline.tasks.speech_forecast import forecast_stream
 
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = apc_targets(x, 2)

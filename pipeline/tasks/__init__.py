@@ -137,6 +137,11 @@ class Task(ABC):
         """The model spec stored as model.json: at least `model` (the network settings),
         `n_in` and `n_out`, plus what the served model needs to preprocess requests."""
 
+    def pretrain(self, net: torch.nn.Module, spec: dict, cfg: Config, data) -> str:
+        """Before training, in place: pretrain `net` (a new network, of `spec`) on `data`;
+        returns what was done, in words, "" for nothing (the default)."""
+        return ""
+
     @abstractmethod
     def objective(self, cfg: Config, data, net: torch.nn.Module) -> Objective:
         """What training minimises on `data`, for `net` (on its device)."""

@@ -1,6 +1,7 @@
 """What the speech tasks share: audio files -> log-mel (or MFCC) frames, labels and
 splits from the file layout, normalisation, the memory horizon, the served model's
-input, and reading audio for `predict`.
+input, reading audio for `predict`, and forecasting frames (speech-forecast's
+objective, by which speech-classify pretrains).
 
 Data: a folder of WAV/FLAC/OGG files, named as in the Free Spoken Digit Dataset
 (`{label}_{speaker}_{index}.wav`) or one folder per label; empty `data` is the
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SAMPLE = ROOT / "data" / "fsdd" / "recordings"
+SHIFT = 3  # frames ahead: 30 ms at the default hop, past the frames' own overlap
 
 
 @dataclass
@@ -273,3 +275,37 @@ class SpeechTask(Task):
             raise ValueError(f"input: no {'/'.join(AUDIO_SUFFIXES)} files under {path}")
         return audio_request(files, [str(f.relative_to(path)) if path.is_dir() else f.name
                                      for f in files])
+
+
+# Forecasting frames: speech-forecast's objective, which speech-classify pretrains by
+# (speech_pretrain.py).
+
+def apc_targets(x: np.ndarray, shift: int) -> np.ndarray:
+    """[T, F] frames -> [T, F] targets: frame t+shift at step t, NaN for the last
+    `shift` steps (no target reaches past the utterance)."""
+    y = np.full_like(x, np.nan)
+    y[: max(len(x) - shift, 0)] = x[shift:]
+    return y
+
+
+def forecast_padded(frames: list[np.ndarray], shift: int):
+    """Utterances' frames, padded: x [N, T, F], lengths [N], targets y [N, T, F]."""
+    import torch
+
+    from models.networks import pad
+
+    x, lengths = pad(frames)
+    y = torch.full_like(x, float("nan"))
+    for j, f in enumerate(frames):
+        y[j, : len(f)] = torch.as_tensor(apc_targets(f, shift))
+    return x, lengths, y
+
+
+def forecast_l1(model, x, y) -> float:
+    import torch
+
+    from pipeline.trainer import masked_l1
+
+    model.eval()
+    with torch.no_grad():
+        return masked_l1(model(x)[0], y).item()

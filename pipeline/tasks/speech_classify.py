@@ -24,6 +24,7 @@ from data_loaders.sequences import TEST, TRAIN, VAL
 from pipeline.config import Config, param
 from pipeline.tasks import Evaluation, Objective, in_calls, speech
 from pipeline.tasks.speech import SpeechData, SpeechTask
+from pipeline.tasks.speech_pretrain import pretrain, validate_pretrain
 
 
 @dataclass
@@ -54,6 +55,10 @@ class Params(speech.Params):
                             "(gain, a resampling chain, band limits, equalisation, 8-bit "
                             "mu-law; drawn from the seed, listed in data/files.json); each "
                             "epoch hears every utterance through one, or as recorded; 0: off")
+    pretrain_epochs: int = param(0, "training: first pretrain the recurrent layers for this "
+                                    "many epochs by forecasting log-mel frames (speech-"
+                                    "forecast's objective) on this run's training audio only "
+                                    "(pipeline/tasks/speech_pretrain.py); 0: off")
     unknown_rate: float = param(0.01, "share of validation utterances the confidence threshold "
                                       "may call unknown; 0: no threshold")
 
@@ -78,7 +83,7 @@ class Params(speech.Params):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         for name in ("freq_masks", "time_masks", "noise_snr", "synthetic_voices", "nonspeech",
-                     "unknown_words", "channel"):
+                     "unknown_words", "channel", "pretrain_epochs"):
             if not 0 <= getattr(self, name) <= LIMITS.get(name, 1000):
                 raise ValueError(f"{name} must be in [0, {LIMITS.get(name, 1000)}], got "
                                  f"{getattr(self, name)!r}")
@@ -93,7 +98,7 @@ class Params(speech.Params):
 
 
 LIMITS = {"synthetic_voices": 5000, "nonspeech": 1000, "noise_snr": 100, "channel": 8,
-          "unknown_words": 20}
+          "unknown_words": 20, "pretrain_epochs": 100}
 
 
 class SpeechClassifyTask(SpeechTask):
@@ -112,6 +117,7 @@ class SpeechClassifyTask(SpeechTask):
         if cfg.train.bptt != "full":
             raise ValueError(f"task={self.name} trains by full BPTT over each utterance; "
                              "use bptt=full")
+        validate_pretrain(cfg)
 
     def prepare(self, cfg: Config) -> SpeechData:
         """The files, and in training the synthetic voices asked for."""
@@ -139,6 +145,9 @@ class SpeechClassifyTask(SpeechTask):
         spec["model"].update(bidirectional=cfg.task.bidirectional, readout=cfg.task.readout)
         return {**spec, "n_out": len(data.classes) + len(cfg.task.extra_outputs()),
                 "classes": data.classes}
+
+    def pretrain(self, net, spec: dict, cfg: Config, data: SpeechData) -> str:
+        return pretrain(net, spec, cfg, data) if cfg.task.pretrain_epochs else ""
 
     def objective(self, cfg: Config, data: SpeechData, net) -> Objective:
         import torch

@@ -18,31 +18,25 @@ import numpy as np
 from data_loaders.sequences import TEST, TRAIN, VAL
 from pipeline.config import Config, param
 from pipeline.tasks import Evaluation, Objective, in_calls, speech
-from pipeline.tasks.speech import SpeechData, SpeechTask
+from pipeline.tasks.speech import (
+    SHIFT,
+    SpeechData,
+    SpeechTask,
+    apc_targets,
+    forecast_l1,
+    forecast_padded,
+)
 
 
 @dataclass
 class Params(speech.Params):
-    shift: int = param(3, "how many frames ahead to predict")
-
-
-def apc_targets(x: np.ndarray, shift: int) -> np.ndarray:
-    """[T, F] frames -> [T, F] targets: frame t+shift at step t, NaN for the last
-    `shift` steps (no target reaches past the utterance)."""
-    y = np.full_like(x, np.nan)
-    y[: max(len(x) - shift, 0)] = x[shift:]
-    return y
+    shift: int = param(SHIFT, "how many frames ahead to predict")
 
 
 def forecast_tensors(data: SpeechData, which: int, shift: int):
-    """Padded frames x [N, T, F], lengths [N], and targets y [N, T, F] (NaN where none)."""
-    import torch
-
-    x, lengths, _ = data.padded(which)
-    y = torch.full_like(x, float("nan"))
-    for j, i in enumerate(np.flatnonzero(data.split == which)):
-        y[j, : len(data.x[i])] = torch.as_tensor(apc_targets(data.x[i], shift))
-    return x, lengths, y
+    """A split's padded frames x [N, T, F], lengths [N], and targets y [N, T, F] (NaN
+    where none)."""
+    return forecast_padded([data.x[i] for i in np.flatnonzero(data.split == which)], shift)
 
 
 def forecast_stream(data: SpeechData, shift: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,16 +46,6 @@ def forecast_stream(data: SpeechData, shift: int) -> tuple[np.ndarray, np.ndarra
     idx = np.flatnonzero(data.split == TRAIN)
     return (np.concatenate([data.x[i] for i in idx]),
             np.concatenate([apc_targets(data.x[i], shift) for i in idx]))
-
-
-def forecast_l1(model, x, y) -> float:
-    import torch
-
-    from pipeline.trainer import masked_l1
-
-    model.eval()
-    with torch.no_grad():
-        return masked_l1(model(x)[0], y).item()
 
 
 class SpeechForecastTask(SpeechTask):
