@@ -38,6 +38,21 @@ def new_network(cfg, spec: dict):
     return net.to(resolve_device(cfg.model.device))
 
 
+def pretrain(task, net, spec: dict, cfg, data) -> str:
+    """The task's pretraining (tasks.Task.pretrain). Stopped by a signal, it has written no
+    checkpoint: the run ends KILLED with nothing to resume, and says so."""
+    import sys
+
+    from pipeline.signals import Interrupted
+
+    try:
+        return task.pretrain(net, spec, cfg, data)
+    except Interrupted as stop:
+        print(f"\n{stop} while pretraining, before any checkpoint: nothing to resume; start "
+              "the run again", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
+
+
 def train_and_log(cfg, task, data):
     """Inside an active run: params, dataset, per-epoch metrics, checkpoints, plots and
     the model. Returns the trained network (on the CPU) and its History."""
@@ -56,7 +71,7 @@ def train_and_log(cfg, task, data):
         mlflow.set_tag("ranks", str(distributed.size()))
     spec = task.network(cfg, data)
     net = new_network(cfg, spec)
-    if not resumed and (said := task.pretrain(net, spec, cfg, data)):  # resumed: in its weights
+    if not resumed and (said := pretrain(task, net, spec, cfg, data)):  # resumed: in its weights
         print(f"pretrained: {said}", flush=True)
         mlflow.set_tag("pretrained", said)
     model = distributed.wrap(net)

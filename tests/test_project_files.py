@@ -73,11 +73,13 @@ def test_the_version_is_one_unreleased_past_the_changelog_s_last_release():
 def test_pre_commit_lints_with_the_project_s_ruff(tmp_path):
     """The hook runs `ruff check`, as `make lint` does, and fails a commit that ruff fails."""
     hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
-    assert [h["entry"] for h in hooks] == ["ruff check"]
+    assert [h["entry"] for h in hooks] == [".venv/bin/ruff check"]
+    assert "VENV := .venv" in (ROOT / "Makefile").read_text()
     assert "$(BIN)/ruff check ." in (ROOT / "Makefile").read_text()
     bin_ = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}",
+    env = {**os.environ, "PATH": "/usr/bin:/bin",  # the venv's ruff found without PATH
            "PRE_COMMIT_HOME": str(tmp_path / "cache")}
+    (tmp_path / ".venv").symlink_to(bin_.parent)
     shutil.copy(ROOT / ".pre-commit-config.yaml", tmp_path)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)  # ruff's settings
     (tmp_path / "good.py").write_text("import os\n\nprint(os.sep)\n")

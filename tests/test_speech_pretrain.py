@@ -3,6 +3,9 @@ pipeline/tasks/speech_pretrain.py): forecasters fit on the run's training audio,
 recurrent layers copied in, each direction where it belongs."""
 
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from mlflow import MlflowClient
 from models.networks import build_model
 from pipeline.main import main
 from pipeline.tasks.speech_pretrain import copy_layers
+from tests.conftest import launch_env
 
 MODEL = {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
          "init": "xavier"}
@@ -57,3 +61,27 @@ def test_a_classifier_pretrained_in_its_run_starts_from_forecasters_that_learnt(
     falls = re.findall(r"(forward|backward): validation L1 ([\d.]+) -> ([\d.]+)", said)
     assert [d for d, _, _ in falls] == ["forward", "backward"]
     assert all(float(after) < 0.95 * float(before) for _, before, after in falls)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_while_pretraining_ends_killed_with_nothing_to_resume(tmp_path, small_fsdd):
+    """No checkpoint exists before training starts: no resume command is offered."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.main", "--task", "speech-classify", "--data",
+         str(small_fsdd), "--epochs", "1", "--hidden", "16", "--pretrain_epochs", "100",
+         "--batch_size", "8", "--register", "false"],
+        cwd=tmp_path, env=launch_env(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("pretrain forward epoch 1/100"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(seen) + proc.stdout.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, out[-3000:]
+    assert ("training stopped by SIGTERM while pretraining, before any checkpoint: nothing "
+            "to resume; start the run again") in out and "resume with" not in out, out[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("speech-classify").experiment_id])[0]
+    assert run.info.status == "KILLED"

@@ -168,6 +168,13 @@ def test_sweep_logs_children_under_a_parent_with_a_comparison(sweep_store, monke
         evaluate.main(["--run_id", parent.info.run_id])
 
 
+MODEL_TRAINING_VIEW = "runs?workflowType=machine_learning"  # not MLflow 3's GenAI view
+
+
+def test_the_readme_opens_the_ui_in_the_model_training_view():
+    assert f"/#/experiments/1/{MODEL_TRAINING_VIEW}" in (ROOT / "README.md").read_text()
+
+
 def _browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -217,9 +224,11 @@ def test_mlflow_ui_lists_the_sweep_runs_and_their_metrics(sweep_store, tmp_path)
     ARTIFACTS.mkdir(exist_ok=True)
     with tracking_server(uri, tmp_path) as url:
         driver = _browser()
-        try:
-            driver.get(f"{url}/#/experiments/{exp.experiment_id}/runs")
-            _wait_for_text(driver, [parent.info.run_name, "7 matching runs"])
+        try:  # the address the README gives, in a browser that has never been there
+            driver.get(f"{url}/#/experiments/{exp.experiment_id}/{MODEL_TRAINING_VIEW}")
+            body = _wait_for_text(driver, [parent.info.run_name, "7 matching runs"])
+            assert "Model training" in body and "AI Gateway" not in body, body[:2000]
+            assert "\nPrompts\n" not in body and "\nRuns\n" in body, body[:2000]
             driver.find_element(By.CSS_SELECTOR, ".ag-row button").click()  # the parent's "+"
             _wait_for_text(driver, [r.info.run_name for r in children])
             driver.save_screenshot(str(ARTIFACTS / "mlflow-ui-sweep-runs.png"))

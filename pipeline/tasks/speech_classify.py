@@ -56,9 +56,9 @@ class Params(speech.Params):
                             "mu-law; drawn from the seed, listed in data/files.json); each "
                             "epoch hears every utterance through one, or as recorded; 0: off")
     pretrain_epochs: int = param(0, "training: first pretrain the recurrent layers for this "
-                                    "many epochs by forecasting log-mel frames (speech-"
-                                    "forecast's objective) on this run's training audio only "
-                                    "(pipeline/tasks/speech_pretrain.py); 0: off")
+                                    "many epochs by forecasting the input frames (speech-"
+                                    "forecast's objective) on this run's training audio only, "
+                                    "as recorded (pipeline/tasks/speech_pretrain.py); 0: off")
     unknown_rate: float = param(0.01, "share of validation utterances the confidence threshold "
                                       "may call unknown; 0: no threshold")
 

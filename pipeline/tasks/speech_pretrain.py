@@ -1,6 +1,7 @@
 """Pretraining inside a speech-classify run (`pretrain_epochs`): speech-forecast's
-objective (the log-mel frame SHIFT steps ahead, L1) by full BPTT per utterance, on
-this run's training audio only, then the classifier starts from the forecaster's
+objective (the input frame, log-mel or MFCC, SHIFT steps ahead, L1) by full BPTT per
+utterance, on this run's training audio only (as recorded: the channel variants are
+the classifier's), then the classifier starts from the forecaster's
 recurrent layers. Under split=speaker each fold pretrains on its own training
 speakers (and the synthetic voices), so the held-out voice is never heard, which a
 forecaster of another run (`init_from`) cannot promise.
@@ -33,7 +34,8 @@ def pretrain(net, spec: dict, cfg, data) -> str:
             [turn(data.x[i]) for i in np.flatnonzero(data.split == s)] for s in (TRAIN, VAL)))
         copy_layers(forecaster, net, reverse=direction == "backward")
         said.append(f"{direction}: validation L1 {before:.3f} -> {after:.3f}")
-    return (f"{cfg.task.pretrain_epochs} epochs forecasting {SHIFT} frames on "
+    n = cfg.task.pretrain_epochs
+    return (f"{n} epoch{'s' * (n > 1)} forecasting {SHIFT} frames on "
             f"{int((data.split == TRAIN).sum())} training utterances; " + "; ".join(said))
 
 
