@@ -1,6 +1,6 @@
 """Every README command that registers a model, run as written from the project folder
 on the bundled data at full size, one store for all: a limit that only the full data
-reaches (the 270 validation clips of the bundled FSDD against the 256 clips a request
+reaches (the 405 validation clips of the bundled FSDD against the 256 clips a request
 may hold) fails here. Each name is registered several times, through both launchers,
 so every registration after the first scores the challenger and the champion on the
 full validation split. Two things are added to each command: one epoch (the sizes

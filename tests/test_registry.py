@@ -150,7 +150,7 @@ def test_validation_over_the_request_limits_is_scored_in_calls(store, small_fsdd
                                                                task):
     """The registry scores the champion and the challenger through the served models in
     calls within their limits: validation data larger than one request is still compared
-    (made so here by lowering the limits; the bundled FSDD's 270 validation clips are
+    (made so here by lowering the limits; the bundled FSDD's 405 validation clips are
     over the 256 clips of a request)."""
     from models import price_model, speech_model
 
