@@ -90,8 +90,7 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
             yield run
         except Interrupted as stop:
             mlflow.end_run("KILLED")
-            print(f"\n{stop}\nresume with: {resume_command(cfg, run.info.run_id)}",
-                  file=sys.stderr)
+            print(f"\n{stop}\n{after_stop(cfg, run.info.run_id, stop.path)}", file=sys.stderr)
             raise SystemExit(128 + stop.signum) from None
         except RankLost:  # the run ends FAILED; it resumes from its latest checkpoint
             print(f"resume with: {resume_command(cfg, run.info.run_id)}", file=sys.stderr)
@@ -100,6 +99,19 @@ def start_run(cfg: Config, run_name: str | None = None, run_id: str | None = Non
             if isinstance(stop.code, int) and stop.code > 128:
                 mlflow.end_run("KILLED")
             raise
+
+
+def after_stop(cfg: Config, run_id: str, written=None) -> str:
+    """What to do about a run stopped by a signal: resume it from the checkpoint just
+    `written` or its latest one, or start it again when none was written yet (stopped
+    while preparing the data or pretraining: the checkpoint folder is named when
+    training starts)."""
+    from pipeline.checkpoint import LATEST
+
+    folder = MlflowClient().get_run(run_id).data.tags.get("checkpoint_dir")
+    if written or (folder and (Path(folder) / LATEST).exists()):
+        return f"resume with: {resume_command(cfg, run_id)}"
+    return "no checkpoint written yet: nothing to resume; start the run again"
 
 
 def resume_command(cfg: Config, run_id: str) -> str:

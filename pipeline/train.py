@@ -38,21 +38,6 @@ def new_network(cfg, spec: dict):
     return net.to(resolve_device(cfg.model.device))
 
 
-def pretrain(task, net, spec: dict, cfg, data) -> str:
-    """The task's pretraining (tasks.Task.pretrain). Stopped by a signal, it has written no
-    checkpoint: the run ends KILLED with nothing to resume, and says so."""
-    import sys
-
-    from pipeline.signals import Interrupted
-
-    try:
-        return task.pretrain(net, spec, cfg, data)
-    except Interrupted as stop:
-        print(f"\n{stop} while pretraining, before any checkpoint: nothing to resume; start "
-              "the run again", file=sys.stderr)
-        raise SystemExit(128 + stop.signum) from None
-
-
 def train_and_log(cfg, task, data):
     """Inside an active run: params, dataset, per-epoch metrics, checkpoints, plots and
     the model. Returns the trained network (on the CPU) and its History."""
@@ -71,7 +56,7 @@ def train_and_log(cfg, task, data):
         mlflow.set_tag("ranks", str(distributed.size()))
     spec = task.network(cfg, data)
     net = new_network(cfg, spec)
-    if not resumed and (said := pretrain(task, net, spec, cfg, data)):  # resumed: in its weights
+    if not resumed and (said := task.pretrain(net, spec, cfg, data)):  # resumed: in its weights
         print(f"pretrained: {said}", flush=True)
         mlflow.set_tag("pretrained", said)
     model = distributed.wrap(net)
@@ -106,9 +91,6 @@ def other_rank(cfg) -> bool:
     if tasks.load(cfg.task_name).folds(cfg):
         raise ValueError("folds: a cross-validation runs its folds one after another in one "
                          "process; start it without torchrun")
-    if getattr(cfg.task, "pretrain_epochs", 0):
-        raise ValueError("pretrain_epochs: pretraining runs in one process; under torchrun, "
-                         "pretrain with task=speech-forecast and start from it (init_from)")
     if cfg.model.norm == "batch":
         raise ValueError("norm=batch under torchrun: each rank would normalise by its own "
                          "share of the batch; use norm=layer, or train in one process")

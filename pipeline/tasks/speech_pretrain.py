@@ -85,6 +85,11 @@ def validate_pretrain(cfg) -> None:
     """The settings pretraining can work with, said before any work."""
     if not cfg.task.pretrain_epochs:
         return
+    from pipeline import distributed
+
+    if distributed.launched():
+        raise ValueError("pretrain_epochs: pretraining runs in one process; under torchrun, "
+                         "pretrain with task=speech-forecast and start from it (init_from)")
     if cfg.train.init_from:
         raise ValueError("pretrain_epochs and init_from both start the network; give one")
     if cfg.task.bidirectional and cfg.model.layers > 1:
