@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: setup system browser demo test test-fast lint bench clean server server-stop
+.PHONY: setup system browser demo test test-fast lint docs bench clean server server-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,7 @@ demo: setup
 
 test: setup system browser
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q
 
 test-fast: setup system
@@ -54,6 +55,11 @@ test-fast: setup system
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The documentation site (docs/, mkdocs.yml) into site/; a broken link or a page left
+# out of the navigation fails it. `$(BIN)/mkdocs serve` shows it at 127.0.0.1:8000.
+docs: setup
+	$(BIN)/mkdocs build --strict
 
 bench: setup
 	$(BIN)/python -m bench.trainer_overhead
@@ -68,4 +74,4 @@ bench: setup
 	$(BIN)/python -m bench.universe_epoch
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints test-artifacts .pytest_cache
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints test-artifacts .pytest_cache site

@@ -18,7 +18,7 @@ import soundfile as sf
 
 from bench.common import pin_allocator, result
 from data_loaders import audio
-from pipeline.config import ROOT
+from pipeline.core.params import ROOT
 
 
 def main() -> None:

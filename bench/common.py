@@ -35,7 +35,7 @@ def tracked():
 
     import mlflow
 
-    from pipeline.checkpoint import Checkpoints
+    from pipeline.core.checkpoint import Checkpoints
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
@@ -78,7 +78,7 @@ def long_history(steps: int):
     import pandas as pd
 
     from data_loaders.prices import read_price_csv
-    from pipeline.config import ROOT
+    from pipeline.core.params import ROOT
 
     msft, _ = read_price_csv(ROOT / "data/prices/MSFT.csv")
     gspc, _ = read_price_csv(ROOT / "data/prices/GSPC.csv")

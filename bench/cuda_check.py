@@ -24,9 +24,11 @@ import torch
 
 from bench.common import result
 from models.networks import build_model
-from pipeline import distributed, tasks
-from pipeline.config import ROOT, build_config
-from pipeline.trainer import fit
+from pipeline import tasks
+from pipeline.core import distributed
+from pipeline.core.config import build_config
+from pipeline.core.params import ROOT
+from pipeline.core.trainer import fit
 
 CONFIG = {"target": "volatility", "horizon": "5", "cell": "gru", "hidden": "32",
           "epochs": "3", "patience": "0", "lr": "0.003"}

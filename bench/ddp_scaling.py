@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import ALLOCATOR, result
-from pipeline.config import ROOT
+from pipeline.core.params import ROOT
 
 MODES = {
     "full": ["--cell", "lstm", "--lookback", "64", "--batch_size", "256"],
@@ -56,8 +56,8 @@ def epoch_times(mode: str, ranks: int, epochs: int) -> list[float]:
 def samples(mode: str) -> int:
     """Training samples per epoch: windows (full) or lane steps with a target (truncated)."""
     from pipeline import tasks
-    from pipeline.config import build_config
-    from pipeline.trainer import gather_windows, training_lanes
+    from pipeline.core.config import build_config
+    from pipeline.core.trainer import gather_windows, training_lanes
 
     args = dict(zip(MODES[mode][::2], MODES[mode][1::2], strict=True))
     cfg = build_config({k.lstrip("-"): v for k, v in args.items()})

@@ -28,7 +28,7 @@ import threading
 import time
 
 from bench.common import pin_allocator, registered_model, result
-from pipeline.config import ROOT
+from pipeline.core.params import ROOT
 
 SIZES = (10_000, 100_000, 1_000_000)
 MODELS = {"windowed": {}, "stateful": {"preset": "volatility-tbptt"}}

@@ -24,8 +24,8 @@ from bench.common import pin_allocator, result
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model, last_step, logits
 from pipeline import tasks
-from pipeline.config import build_config
-from pipeline.trainer import fit, utterance_updates
+from pipeline.core.config import build_config
+from pipeline.core.trainer import fit, utterance_updates
 
 
 def ours(net, cfg, train, val, epoch: int) -> float:

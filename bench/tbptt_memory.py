@@ -24,8 +24,8 @@ import torch
 from bench.common import pin_allocator, result
 from models.networks import RecurrentRegressor
 from pipeline import tasks
-from pipeline.config import build_config
-from pipeline.trainer import tbptt_updates, train_epoch, window_updates
+from pipeline.core.config import build_config
+from pipeline.core.trainer import tbptt_updates, train_epoch, window_updates
 
 HIDDEN, LANES, K2, WINDOWS = 64, 16, 100, 16
 

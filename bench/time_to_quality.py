@@ -35,8 +35,8 @@ from bench.common import pin_allocator, result
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model
 from pipeline import tasks
-from pipeline.config import build_config
-from pipeline.trainer import (
+from pipeline.core.config import build_config
+from pipeline.core.trainer import (
     gather_windows,
     make_optimizer,
     seed_everything,

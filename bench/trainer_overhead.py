@@ -23,9 +23,9 @@ from bench.common import pin_allocator, result, tracked
 from data_loaders.sequences import TRAIN, VAL
 from models.networks import build_model
 from pipeline import tasks
-from pipeline.checkpoint import Checkpoints
-from pipeline.config import build_config
-from pipeline.trainer import fit_streams, gather_windows
+from pipeline.core.checkpoint import Checkpoints
+from pipeline.core.config import build_config
+from pipeline.core.trainer import fit_streams, gather_windows
 
 CONFIG = {"cell": "lstm", "hidden": 32, "lookback": 64, "batch_size": 64, "epochs": 1,
           "patience": 0}

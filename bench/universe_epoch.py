@@ -25,9 +25,9 @@ from data_loaders.sequences import VAL
 from models.heads import loss_fn
 from models.networks import build_model
 from pipeline import tasks
-from pipeline.checkpoint import Checkpoints
-from pipeline.config import build_config
-from pipeline.trainer import fit, repackage, training_lanes
+from pipeline.core.checkpoint import Checkpoints
+from pipeline.core.config import build_config
+from pipeline.core.trainer import fit, repackage, training_lanes
 
 
 def ours(net, task, cfg, data, seed: int, checkpoints: Checkpoints) -> float:

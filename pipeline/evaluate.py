@@ -4,7 +4,7 @@ Reads: a run's `model` and its params (to rebuild the same data and splits).
 Writes into that run: `test_{metric}` for the model, `test_{metric}_{baseline}`
 for each baseline on the same samples (prices: rmse, mae, dir_acc, r2_oos,
 dm_pvalue and, as they apply, qlike, pinball, coverage and width of intervals,
-value-at-risk backtests: pipeline/price_eval.py; speech-classify: accuracy and
+value-at-risk backtests: pipeline/tasks/prices/evaluation.py; speech-classify: accuracy and
 macro_f1; speech-forecast: l1), the table as `evaluation/test.json`, the task's
 plots and files, and the tag `test_metrics` (the model's own metric names).
 
@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline import cli, tasks
-from pipeline.config import param
+from pipeline import tasks
+from pipeline.core import cli
+from pipeline.core.params import param
 
 
 @dataclass
@@ -47,23 +48,29 @@ class EvaluateParams:
 
 def evaluate_and_log(net, cfg, task, data):
     """The task's evaluation of `net`, logged into the active run; returns it."""
-    from pipeline.report import log_evaluation
+    from pipeline.core.report import log_evaluation
 
     result = task.evaluate(net, cfg, data)
     log_evaluation(result)
     return result
 
 
+def parse(argv=None) -> EvaluateParams:
+    """The parameters this command line would run with, checked (every step has `parse`;
+    the docs' commands are checked with it)."""
+    return cli.parse_params(argv, __doc__, EvaluateParams)
+
+
 def main(argv=None) -> None:
-    p = cli.parse_params(argv, __doc__, EvaluateParams)
+    p = parse(argv)
     if p.data or p.model:
         return score_other_data(p)
     if not p.run_id:
         raise ValueError("run_id: give the training run whose model to evaluate (or data "
                          "and model, to score a model on other data)")
     run_id = p.run_id
-    from pipeline.report import report_text
-    from pipeline.tracking import load_served, logged_model_uri, run_config, start_run
+    from pipeline.core.report import report_text
+    from pipeline.core.tracking import load_served, logged_model_uri, run_config, start_run
 
     cfg = run_config(run_id)
     task = tasks.load(cfg.task_name)
@@ -80,9 +87,9 @@ def score_other_data(p: EvaluateParams) -> None:
 
     import mlflow
 
-    from pipeline.config import build_config
-    from pipeline.report import log_evaluation, report_text
-    from pipeline.tracking import load_served, logged_model_uri, run_config, start_run
+    from pipeline.core.config import build_config
+    from pipeline.core.report import log_evaluation, report_text
+    from pipeline.core.tracking import load_served, logged_model_uri, run_config, start_run
 
     if not (p.data and p.test_start):
         raise ValueError("data and test_start: scoring a model on other data needs both "

@@ -12,24 +12,25 @@ task's).
 
 from __future__ import annotations
 
-from pipeline import cli, tasks
+from pipeline import tasks
+from pipeline.core import cli
 
 
 def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
     """One run of any task: train, evaluate, and register unless register=false or the
     run is nested (a sweep's child); or, when the task's config asks for folds, a
-    cross-validation (pipeline/crossval.py). Returns its run_id, test table and
+    cross-validation (pipeline/core/crossval.py). Returns its run_id, test table and
     history."""
-    from pipeline import registry
+    from pipeline.core import registry
+    from pipeline.core.report import report_text
+    from pipeline.core.tracking import start_run, tracking_uri
     from pipeline.evaluate import evaluate_and_log
     from pipeline.register import register_run
-    from pipeline.report import report_text
-    from pipeline.tracking import start_run, tracking_uri
     from pipeline.train import report, train_and_log
 
     task = tasks.load(cfg.task_name)
     if folds := task.folds(cfg):
-        from pipeline.crossval import run_folds
+        from pipeline.core.crossval import run_folds
 
         if cfg.tracking.register and not nested:
             print("cross-validation: the folds' models are not registered; to register a "
@@ -58,9 +59,15 @@ def run(cfg, run_name: str | None = None, nested: bool = False) -> dict:
     return {"run_id": active.info.run_id, "table": result.table, "history": history}
 
 
+def parse(argv=None):
+    """The config this command line would run, checked (every step has `parse`; the
+    docs' commands are checked with it)."""
+    return cli.parse_config(argv, __doc__)[0]
+
+
 def main(argv=None) -> dict | None:
-    cfg, _ = cli.parse_config(argv, __doc__)
-    from pipeline.tracking import resume_config  # after parsing: --help stays fast
+    cfg = parse(argv)
+    from pipeline.core.tracking import resume_config  # after parsing: --help stays fast
     from pipeline.train import other_rank
 
     cfg = resume_config(cfg)

@@ -18,8 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import cli, tasks
-from pipeline.config import param
+from pipeline import tasks
+from pipeline.core import cli
+from pipeline.core.params import param
 from pipeline.tasks import calls
 
 
@@ -73,12 +74,19 @@ def write_table(frame, path) -> None:
                  if str(path).endswith(".parquet") else frame.to_csv(tmp, index=False))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def parse(argv=None) -> PredictParams:
+    """The parameters this command line would run with, checked (every step has `parse`;
+    the docs' commands are checked with it)."""
     p = cli.parse_params(argv, __doc__, PredictParams)
     if Path(p.output).suffix not in (".csv", ".parquet"):
         raise cli.UsageError(f"output must end in .csv or .parquet, got {p.output!r}")
-    from pipeline.tracking import load_model, note_launcher  # after parsing: fast --help
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parse(argv)
+    from pipeline.core.tracking import load_model, note_launcher  # after parsing: fast --help
 
     model = load_model(p.model_uri)
     spec = model.unwrap_python_model().spec

@@ -10,12 +10,19 @@ split summary and any repairs or bad files; prints the splits.
 
 from __future__ import annotations
 
-from pipeline import cli, tasks
+from pipeline import tasks
+from pipeline.core import cli
+
+
+def parse(argv=None):
+    """The config this command line would run, checked (every step has `parse`; the
+    docs' commands are checked with it)."""
+    return cli.parse_config(argv, __doc__)[0]
 
 
 def main(argv=None) -> None:
-    cfg, _ = cli.parse_config(argv, __doc__)
-    from pipeline.tracking import log_config, start_run  # after parsing: fast --help
+    cfg = parse(argv)
+    from pipeline.core.tracking import log_config, start_run  # after parsing: fast --help
 
     task = tasks.load(cfg.task_name)
     data = task.prepare(cfg)

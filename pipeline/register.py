@@ -4,7 +4,7 @@ Reads: the run's `model`, its params and metrics (and, when the name has a
 champion, the run's validation data to score both on). Writes: a new version of
 the registered model (default: the run's `registered_model` param), tagged with
 the model's test metrics and the comparison; the alias `champion` moves to it only
-when it beats the champion on the same validation samples (see pipeline/registry.py).
+when it beats the champion on the same validation samples (see pipeline/core/registry.py).
 
     python -m pipeline.register --run_id RUN_ID
     mlflow run . -e register --env-manager local -P run_id=RUN_ID
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline import cli, tasks
-from pipeline.config import check_registered_model, param
+from pipeline import tasks
+from pipeline.core import cli
+from pipeline.core.params import check_registered_model, param
 
 
 @dataclass
@@ -30,8 +31,8 @@ def register_run(run_id: str, cfg, data=None) -> tuple[str, bool]:
     Returns (version, whether it is @champion)."""
     import mlflow
 
-    from pipeline import registry
-    from pipeline.tracking import load_served, logged_model_uri
+    from pipeline.core import registry
+    from pipeline.core.tracking import load_served, logged_model_uri
 
     task = tasks.load(cfg.task_name)
     run = mlflow.get_run(run_id)
@@ -60,9 +61,15 @@ def register_run(run_id: str, cfg, data=None) -> tuple[str, bool]:
     return done.version, done.champion
 
 
+def parse(argv=None) -> RegisterParams:
+    """The parameters this command line would run with, checked (every step has `parse`;
+    the docs' commands are checked with it)."""
+    return cli.parse_params(argv, __doc__, RegisterParams)
+
+
 def main(argv=None) -> None:
-    p = cli.parse_params(argv, __doc__, RegisterParams)
-    from pipeline.tracking import note_launcher, run_config  # after parsing: fast --help
+    p = parse(argv)
+    from pipeline.core.tracking import note_launcher, run_config  # after parsing: fast --help
 
     cfg = run_config(p.run_id)
     check_registered_model(p.registered_model)

@@ -35,8 +35,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import cli
-from pipeline.config import param
+from pipeline.core import cli
+from pipeline.core.params import param
 
 
 @dataclass
@@ -269,10 +269,16 @@ def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
     return spark.read.parquet(str(output)).count()
 
 
-def main(argv=None) -> None:
-    from pipeline.tracking import load_model
+def parse(argv=None) -> ScoreParams:
+    """The parameters this command line would run with, checked (every step has `parse`;
+    the docs' commands are checked with it)."""
+    return cli.parse_params(argv, __doc__, ScoreParams)
 
-    p = cli.parse_params(argv, __doc__, ScoreParams)
+
+def main(argv=None) -> None:
+    from pipeline.core.tracking import load_model
+
+    p = parse(argv)
     source = Path(p.input).expanduser().resolve()
     output = Path(p.output).expanduser().resolve()
     if not source.exists():

@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipeline import cli
-from pipeline.children import points, run_children
-from pipeline.config import Config, param
+from pipeline.core import cli
+from pipeline.core.children import points, run_children
+from pipeline.core.params import Config, param
 
 
 @dataclass
@@ -33,8 +33,8 @@ def run_sweep(base: Config, grid: str):
     """The parent run and one child per grid point; returns the comparison table."""
     import mlflow
 
+    from pipeline.core.tracking import log_config, start_run
     from pipeline.main import run
-    from pipeline.tracking import log_config, start_run
 
     if base.tracking.resume_run_id:
         raise ValueError("resume_run_id: a sweep cannot be resumed as a whole; resume a "
@@ -58,7 +58,7 @@ def _log_comparison(table, curves: dict):
 
     import mlflow
 
-    from pipeline import plots
+    from pipeline.core import plots
 
     if "best_val_loss" not in table:
         raise ValueError("every run of the sweep failed: " + "; ".join(
@@ -75,12 +75,21 @@ def _log_comparison(table, curves: dict):
     return table
 
 
-def main(argv=None):
+def parse(argv=None) -> tuple[Config, str]:
+    """The base config and the grid this command line would run, checked (every step has
+    `parse`; the docs' commands are checked with it)."""
     base, extra = cli.parse_config(argv, __doc__, {"sweep": SweepParams})
+    grid = extra.get("grid", SweepParams.grid)
+    points(base, grid)
+    return base, grid
+
+
+def main(argv=None):
+    base, grid = parse(argv)
     if "LOCAL_RANK" in os.environ:  # torchrun's: every rank would run the whole sweep
         raise ValueError("sweep: its points train one after another in one process; start "
                          "it without torchrun")
-    return run_sweep(base, extra.get("grid", SweepParams.grid))
+    return run_sweep(base, grid)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,21 @@ checkpoint.
     mlflow run . -e train --env-manager local --experiment-name prices -P cell=gru
     torchrun --standalone --nproc_per_node=2 -m pipeline.train --bptt truncated
 
-Under torchrun, data-parallel across the ranks (pipeline/distributed.py).
+Under torchrun, data-parallel across the ranks (pipeline/core/distributed.py).
 """
 
 from __future__ import annotations
 
-from pipeline import cli, tasks
+from pipeline import tasks
+from pipeline.core import cli
 
 
 def new_network(cfg, spec: dict):
     """The network to train: seeded initial weights, or a logged model's (`init_from`),
     on the configured device."""
     from models.networks import build_model, resolve_device
-    from pipeline.tracking import load_initial_weights
-    from pipeline.trainer import seed_everything
+    from pipeline.core.tracking import load_initial_weights
+    from pipeline.core.trainer import seed_everything
 
     seed_everything(cfg.train.seed)
     net = build_model(spec["model"], spec["n_in"], spec["n_out"])
@@ -43,10 +44,10 @@ def train_and_log(cfg, task, data):
     the model. Returns the trained network (on the CPU) and its History."""
     import mlflow
 
-    from pipeline import distributed, plots
-    from pipeline.horizon import THRESHOLD
-    from pipeline.tracking import MODEL_URI_TAG, epoch_logger, log_config, run_checkpoints
-    from pipeline.trainer import fit
+    from pipeline.core import distributed, plots
+    from pipeline.core.horizon import THRESHOLD
+    from pipeline.core.tracking import MODEL_URI_TAG, epoch_logger, log_config, run_checkpoints
+    from pipeline.core.trainer import fit
 
     log_config(cfg)
     resumed = bool(cfg.tracking.resume_run_id)
@@ -81,10 +82,10 @@ def train_and_log(cfg, task, data):
 
 
 def other_rank(cfg) -> bool:
-    """Under torchrun (pipeline/distributed.py): join the process group and, on a rank
+    """Under torchrun (pipeline/core/distributed.py): join the process group and, on a rank
     other than 0, train this rank's share and say True: the step has nothing else to do
     there (rank 0 logs, evaluates and registers)."""
-    from pipeline import distributed
+    from pipeline.core import distributed
 
     if not distributed.launched():
         return False
@@ -104,10 +105,10 @@ def other_rank(cfg) -> bool:
 def train_rank(cfg) -> None:
     """A rank other than 0: the same data and network, its share of every update, and
     nothing logged or written (rank 0 sends the checkpoint folder, for a resume)."""
-    from pipeline import distributed
-    from pipeline.checkpoint import Checkpoints
-    from pipeline.signals import Interrupted
-    from pipeline.trainer import fit
+    from pipeline.core import distributed
+    from pipeline.core.checkpoint import Checkpoints
+    from pipeline.core.signals import Interrupted
+    from pipeline.core.trainer import fit
 
     task = tasks.load(cfg.task_name)
     data = task.prepare(cfg)
@@ -131,9 +132,15 @@ def report(run, cfg, history) -> str:
             f"{len(history.epochs)} ({history.stop_reason})")
 
 
+def parse(argv=None):
+    """The config this command line would run, checked (every step has `parse`; the
+    docs' commands are checked with it)."""
+    return cli.parse_config(argv, __doc__)[0]
+
+
 def main(argv=None) -> None:
-    cfg, _ = cli.parse_config(argv, __doc__)
-    from pipeline.tracking import resume_config, start_run  # after parsing: fast --help
+    cfg = parse(argv)
+    from pipeline.core.tracking import resume_config, start_run  # after parsing: fast --help
 
     cfg = resume_config(cfg)
     if other_rank(cfg):

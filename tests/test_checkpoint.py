@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import trainer
-from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
-from pipeline.signals import Interrupted
-from pipeline.trainer import fit_streams
+from pipeline.core import trainer
+from pipeline.core.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
+from pipeline.core.signals import Interrupted
+from pipeline.core.trainer import fit_streams
 from tests.test_trainer import new_net, small
 
 RESUMABLE = {"epochs": 4, "patience": 0, "dropout": 0.1, "layers": 2, "input_noise": 0.05,

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from pipeline import cli, tasks
-from pipeline.trainer import NumericalFault
+from pipeline import tasks
+from pipeline.core import cli
+from pipeline.core.trainer import NumericalFault
 from tests.conftest import PRICES, ROOT, launch_env, mlflow_run, python_m
 
 STEPS = ("main", "prepare", "train", "evaluate", "register", "predict", "sweep")

@@ -8,7 +8,8 @@ import pytest
 
 from data_loaders.sequences import TEST
 from pipeline import tasks
-from pipeline.config import COMMON, PRESETS, build_config, from_params
+from pipeline.core.config import build_config, from_params
+from pipeline.core.params import COMMON, PRESETS
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -158,10 +159,10 @@ def test_a_logged_run_does_not_need_its_preset_file(tmp_path):
     assert (cfg.model.cell, cfg.model.hidden, cfg.tracking.preset) == ("gru", 64, str(preset))
 
 
-def test_readme_table_lists_every_parameter_of_every_task():
-    from pipeline.config import readme_table
+def test_reference_table_lists_every_parameter_of_every_task():
+    from pipeline.core.config import reference_table
 
-    table = readme_table()
+    table = reference_table()
     for name in tasks.TASKS:
         for f in fields(tasks.load(name).Params):
             assert f"| `{f.name}` |" in table

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (pipeline/distributed.py), 2 CPU ranks with one
+"""Data-parallel training under torchrun (pipeline/core/distributed.py), 2 CPU ranks with one
 thread each, against one process on the same global batch: the same final weights and
 test metrics, for full BPTT (windows dealt across the ranks) and truncated BPTT (lanes
 dealt across the ranks, k1 < k2). A rank killed with SIGKILL ends the run FAILED within

@@ -1,7 +1,9 @@
 """The import graph of the project's own modules (every import, also those inside
 functions): no circles, and nothing points back up. Loaders sit at the bottom, then
-the models (the served model imports no training code), then the pipeline's parts,
-then the tasks, then the steps."""
+the models (the served model imports no training code), then the machinery below the
+tasks (pipeline/core: BELOW_TASKS), then the tasks (one package each, knowing nothing
+of the others), then the machinery that composes them (the rest of pipeline/core),
+then the steps: the modules at pipeline/'s root, and only they."""
 
 import ast
 from pathlib import Path
@@ -10,8 +12,10 @@ from tests.conftest import ROOT
 
 PACKAGES = ("data_loaders", "models", "pipeline")
 STEPS = {f"pipeline.{s}" for s in ("main", "prepare", "train", "evaluate", "register",
-                                   "predict", "sweep", "mlproject")}
-SHARED_SPEECH = {"pipeline.tasks.speech", "pipeline.tasks.speech_pretrain"}
+                                   "predict", "sweep", "score_spark")}
+BELOW_TASKS = {f"pipeline.core.{m}" for m in ("params", "trainer", "checkpoint", "signals",
+                                              "distributed", "metrics", "plots", "horizon")
+               } | {"pipeline.core"}  # the package itself: a docstring
 
 
 def modules() -> dict[str, Path]:
@@ -46,7 +50,7 @@ def graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
             for t in targets:
-                while t and t not in mods:  # `from pipeline import cli` -> pipeline.cli
+                while t and t not in mods:  # `from pipeline import cli` -> pipeline.core.cli
                     t = t.rpartition(".")[0]
                 if t and t != name and (t != name.rpartition(".")[0] or t not in mods):
                     edges[name].add(t)
@@ -80,8 +84,26 @@ def test_nothing_points_back_up():
                 assert not t.startswith("pipeline"), f"{name} imports {t}"
             if name.startswith("pipeline") and name not in STEPS:
                 assert t not in STEPS, f"{name} imports the step {t}"
-            if not name.startswith("pipeline.tasks"):
-                continue
-            # a task knows nothing of other tasks, only the shared speech parts
-            assert not t.startswith("pipeline.tasks.") or t in SHARED_SPEECH, \
-                f"{name} imports {t}"
+            if name in BELOW_TASKS:
+                assert not t.startswith("pipeline.") or t in BELOW_TASKS, f"{name} imports {t}"
+            if name.startswith("pipeline.tasks"):
+                assert not t.startswith("pipeline.core") or t in BELOW_TASKS, \
+                    f"{name} imports {t}, which sits above the tasks"
+                # a task's package knows nothing of another task's
+                assert task_package(t) in (None, task_package(name)), f"{name} imports {t}"
+
+
+def task_package(module: str) -> str | None:
+    """pipeline.tasks.prices.risk -> pipeline.tasks.prices; None outside a task package."""
+    parts = module.split(".")
+    return ".".join(parts[:3]) if parts[:2] == ["pipeline", "tasks"] and len(parts) > 3 \
+        or (len(parts) == 3 and (ROOT / "pipeline/tasks" / parts[2]).is_dir()) else None
+
+
+def test_the_steps_are_pipeline_s_root_and_each_task_has_a_package():
+    root = {f"pipeline.{p.stem}" for p in (ROOT / "pipeline").glob("*.py")} - {"pipeline.__init__"}
+    assert root == STEPS, f"not steps at pipeline/'s root: {sorted(root ^ STEPS)}"
+    from pipeline.core.params import TASKS
+    for name, module in TASKS.items():
+        assert task_package(module), f"task {name}: {module} is not in a package of its own"
+    assert len({task_package(m) for m in TASKS.values()}) == 2  # prices; speech (both)

@@ -20,8 +20,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline import cli
-from pipeline.config import build_config
+from pipeline.core import cli
+from pipeline.core.config import build_config
 from tests.conftest import ROOT, SPY, fresh_store, mlflow_run
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from pipeline.core import metrics
 
 
 def test_forecast_metrics_by_hand():

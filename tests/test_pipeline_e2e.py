@@ -18,8 +18,9 @@ import pipeline
 from data_loaders.sequences import TEST
 from models.networks import forecast_at
 from models.price_model import request_row
-from pipeline import evaluate, prepare, register, tasks, tracking
-from pipeline.config import build_config
+from pipeline import evaluate, prepare, register, tasks
+from pipeline.core import tracking
+from pipeline.core.config import build_config
 from pipeline.main import main
 from tests.conftest import PRICES, ROOT, SPY, launch_env, mlflow_run
 
@@ -223,7 +224,7 @@ def test_unknown_ticker_offline_fails_with_a_clear_message(store, monkeypatch):
 
 
 def test_numerical_fault_fails_the_run_and_leaves_the_registry_alone(store):
-    from pipeline.trainer import NumericalFault
+    from pipeline.core.trainer import NumericalFault
 
     good = main(FAST)["run_id"]
     with pytest.raises(NumericalFault, match="of epoch 0. Likely cause: clipping is off"):
@@ -240,7 +241,7 @@ def test_warm_start_copies_the_weights_or_says_what_differs(store):
     import torch
 
     from models.networks import build_model
-    from pipeline.tracking import load_initial_weights
+    from pipeline.core.tracking import load_initial_weights
 
     main(FAST)
     uri = "models:/prices-returns-h1@champion"
@@ -264,12 +265,12 @@ def test_warm_start_copies_the_weights_or_says_what_differs(store):
 def test_sigterm_ends_the_run_killed_and_says_how_to_resume(store, monkeypatch, capsys):
     import signal
 
-    from pipeline.signals import Interrupted
+    from pipeline.core.signals import Interrupted
 
     def stopped(*args, **kwargs):
         raise Interrupted(signal.SIGTERM, store / "latest.pt")
 
-    monkeypatch.setattr("pipeline.trainer.fit", stopped)
+    monkeypatch.setattr("pipeline.core.trainer.fit", stopped)
     with pytest.raises(SystemExit) as exit_:
         main(FAST)
     assert exit_.value.code == 128 + signal.SIGTERM
@@ -304,7 +305,7 @@ def sigterm_during(monkeypatch, target: str) -> int:
     import os
     import signal
 
-    from pipeline import cli
+    from pipeline.core import cli
 
     monkeypatch.setattr(target, lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(SystemExit) as exit_:
@@ -338,7 +339,7 @@ def test_sigterm_while_registering_lets_go_of_the_lock(store, monkeypatch, capsy
     import signal
 
     # SIGTERM arrives while the lock is held
-    assert sigterm_during(monkeypatch, "pipeline.registry.champion_version") == \
+    assert sigterm_during(monkeypatch, "pipeline.core.registry.champion_version") == \
         128 + signal.SIGTERM
     assert "the step stopped by SIGTERM" in capsys.readouterr().err
     assert not MlflowClient().search_registered_models()  # neither a version nor the lock

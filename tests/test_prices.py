@@ -252,7 +252,7 @@ def test_a_semicolon_file_says_what_separates_its_columns(tmp_path):
 def test_a_series_outside_a_split_is_named_and_an_empty_split_is_an_error(caplog):
     import pandas as pd
 
-    from pipeline.tasks.prices import check_splits
+    from pipeline.tasks.prices.task import check_splits
 
     cutoffs = (pd.Timestamp("2015-01-01"), pd.Timestamp("2016-01-01"))
     both, early = np.array([0, 0, 1, 2]), np.array([0, 0, 0, 0])
@@ -347,8 +347,8 @@ def test_bad_files_stop_the_read_all_named_or_are_left_out_and_listed(tmp_path):
 def test_a_calendar_split_and_bad_or_short_series_left_out(tmp_path):
     """val_start/test_start cut every series on those days; with skip_bad a bad file and
     a series too short for the lookback are left out, each with its reason."""
-    from pipeline.config import build_config
-    from pipeline.tasks.prices import TASK
+    from pipeline.core.config import build_config
+    from pipeline.tasks.prices.task import TASK
 
     spy = pd.read_csv(DATA / "SPY.csv")
     _write(tmp_path / "data", "SPY.csv", spy)
@@ -388,7 +388,7 @@ def test_scale_free_features_read_only_the_past():
 
 
 def test_each_series_is_held_out_by_one_fold_and_the_groups_are_even():
-    from pipeline.tasks.prices import held_out
+    from pipeline.tasks.prices.task import held_out
 
     names = [f"T{i}" for i in range(23)]
     groups = [held_out(names, 5, k, seed=0) for k in range(1, 6)]
@@ -401,8 +401,8 @@ def test_each_series_is_held_out_by_one_fold_and_the_groups_are_even():
 def test_a_series_listed_after_validation_starts_is_named_or_left_out():
     """SPY's data start on 2007-12-31: with validation from 2006 it has no history to train
     on or to fit GARCH on; the run stops naming it, or leaves it out with skip_bad."""
-    from pipeline.config import build_config
-    from pipeline.tasks.prices import TASK
+    from pipeline.core.config import build_config
+    from pipeline.tasks.prices.task import TASK
 
     cfg = {"data": str(DATA), "val_start": "2006-01-03", "test_start": "2008-01-02"}
     with pytest.raises(ValueError, match=r"data: series too short: SPY: 0 rows before "

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import mlproject
-from pipeline.config import readme_table
+from pipeline.core import mlproject
+from pipeline.core.config import reference_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mlproject_is_the_generated_one():
     assert (ROOT / "MLproject").read_text() == mlproject.render(), \
-        "regenerate it: python -m pipeline.mlproject > MLproject"
+        "regenerate it: python -m pipeline.core.mlproject > MLproject"
 
 
 def test_mlproject_declares_only_required_parameters():
@@ -51,9 +51,9 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_holds_the_generated_parameter_table():
-    assert readme_table() in (ROOT / "README.md").read_text(), \
-        "README's configuration table: paste python -m pipeline.config"
+def test_the_configuration_reference_holds_the_generated_parameter_table():
+    assert reference_table() in (ROOT / "docs" / "configuration.md").read_text(), \
+        "docs/configuration.md's table: paste python -m pipeline.core.config"
 
 
 def test_the_version_is_one_unreleased_past_the_changelog_s_last_release():

@@ -1,5 +1,5 @@
-"""Every README command that registers a model, run as written from the project folder
-on the bundled data at full size, one store for all: a limit that only the full data
+"""Every command of the README and docs/ that registers a model, run as written from the
+project folder on the bundled data at full size, one store for all: a limit that only the full data
 reaches (the 405 validation clips of the bundled FSDD against the 256 clips a request
 may hold) fails here. Each name is registered several times, through both launchers,
 so every registration after the first scores the challenger and the champion on the
@@ -75,9 +75,9 @@ def launched(argv: list[str], uri: str) -> str:
 
 
 def test_the_commands_are_the_readme_s():
-    readme = (ROOT / "README.md").read_text()
+    pages = "".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
     for command, _ in [*COMMANDS, (REGISTER, None)]:
-        assert command in readme, command
+        assert command in pages, command
     assert f"{MLFLOW_RUN} prices -P preset=volatility-tbptt" in (ROOT / "Makefile").read_text()
 
 

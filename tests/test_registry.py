@@ -12,7 +12,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import registry, tasks, tracking
+from pipeline import tasks
+from pipeline.core import registry, tracking
 from pipeline.main import main
 from tests.conftest import PRICES, launch_env
 

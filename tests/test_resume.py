@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline.checkpoint import LATEST
+from pipeline.core.checkpoint import LATEST
 from tests.conftest import SPY, launch_env
 
 ROOT = Path(__file__).resolve().parents[1]

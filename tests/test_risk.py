@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import chi2, norm
 
-from pipeline import risk
+from pipeline.tasks.prices import risk
 
 SPY = Path(__file__).resolve().parents[1] / "data" / "prices" / "SPY.csv"
 

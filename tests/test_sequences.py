@@ -16,7 +16,7 @@ from data_loaders.sequences import (
     windows,
 )
 from pipeline import tasks
-from pipeline.config import build_config
+from pipeline.core.config import build_config
 from tests.conftest import SPY
 
 

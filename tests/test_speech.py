@@ -166,8 +166,8 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
 
 
 def test_apc_targets_and_stream_never_cross_utterances():
-    from pipeline.tasks.speech import SpeechData, apc_targets
-    from pipeline.tasks.speech_forecast import forecast_stream
+    from pipeline.tasks.speech.common import SpeechData, apc_targets
+    from pipeline.tasks.speech.forecast import forecast_stream
 
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = apc_targets(x, 2)
@@ -202,7 +202,7 @@ def test_forecast_run_and_served_error_and_embedding(store, small_fsdd, bptt):
 @pytest.mark.slow
 def test_speech_run_stopped_by_sigterm_resumes_to_the_same_result(store, small_fsdd,
                                                                    monkeypatch):
-    from pipeline import trainer
+    from pipeline.core import trainer
     from tests.test_checkpoint import counting
 
     args = speech_args(small_fsdd, store, "--epochs", "3", "--batch_size", "8",
@@ -228,8 +228,8 @@ def test_speech_run_stopped_by_sigterm_resumes_to_the_same_result(store, small_f
 
 def test_speech_memory_horizon_reaches_back_and_skips_too_short_utterances():
     from models.networks import build_model
-    from pipeline.config import build_config
-    from pipeline.tasks.speech import SpeechData
+    from pipeline.core.config import build_config
+    from pipeline.tasks.speech.common import SpeechData
 
     rng = np.random.default_rng(0)
     frames = [rng.standard_normal((n, 8)).astype("float32") for n in (20, 18, 25, 9, 20)]
@@ -400,7 +400,7 @@ def test_a_speech_forecast_model_pretrains_the_classifier_s_recurrent_layers(sto
     spec = {**forecaster.spec, "task": "speech-classify", "n_out": 4,
             "model": {**forecaster.spec["model"], "bidirectional": True, "readout": "mean"}}
     from models.networks import build_model
-    from pipeline.tracking import load_initial_weights
+    from pipeline.core.tracking import load_initial_weights
 
     net = build_model(spec["model"], spec["n_in"], spec["n_out"])
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -1,5 +1,5 @@
 """Pretraining inside a speech-classify run (`pretrain_epochs`,
-pipeline/tasks/speech_pretrain.py): forecasters fit on the run's training audio, their
+pipeline/tasks/speech/pretrain.py): forecasters fit on the run's training audio, their
 recurrent layers copied in, each direction where it belongs."""
 
 import re
@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from models.networks import build_model
 from pipeline.main import main
-from pipeline.tasks.speech_pretrain import copy_layers
+from pipeline.tasks.speech.pretrain import copy_layers
 from tests.conftest import launch_env
 
 MODEL = {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",

@@ -15,7 +15,7 @@ import soundfile as sf
 from mlflow import MlflowClient
 
 from data_loaders import nonspeech
-from pipeline.config import ROOT
+from pipeline.core.params import ROOT
 from pipeline.main import main
 from tests.conftest import FSDD
 

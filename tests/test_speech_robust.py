@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from data_loaders import audio, nonspeech
 from models import calibration
 from models.networks import build_model, logits, pad
-from pipeline.augment import Augment
 from pipeline.main import main
+from pipeline.tasks.speech.augment import Augment
 from tests.conftest import FSDD
 
 S = audio.FeatureSettings()

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.children import parse_grid, points
-from pipeline.config import build_config
+from pipeline.core.children import parse_grid, points
+from pipeline.core.config import build_config
 from pipeline.sweep import run_sweep
 from tests.conftest import SPY
 from tests.mlflow_server import tracking_server
@@ -84,7 +84,8 @@ def test_a_failing_point_is_marked_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_in_a_child_kills_it_and_the_parent(tmp_path, monkeypatch):
-    from pipeline import main, trainer
+    from pipeline import main
+    from pipeline.core import trainer
     from tests.test_checkpoint import counting
 
     monkeypatch.chdir(tmp_path)

@@ -6,8 +6,8 @@ import torch
 
 from models.networks import RecurrentRegressor, build_model, init_weights
 from pipeline import tasks
-from pipeline.config import build_config
-from pipeline.trainer import (
+from pipeline.core.config import build_config
+from pipeline.core.trainer import (
     NumericalFault,
     fit_streams,
     tbptt_updates,
@@ -163,7 +163,7 @@ def test_clipping_keeps_the_same_learning_rate_finite():
 
 
 def test_memory_horizon_follows_the_recurrence():
-    from pipeline.horizon import memory_horizon, state_gradient_norms
+    from pipeline.core.horizon import memory_horizon, state_gradient_norms
 
     torch.manual_seed(0)
     x, y = torch.randn(1, 30, 2), torch.randn(1)
@@ -178,7 +178,7 @@ def test_memory_horizon_follows_the_recurrence():
 
 
 def test_length_buckets_cover_every_sample_once_pad_less_and_resume_where_they_were():
-    from pipeline.trainer import Cursor, batches
+    from pipeline.core.trainer import Cursor, batches
 
     lengths = torch.as_tensor(np.random.default_rng(0).integers(5, 200, 1000))
     plain = list(batches(1000, 10, torch.Generator().manual_seed(1)))

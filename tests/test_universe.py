@@ -11,7 +11,8 @@ from mlflow import MlflowClient
 
 from data_loaders.sequences import VAL
 from models.price_model import request_row
-from pipeline import tasks, tracking
+from pipeline import tasks
+from pipeline.core import tracking
 from pipeline.main import main
 from tests.conftest import PRICES, SPY
 

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from data_loaders import synthetic, words
 from models.calibration import NOT_A_WORD, NOT_SPEECH
 from pipeline.main import main
-from pipeline.tasks.speech_classify import HELD_OUT_VOICES, LIMITS
+from pipeline.tasks.speech.classify import HELD_OUT_VOICES, LIMITS
 
 
 def test_the_word_lists_hold_no_digit_nor_its_sound_alike_and_are_disjoint():

@@ -1,11 +1,14 @@
-"""Tasks: one module per kind of problem, plugged into steps written once.
+"""Tasks: one package per kind of problem (prices/, speech/), plugged into steps written
+once.
 
 The steps (`prepare`, `train`, `evaluate`, `register`, `predict`, `sweep`, `main`)
-never ask which task they run; they call the methods of `Task` below. A task
-module defines `Params` (its own parameters, a dataclass of `config.param`
-fields), a `Task` subclass and `TASK`, its instance. To add a kind of problem,
-write its loader in data_loaders/, its served model in models/, its module here,
-and add its name to TASKS.
+never ask which task they run; they call the methods of `Task` below. A task's
+module defines `Params` (its own parameters, a dataclass of `params.param` fields),
+a `Task` subclass and `TASK`, its instance. To add a kind of problem, write its
+loader in data_loaders/, its served model in models/, its package here, and add its
+name to TASKS (pipeline/core/params.py). A task imports only the machinery below the
+tasks (pipeline/core: params, trainer, checkpoint, signals, distributed, metrics,
+plots, horizon) and this module; tests/test_layers.py checks it.
 
 Task modules keep their imports light at the top (the command line imports them
 for --help) and import torch, pandas and MLflow inside the methods that need them.
@@ -25,14 +28,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from pipeline.config import Config
+    from pipeline.core.params import Config
 
-TASKS = {  # task name: its module
-    "prices": "pipeline.tasks.prices",
-    "speech-classify": "pipeline.tasks.speech_classify",
-    "speech-forecast": "pipeline.tasks.speech_forecast",
-}
-
+from pipeline.core.params import TASKS
 
 ROWS_PER_CALL = 64  # request rows per predict call, when the pipeline feeds a served model
 
@@ -59,6 +57,20 @@ def calls(model, requests: pd.DataFrame) -> list[slice]:
 def in_calls(model, requests: pd.DataFrame) -> list[pd.DataFrame]:
     """The request split by `calls`, each part indexed from 0 as a request is."""
     return [requests.iloc[s].reset_index(drop=True) for s in calls(model, requests)]
+
+
+def log_dataset(frame, source: str, name: str) -> None:
+    """Into the active run: a task's input dataset (a pandas frame) with the local path
+    it was read from."""
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():  # MLflow registers its local source twice and says so,
+        warnings.filterwarnings("ignore", "The specified dataset source")
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")  # counts
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+        mlflow.log_input(dataset, context="training")
 
 
 def load(name: str) -> Task:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_loaders.sequences import TEST, TRAIN, VAL
-from pipeline.config import Config, param
-from pipeline.tasks import Evaluation, Objective, in_calls, speech
-from pipeline.tasks.speech import (
+from pipeline.core.params import Config, param
+from pipeline.tasks import Evaluation, Objective, in_calls
+from pipeline.tasks.speech import common
+from pipeline.tasks.speech.common import (
     SHIFT,
     SpeechData,
     SpeechTask,
@@ -29,7 +30,7 @@ from pipeline.tasks.speech import (
 
 
 @dataclass
-class Params(speech.Params):
+class Params(common.Params):
     shift: int = param(SHIFT, "how many frames ahead to predict")
 
 
@@ -66,7 +67,7 @@ class SpeechForecastTask(SpeechTask):
         import torch
 
         from data_loaders.sequences import pack_lanes
-        from pipeline.trainer import masked_l1, tbptt_updates, utterance_updates
+        from pipeline.core.trainer import masked_l1, tbptt_updates, utterance_updates
 
         t, shift = cfg.train, cfg.task.shift
         device = next(net.parameters()).device
@@ -101,7 +102,7 @@ class SpeechForecastTask(SpeechTask):
         return self.memory_horizon(net, data, example, nn.functional.l1_loss, shift)
 
     def evaluate(self, net, cfg: Config, data: SpeechData) -> Evaluation:
-        from pipeline.trainer import masked_l1
+        from pipeline.core.trainer import masked_l1
 
         x, _, y = forecast_tensors(data, TEST, cfg.task.shift)
         return Evaluation({"model": {"l1": forecast_l1(net, x, y)},

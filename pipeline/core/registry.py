@@ -167,7 +167,7 @@ def _compare(task, cfg, run_id: str, challenger, name: str, current: str, data_f
     """Both models' scores on the run's validation split, and a sentence saying how they
     compare; (None, why) when the champion cannot be scored on this data (an older
     model, say): then the alias stays, and the version's tag says so."""
-    from pipeline.tracking import load_served
+    from pipeline.core.tracking import load_served
 
     data = data_fn()
     try:

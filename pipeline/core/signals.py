@@ -23,7 +23,7 @@ class Interrupted(Exception):
 
 class RankLost(ConnectionError):
     """Data-parallel training: a collective failed, because another rank died, hung past
-    `dist_timeout` or left (pipeline/distributed.py). The run ends FAILED."""
+    `dist_timeout` or left (pipeline/core/distributed.py). The run ends FAILED."""
 
 
 @contextlib.contextmanager

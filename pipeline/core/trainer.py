@@ -23,13 +23,13 @@ from torch import nn
 
 from data_loaders.sequences import TRAIN, VAL, Streams, pack_lanes, windows
 from models.networks import forecasts, last_step
-from pipeline import distributed
-from pipeline.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
-from pipeline.distributed import shard
-from pipeline.signals import Interrupted, stop_signals
+from pipeline.core import distributed
+from pipeline.core.checkpoint import BEST, LATEST, Checkpoints, rng_states, set_rng_states
+from pipeline.core.distributed import shard
+from pipeline.core.signals import Interrupted, stop_signals
 
 if TYPE_CHECKING:
-    from pipeline.config import TrainParams
+    from pipeline.core.params import TrainParams
 
 
 class NumericalFault(FloatingPointError):
@@ -392,7 +392,7 @@ def fit(model: nn.Module, cfg: TrainParams,
     SIGINT, between two updates (then Interrupted is raised); `best` whenever
     validation improves. `resume` starts from `latest`, and first hands `on_epoch`
     the epochs already done (a logger skips those it has). In a data-parallel run
-    (pipeline/distributed.py) `model` is the DDP module, rank 0 alone writes, `latest`
+    (pipeline/core/distributed.py) `model` is the DDP module, rank 0 alone writes, `latest`
     is also written before the first epoch, and a signal writes nothing mid-epoch: a
     resumed run replays the epoch from its start."""
     seed_everything(cfg.seed)

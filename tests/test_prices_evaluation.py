@@ -1,13 +1,13 @@
-"""The price evaluation table (pipeline/price_eval.py) by hand, walk-forward blocks, and
-pooling folds that gives the table of all their samples at once."""
+"""The price evaluation table (pipeline/tasks/prices/evaluation.py) by hand, walk-forward
+blocks, and pooling folds that gives the table of all their samples at once."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from data_loaders.sequences import date_cutoffs, walk_forward_cutoffs
-from pipeline import price_eval, risk
-from pipeline.price_eval import Forecasts
+from pipeline.tasks.prices import evaluation, risk
+from pipeline.tasks.prices.evaluation import Forecasts
 
 QS = [0.05, 0.5, 0.95]
 
@@ -24,7 +24,7 @@ def forecasts(n=400, seed=0, series="A") -> Forecasts:
 
 def test_volatility_table_ranks_by_qlike_and_tests_the_model_against_each_baseline():
     f = forecasts()
-    table = price_eval.table(f, "volatility", 5, QS)
+    table = evaluation.table(f, "volatility", 5, QS)
     assert list(table) == ["model", "har", "ewma"]
     for m in ("model", "har", "ewma"):
         expected = risk.qlike(f.points[m][:, 0] ** 2, f.actual[:, 0] ** 2).mean()
@@ -41,7 +41,7 @@ def test_volatility_table_ranks_by_qlike_and_tests_the_model_against_each_baseli
 def test_a_normal_forecast_is_scored_by_the_variance_it_implies(tmp_path):
     f = forecasts()
     f.variances["model"] = 1.5 * f.points["model"][:, 0] ** 2  # mean^2 + scale^2, say
-    table = price_eval.table(f, "volatility", 5, QS)
+    table = evaluation.table(f, "volatility", 5, QS)
     assert table["model"]["qlike"] == pytest.approx(
         risk.qlike(f.variances["model"], f.actual[:, 0] ** 2).mean())
     assert table["model"]["qlike"] != pytest.approx(
@@ -50,15 +50,15 @@ def test_a_normal_forecast_is_scored_by_the_variance_it_implies(tmp_path):
         risk.qlike(f.points["har"][:, 0] ** 2, f.actual[:, 0] ** 2).mean())
     f.save(tmp_path / "f.npz")
     again = Forecasts.load(tmp_path / "f.npz")
-    assert price_eval.table(again, "volatility", 5, QS) == table
-    assert price_eval.per_series(again, "volatility", QS).model[0] == \
+    assert evaluation.table(again, "volatility", 5, QS) == table
+    assert evaluation.per_series(again, "volatility", QS).model[0] == \
         pytest.approx(table["model"]["qlike"])
 
 
 def test_returns_table_backtests_the_lower_quantiles_as_value_at_risk():
     f = forecasts()
     f.quantiles["model"] = f.quantiles["model"] - 0.02  # now a band around zero returns
-    table = price_eval.table(f, "returns", 1, QS)
+    table = evaluation.table(f, "returns", 1, QS)
     hits = f.actual[:, 0] < f.quantiles["model"][:, 0]
     assert table["model"]["var5_rate"] == pytest.approx(hits.mean())
     assert table["model"]["var5_kupiec_p"] == pytest.approx(risk.kupiec_pof(hits, 0.05))
@@ -70,11 +70,11 @@ def test_pooled_folds_score_like_one_split_and_survive_saving(tmp_path):
     pooled = Forecasts.concat([a, b])
     a.save(tmp_path / "a.npz")
     again = Forecasts.concat([Forecasts.load(tmp_path / "a.npz"), b])
-    assert price_eval.table(again, "volatility", 5, QS) == \
-           price_eval.table(pooled, "volatility", 5, QS)
-    rows = price_eval.per_series(pooled, "volatility", QS)
+    assert evaluation.table(again, "volatility", 5, QS) == \
+           evaluation.table(pooled, "volatility", 5, QS)
+    rows = evaluation.per_series(pooled, "volatility", QS)
     assert rows.series.tolist() == ["A", "B"] and rows.samples.tolist() == [400, 400]
-    assert rows.model[0] == pytest.approx(price_eval.table(a, "volatility", 5, QS)
+    assert rows.model[0] == pytest.approx(evaluation.table(a, "volatility", 5, QS)
                                           ["model"]["qlike"])
 
 
@@ -99,7 +99,7 @@ def test_a_served_response_reads_back_into_the_forecasts_it_was_written_from(los
 
     from models.heads import columns
     from models.price_model import output_names
-    from pipeline.price_eval import from_response
+    from pipeline.tasks.prices.evaluation import from_response
 
     qs = [0.05, 0.5, 0.95] if loss != "mse" else []
     spec = {"loss": loss, "quantiles": qs, "outputs": output_names(target, horizon)}

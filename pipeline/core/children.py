@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import itertools
 
-from pipeline import cli
-from pipeline.config import Config, build_config, unknown_message
+from pipeline.core import cli
+from pipeline.core.config import build_config, unknown_message
+from pipeline.core.params import Config
 
 TRUNCATED_ONLY = ("k1", "k2", "lanes")
 FIXED = ("task", "resume_run_id", "preset", "experiment", "registered_model", "register")

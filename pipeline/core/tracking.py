@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -24,8 +23,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline import __version__, tasks
-from pipeline.config import Config, from_params
-from pipeline.signals import Interrupted, RankLost
+from pipeline.core.config import from_params
+from pipeline.core.params import Config
+from pipeline.core.signals import Interrupted, RankLost
 
 MODEL_URI_TAG = "model_uri"  # set by the train step: the URI of the run's logged model
 WORKDIR_TAG = "workdir"  # the folder the run's relative paths are taken from
@@ -106,7 +106,7 @@ def after_stop(cfg: Config, run_id: str, written=None) -> str:
     `written` or its latest one, or start it again when none was written yet (stopped
     while preparing the data or pretraining: the checkpoint folder is named when
     training starts)."""
-    from pipeline.checkpoint import LATEST
+    from pipeline.core.checkpoint import LATEST
 
     folder = MlflowClient().get_run(run_id).data.tags.get("checkpoint_dir")
     if written or (folder and (Path(folder) / LATEST).exists()):
@@ -171,7 +171,7 @@ def resume_config(cfg: Config) -> Config:
 def run_checkpoints(cfg: Config):
     """The active run's checkpoint folder, `checkpoint_dir` / RUN_ID, kept in the run's
     `checkpoint_dir` tag for a resumed run."""
-    from pipeline.checkpoint import Checkpoints
+    from pipeline.core.checkpoint import Checkpoints
 
     run = mlflow.active_run()
     folder = run.data.tags.get("checkpoint_dir") if cfg.tracking.resume_run_id else None
@@ -193,15 +193,6 @@ def epoch_logger(run_id: str):
             done.add(metrics["epoch"])
 
     return log
-
-
-def log_dataset(frame, source: str, name: str) -> None:
-    """The run's input dataset (a pandas frame) with the local path it was read from."""
-    with warnings.catch_warnings():  # MLflow registers its local source twice and says so,
-        warnings.filterwarnings("ignore", "The specified dataset source")
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")  # counts
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
-        mlflow.log_input(dataset, context="training")
 
 
 def logged_model_uri(run_id: str) -> str:

@@ -8,7 +8,7 @@ Baselines, each computed only from information available at the anchor step t
   22-day realised volatility, the standard benchmark). No zero forecast: a volatility
   of zero is no forecast (its QLIKE is infinite).
 GARCH(1,1) and historical simulation, fit with `arch` and from past targets, are in
-pipeline/risk.py.
+pipeline/tasks/prices/risk.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ or "unknown".
 Training: full BPTT over each utterance, batches zero-padded after each end, the
 class read at the last frame or as the mean over frames (`readout`; either way
 padding cannot change a prediction), cross-entropy, with the augmentations of
-pipeline/augment.py drawn from the training seed; `val_accuracy` is logged per
+pipeline/tasks/speech/augment.py drawn from the training seed; `val_accuracy` is logged per
 epoch. Then, on validation, the temperature and the "unknown" rule
 (models/calibration.py), stored with the model. Test: accuracy and macro-F1 beside
 the majority class and an MLP on mean-pooled features (trained by the same loop),
@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from data_loaders.sequences import TEST, TRAIN, VAL
-from pipeline.config import Config, param
-from pipeline.tasks import Evaluation, Objective, in_calls, speech
-from pipeline.tasks.speech import SpeechData, SpeechTask
-from pipeline.tasks.speech_pretrain import pretrain, validate_pretrain
+from pipeline.core.params import Config, param
+from pipeline.tasks import Evaluation, Objective, in_calls
+from pipeline.tasks.speech import common
+from pipeline.tasks.speech.common import SpeechData, SpeechTask
+from pipeline.tasks.speech.pretrain import pretrain, validate_pretrain
 
 
 @dataclass
-class Params(speech.Params):
+class Params(common.Params):
     bidirectional: bool = param(False, "each layer also reads the utterance backwards")
     readout: str = param("last", "last: the output at the last frame; mean: the mean over "
                                  "the frames", ("last", "mean"))
@@ -58,12 +59,12 @@ class Params(speech.Params):
     pretrain_epochs: int = param(0, "training: first pretrain the recurrent layers for this "
                                     "many epochs by forecasting the input frames (speech-"
                                     "forecast's objective) on this run's training audio only, "
-                                    "as recorded (pipeline/tasks/speech_pretrain.py); 0: off")
+                                    "as recorded (pipeline/tasks/speech/pretrain.py); 0: off")
     unknown_rate: float = param(0.01, "share of validation utterances the confidence threshold "
                                       "may call unknown; 0: no threshold")
 
     def augment(self):
-        from pipeline.augment import Augment
+        from pipeline.tasks.speech.augment import Augment
 
         return Augment(self.freq_warp, self.time_stretch, self.noise_snr, self.freq_masks,
                        self.time_masks, self.sample_rate, self.n_mels)
@@ -154,8 +155,8 @@ class SpeechClassifyTask(SpeechTask):
         from torch import nn
 
         from models.networks import logits, read_out
-        from pipeline.distributed import shard
-        from pipeline.trainer import add_noise, batches
+        from pipeline.core.distributed import shard
+        from pipeline.core.trainer import add_noise, batches
 
         device = next(net.parameters()).device
         xt, lt, yt = data.padded(TRAIN, raw=True)
@@ -216,8 +217,8 @@ class SpeechClassifyTask(SpeechTask):
     def evaluate(self, net, cfg: Config, data: SpeechData) -> Evaluation:
         from models.calibration import apply_rule, expected_calibration_error
         from models.networks import logits
-        from pipeline import plots
-        from pipeline.metrics import classification_scores, confusion
+        from pipeline.core import plots
+        from pipeline.core.metrics import classification_scores, confusion
 
         rule = self.unknown_rule(net, cfg, data)
         x, lengths, y = data.padded(TEST)
@@ -360,7 +361,7 @@ def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
     import torch
     from torch import nn
 
-    from pipeline.trainer import batches, fit, seed_everything
+    from pipeline.core.trainer import batches, fit, seed_everything
 
     seed_everything(cfg.train.seed)
     pooled = torch.as_tensor(np.stack([x.mean(0) for x in data.x]))

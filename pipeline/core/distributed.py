@@ -37,7 +37,7 @@ import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.signals import RankLost
+from pipeline.core.signals import RankLost
 
 
 def launched() -> bool:

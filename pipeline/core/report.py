@@ -12,8 +12,8 @@ def log_evaluation(result) -> None:
     import mlflow
     import pandas as pd
 
-    from pipeline import plots
-    from pipeline.metrics import test_metrics
+    from pipeline.core import plots
+    from pipeline.core.metrics import test_metrics
 
     table = result.table
     mlflow.log_metrics(test_metrics(table))

@@ -21,7 +21,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from pipeline import tasks
-from pipeline.config import COMMON, Config, build_config, preset_values, unknown_message
+from pipeline.core.config import build_config, preset_values, unknown_message
+from pipeline.core.params import COMMON, Config
 
 DEBUG_ENV = "SEQPREDICT_DEBUG"
 
@@ -123,7 +124,7 @@ def parse_config(argv: list[str] | None, doc: str, extra: dict[str, type] | None
 def parse_params(argv: list[str] | None, doc: str, cls: type):
     """A step's own parameters (a dataclass of `config.param` fields) from the command
     line, as their types."""
-    from pipeline.config import check_choices, coerce
+    from pipeline.core.params import check_choices, coerce
 
     argv = sys.argv[1:] if argv is None else list(argv)
     values = parse(argv, doc, {"parameters": cls})["parameters"]
@@ -162,7 +163,7 @@ def run(main, argv: list[str] | None = None) -> None:
         value = argv[i + 1] if argv[i + 1:i + 2] in (["true"], ["false"]) else None
         debug = value != "false"
         del argv[i:i + (2 if value else 1)]
-    from pipeline.signals import Interrupted, sigterm_raises
+    from pipeline.core.signals import Interrupted, sigterm_raises
 
     try:
         with sigterm_raises():

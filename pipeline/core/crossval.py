@@ -13,7 +13,7 @@ also logs the pooled evaluation: `test_*` metrics, tables and plots, as a run do
 
 from __future__ import annotations
 
-from pipeline.config import Config
+from pipeline.core.params import Config
 
 
 def run_folds(cfg: Config, folds: list[tuple[str, dict]], run, run_name: str,
@@ -26,9 +26,9 @@ def run_folds(cfg: Config, folds: list[tuple[str, dict]], run, run_name: str,
     import mlflow
 
     from pipeline import tasks
-    from pipeline.children import points, run_children
-    from pipeline.report import log_evaluation, report_text
-    from pipeline.tracking import log_config, start_run
+    from pipeline.core.children import points, run_children
+    from pipeline.core.report import log_evaluation, report_text
+    from pipeline.core.tracking import log_config, start_run
 
     if cfg.tracking.resume_run_id:
         raise ValueError("resume_run_id: a cross-validation cannot be resumed as a whole; "

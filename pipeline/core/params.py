@@ -1,27 +1,25 @@
-"""The run configuration: one dataclass tree, the only place defaults are written.
+"""The run's parameters: the common parts (data, model, train, tracking) as dataclasses
+of `param` fields, the `Config` that holds them with a task's own part, and the rules
+every run obeys. The one place the common defaults are written; a task writes its own
+in its `Params` (pipeline/tasks/). The tasks import this module; composing a config
+from a task's parameters, a preset and the command line is `pipeline.core.config`'s job.
 
-A run's config is the common parts (data, model, train, tracking) plus the part of
-its task (`task=prices`: pipeline/tasks/prices.py's Params, and so on). Every field
-has a plain name (`epochs`, `lookback`, `k2`, ...) used alike by the command line,
-`mlflow run -P`, YAML presets and the params of the MLflow run; its default, its
-meaning and its allowed values are written once, here or in the task's module.
-
-Resolution: defaults, then the preset's values, then the values given explicitly.
-Only NumPy-free standard modules are imported, so `--help` stays fast.
+Only standard modules are imported, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline import tasks
-
-ROOT = Path(__file__).resolve().parents[1]
+TASKS = {  # the kinds of problem, task name: its module (a new task adds its line here)
+    "prices": "pipeline.tasks.prices.task",
+    "speech-classify": "pipeline.tasks.speech.classify",
+    "speech-forecast": "pipeline.tasks.speech.forecast",
+}
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ROOT / "presets"
 
 
@@ -34,8 +32,8 @@ def param(default, help: str, choices: tuple = (), required: bool = False):
 
 @dataclass
 class DataParams:
-    task: str = param("prices", "the kind of problem (one module in pipeline/tasks)",
-                      tuple(tasks.TASKS))
+    task: str = param("prices", "the kind of problem (its package in pipeline/tasks)",
+                      tuple(TASKS))
     data: str = param("", "input: prices, a Yahoo-style CSV file or folder of them; speech, "
                           "a folder of audio files; empty: the task's bundled sample")
     val_frac: float = param(0.15, "share for validation: of the calendar (prices) or of the "
@@ -152,30 +150,12 @@ class Config:
             if name in {f.name for f in fields(part)}:
                 setattr(part, name, coerce(part, name, value))
                 return
-        raise ValueError(unknown_message(name, self.task_name, list(self.flat())))
+        raise ValueError(f"unknown parameter {name!r}")
 
     def path(self, value: str) -> Path:
         """A path from the config: relative ones are taken from `base`."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base / p
-
-
-def unknown_message(name: str, task: str | None, known: list[str]) -> str:
-    """"unknown parameter 'lookbak'; closest: lookback", or which task has it (when the
-    parameters are a task's)."""
-    others = {n: t for t in tasks.TASKS if task and t != task for n in task_fields(t)
-              if n not in known}
-    if name in others:
-        return (f"{name} is a parameter of task {others[name]}, not of task {task} "
-                f"(set task={others[name]} to use it)")
-    close = difflib.get_close_matches(name, [*known, *others], n=3, cutoff=0.6)
-    shown = [f"{c} (task {others[c]})" if c in others else c for c in close]
-    return (f"unknown parameter {name!r}; "
-            + (f"closest: {', '.join(shown)}" if shown else "see --help for the list"))
-
-
-def task_fields(name: str) -> list[str]:
-    return [f.name for f in fields(tasks.load(name).Params)]
 
 
 def coerce(part, name: str, value):
@@ -197,58 +177,6 @@ def coerce(part, name: str, value):
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be {'an' if kind is int else 'a'} {kind.__name__}, "
                          f"got {value!r}") from None
-
-
-def preset_values(preset: str, base: Path | None = None) -> dict:
-    """The parameters in a preset: a YAML file (relative to `base`) or a bundled one's
-    name (`volatility-tbptt` for presets/volatility-tbptt.yaml)."""
-    import yaml
-
-    path = Path(preset).expanduser()
-    if not path.is_absolute():
-        path = (base or Path.cwd()) / path
-    if not path.exists() and (PRESETS / f"{preset}.yaml").exists():
-        path = PRESETS / f"{preset}.yaml"
-    if not path.is_file():
-        bundled = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-        raise ValueError(f"preset: {preset} is not a file (bundled presets: {bundled})")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except UnicodeDecodeError:
-        raise ValueError(f"preset: {path} is not a text (YAML) file") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"preset: {path} is not valid YAML ({err})".replace("\n", " ")) from None
-    if not isinstance(values, dict):
-        raise ValueError(f"preset: {path} should hold NAME: VALUE lines")
-    return values
-
-
-def build_config(overrides: dict | None = None, base: Path | None = None) -> Config:
-    """Defaults, then the values of the `preset` named in `overrides`, then the other
-    overrides (the values given explicitly). Relative paths are taken from `base` (the
-    working directory). The result is validated and resolved: `experiment` and
-    `registered_model` are filled in from the task when left empty."""
-    overrides = dict(overrides or {})
-    cfg = Config(base=base or Path.cwd())
-    preset = overrides.get("preset") or ""
-    from_preset = preset_values(preset, cfg.base) if preset else {}
-    cfg.set("task", overrides.get("task", from_preset.get("task", cfg.data.task)))
-    task = tasks.load(cfg.task_name)
-    cfg.task = task.Params()
-    for name, value in from_preset.items():
-        if name == "task":  # resolved above: an explicit task wins over the preset's
-            continue
-        try:
-            cfg.set(name, value)
-        except ValueError as err:
-            raise ValueError(f"preset {preset}: {err}") from None
-    for name, value in overrides.items():
-        cfg.set(name, value)
-    validate(cfg)
-    task.validate(cfg)
-    cfg.tracking.experiment = cfg.tracking.experiment or cfg.task_name
-    cfg.tracking.registered_model = cfg.tracking.registered_model or task.model_name(cfg)
-    return cfg
 
 
 def check_choices(part) -> None:
@@ -312,46 +240,3 @@ def validate(cfg: Config) -> None:
                          "the mlp has no state to carry")
 
 
-def from_params(params: dict[str, str], base: Path | None = None) -> Config:
-    """The config of a logged run. Its params are already resolved, so the preset is not
-    read again (its file may be gone); what training derived and logged as params
-    (the task's `derived_params`) is not config. `mlflow run` logs values that need shell quoting
-    quoted ('a b'); they are read back unquoted."""
-    def unquote(v: str) -> str:
-        return shlex.split(v)[0] if len(v) >= 2 and v[0] == v[-1] == "'" else v
-
-    derived = tasks.load(params.get("task", DataParams.task)).derived_params
-    cfg = build_config({k: unquote(v) for k, v in params.items()
-                        if k != "preset" and k not in derived}, base)
-    cfg.tracking.preset = unquote(params.get("preset", ""))
-    return cfg
-
-
-def table_rows() -> list[tuple[str, str, Any, str, tuple]]:
-    """(name, part, default, meaning, choices) of every parameter: the common parts and
-    each task's own, in the order --help shows them (for the README's table). A name two
-    tasks share with one meaning is listed once; with two meanings, once per task."""
-    rows, seen = [], set()
-    parts = [*COMMON.items(), *((name, tasks.load(name).Params) for name in tasks.TASKS)]
-    for part, cls in parts:
-        for f in fields(cls):
-            if (f.name, f.metadata["help"]) not in seen:
-                seen.add((f.name, f.metadata["help"]))
-                rows.append((f.name, part, f.default, f.metadata["help"],
-                             f.metadata["choices"]))
-    return rows
-
-
-def readme_table() -> str:
-    """The README's configuration table (a test checks the README holds it)."""
-    lines = ["| parameter | part | default | meaning |", "|---|---|---|---|"]
-    for name, part, default, help, choices in table_rows():
-        shown = "(empty)" if default == "" else f"`{str(default).lower()}`" if isinstance(
-            default, bool) else f"`{default}`"
-        allowed = f" (`{'`, `'.join(choices)}`)" if choices else ""
-        lines.append(f"| `{name}` | {part} | {shown} | {help}{allowed} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(readme_table(), end="")

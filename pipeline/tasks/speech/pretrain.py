@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from data_loaders.sequences import TRAIN, VAL
-from pipeline.tasks.speech import SHIFT, forecast_l1, forecast_padded
+from pipeline.tasks.speech.common import SHIFT, forecast_l1, forecast_padded
 
 
 def pretrain(net, spec: dict, cfg, data) -> str:
@@ -41,7 +41,7 @@ def pretrain(net, spec: dict, cfg, data) -> str:
 
 def fit_forecaster(forecaster, cfg, direction: str, train: list, val: list):
     """Train by the run's settings for pretrain_epochs; validation L1 before and after."""
-    from pipeline.trainer import batches, fit, masked_l1
+    from pipeline.core.trainer import batches, fit, masked_l1
 
     device = next(forecaster.parameters()).device
     x, lengths, y = forecast_padded(train, SHIFT)
@@ -85,7 +85,7 @@ def validate_pretrain(cfg) -> None:
     """The settings pretraining can work with, said before any work."""
     if not cfg.task.pretrain_epochs:
         return
-    from pipeline import distributed
+    from pipeline.core import distributed
 
     if distributed.launched():
         raise ValueError("pretrain_epochs: pretraining runs in one process; under torchrun, "

@@ -4,7 +4,7 @@ From per-sample forecasts (`Forecasts`, all series one after another) to the tab
 a run logs, so a single split and a walk-forward backtest's folds pooled are scored by
 the same code:
 - every method with a point forecast: RMSE, MAE, directional accuracy, out-of-sample
-  R^2 and, for volatility, QLIKE (pipeline/risk.py) of the variance the method forecasts
+  R^2 and, for volatility, QLIKE (risk.py) of the variance the method forecasts
   (`Forecasts.variance`); `dm_pvalue` on a baseline's row is
   the Diebold-Mariano p-value of the model against it (by QLIKE for volatility, squared
   error for returns); on the model's row, against the best baseline by that loss;
@@ -13,7 +13,7 @@ the same code:
   interval (`coverage_90`, `width_90`) and, for returns, each lower quantile backtested
   as value-at-risk (`var5_rate`, `var5_kupiec_p`, `var5_christoffersen_p`).
 - with aci > 0, the model's intervals adapted online per series (`model_aci`,
-  pipeline/risk.py `adaptive_intervals`), scored as another method with quantiles.
+  pipeline/tasks/prices/risk.py `adaptive_intervals`), scored as another method with quantiles.
 Quantile metrics are on the first output (the next day's return, or the volatility).
 """
 
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import risk
-from pipeline.metrics import forecast_metrics
+from pipeline.core.metrics import forecast_metrics
+from pipeline.tasks.prices import risk
 
 if TYPE_CHECKING:
     import pandas as pd

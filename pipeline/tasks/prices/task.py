@@ -8,7 +8,7 @@ targets -> one calendar split for all series (validation and test start on the
 same days, or a walk-forward fold's blocks with folds=K; samples whose targets
 straddle two splits are purged) -> normalisers fit on the training part. Training:
 windows of `lookback` steps (full BPTT) or every series' history in lanes (truncated
-BPTT). Test (pipeline/price_eval.py): the model beside the naive forecasts, EWMA,
+BPTT). Test (pipeline/tasks/prices/evaluation.py): the model beside the naive forecasts, EWMA,
 HAR, GARCH(1,1) and historical simulation, with Diebold-Mariano p-values, quantile
 and value-at-risk scores; a walk-forward parent pools its folds' test forecasts.
 Served by models/price_model.py from raw prices.
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config import ROOT, Config, param
+from pipeline.core.params import ROOT, Config, param
 from pipeline.tasks import Evaluation, Objective, Task, in_calls
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class PricesTask(Task):
             raise ValueError(f"aci: the step gamma of adaptive conformal inference must be in "
                              f"[0, 1) (0: off; 0.005 is usual), got {p.aci}")
         from models.heads import parse_quantiles
-        from pipeline.risk import central_pairs
+        from pipeline.tasks.prices.risk import central_pairs
 
         qs = parse_quantiles(p.quantiles)  # whatever the loss: gaussian serves them too
         if p.select == "qlike" and (p.loss, p.target) != ("gaussian", "volatility"):
@@ -364,7 +364,7 @@ class PricesTask(Task):
         import mlflow
         import pandas as pd
 
-        from pipeline.tracking import log_dataset
+        from pipeline.tasks import log_dataset
 
         frame = pd.concat({n: f for n, f in data.frames.items()}, names=["series", "date"])
         log_dataset(frame.reset_index(), data.source, "prices")
@@ -401,7 +401,7 @@ class PricesTask(Task):
                 "loss": p.loss, "quantiles": quantiles}
 
     def objective(self, cfg: Config, data: PriceData, net) -> Objective:
-        from pipeline.trainer import stream_objective
+        from pipeline.core.trainer import stream_objective
 
         device = next(net.parameters()).device
         loss = self._loss_fn(cfg)
@@ -421,7 +421,7 @@ class PricesTask(Task):
         """The net's raw outputs at the validation anchors of all series, and the targets
         there (normalised units), on the CPU."""
         from data_loaders.sequences import VAL
-        from pipeline.trainer import split_outputs
+        from pipeline.core.trainer import split_outputs
 
         raw, y = split_outputs(net, streams, VAL, cfg.train.bptt == "truncated",
                                cfg.task.lookback)
@@ -432,7 +432,7 @@ class PricesTask(Task):
         from its raw outputs and the targets (normalised), in the model's units (QLIKE
         does not change with the units)."""
         from models.heads import denormalise
-        from pipeline.risk import qlike
+        from pipeline.tasks.prices.risk import qlike
 
         out = denormalise(raw.numpy(), self.network(cfg, data), data.y_norm)
         actual = data.y_norm.inverse_transform(y.numpy())[:, 0]
@@ -447,20 +447,21 @@ class PricesTask(Task):
     def horizon(self, net, cfg: Config, data: PriceData):
         if cfg.model.cell == "mlp":  # no state to measure
             return None
-        from pipeline.horizon import validation_horizon
+        from pipeline.core.horizon import validation_horizon
 
         return validation_horizon(net, data.streams(), cfg.task.lookback, self._loss_fn(cfg))
 
     def test_forecasts(self, net, cfg: Config, data: PriceData, model_at=None):
         """The model's and every baseline's forecasts at the test anchors of all series
-        (pipeline.price_eval.Forecasts): point baselines from pipeline/metrics.py,
+        (pipeline.tasks.prices.evaluation.Forecasts): point baselines from pipeline/core/metrics.py,
         GARCH(1,1) fit on each series' training part, historical simulation. The model's
         come from `net`, or from `model_at(i, anchors)` (`served_forecasts`)."""
         from data_loaders.sequences import TEST, TRAIN
         from models.heads import denormalise, parse_quantiles, rescale
         from models.networks import forecast_at
-        from pipeline import metrics, risk
-        from pipeline.price_eval import Forecasts
+        from pipeline.core import metrics
+        from pipeline.tasks.prices import risk
+        from pipeline.tasks.prices.evaluation import Forecasts
 
         p = cfg.task
         spec = self.calibrated(net, cfg, data) if model_at is None else None
@@ -507,7 +508,7 @@ class PricesTask(Task):
         """`test_forecasts` with the model's forecasts from a served model (the pyfunc's
         python model), as a client gets them from each series' prices."""
         from data_loaders.sequences import TEST
-        from pipeline.price_eval import from_response
+        from pipeline.tasks.prices.evaluation import from_response
 
         anchors = {n: a for n, a in zip(data.names, data.streams().anchors(TEST, cfg.task.lookback),
                                         strict=True) if len(a)}
@@ -526,11 +527,12 @@ class PricesTask(Task):
         """The test table, per-series table and plots (one run's, or the folds' pooled:
         a walk-forward backtest's, or a cross-validation's over held-out series)."""
         from models.heads import parse_quantiles
-        from pipeline import plots, price_eval
+        from pipeline.core import plots
+        from pipeline.tasks.prices import evaluation
 
         p, qs = cfg.task, parse_quantiles(cfg.task.quantiles)
-        table = price_eval.table(forecasts, p.target, p.horizon, qs)
-        series = price_eval.per_series(forecasts, p.target, qs)
+        table = evaluation.table(forecasts, p.target, p.horizon, qs)
+        series = evaluation.per_series(forecasts, p.target, qs)
         first = forecasts.subset(forecasts.series == forecasts.series[0])
         best = table["model"]["best_baseline"]
         band = first.quantiles.get("model")
@@ -540,7 +542,7 @@ class PricesTask(Task):
             f"{first.series[0]}: test forecast vs realised (first output)",
             band=(band[:, 0], band[:, -1], f"model {qs[0]:g}-{qs[-1]:g} quantiles")
             if band is not None else None)
-        table["model"].update(price_eval.series_shares(series))
+        table["model"].update(evaluation.series_shares(series))
         figures = {"plots/test_forecast.png": fig}
         if p.target == "volatility" and len(series) > 1:
             figures["plots/qlike_ratio_vs_garch.png"] = plots.ratio_by_series(
@@ -556,7 +558,7 @@ class PricesTask(Task):
         forecasts pooled and scored."""
         from mlflow.artifacts import download_artifacts
 
-        from pipeline.price_eval import Forecasts
+        from pipeline.tasks.prices.evaluation import Forecasts
 
         parts = [Forecasts.load(download_artifacts(
             run_id=r, artifact_path="evaluation/test_forecasts.npz")) for r in run_ids]

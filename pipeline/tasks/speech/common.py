@@ -7,7 +7,7 @@ Data: a folder of WAV/FLAC/OGG files, named as in the Free Spoken Digit Dataset
 (`{label}_{speaker}_{index}.wav`) or one folder per label; empty `data` is the
 bundled FSDD subset. Features are cached under `feature_cache`. Splits: `index`
 (FSDD's own: take index below `test_index` is test), `random`, or `speaker`.
-The tasks: speech_classify.py (utterance -> label), speech_forecast.py (the frame
+The tasks: classify.py (utterance -> label), forecast.py (the frame
 `shift` steps ahead).
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from data_loaders.audio import AUDIO_SUFFIXES, SPLITS, FeatureSettings, Utterance
 from data_loaders.sequences import SPLIT_NAMES, TEST, TRAIN, VAL
-from pipeline.config import ROOT, Config, param
+from pipeline.core.params import ROOT, Config, param
 from pipeline.tasks import Task
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ class SpeechTask(Task):
     def log_data(self, cfg: Config, data: SpeechData) -> None:
         import mlflow
 
-        from pipeline.tracking import log_dataset
+        from pipeline.tasks import log_dataset
 
         source = str(cfg.path(cfg.data.data) if cfg.data.data else self.sample)
         log_dataset(data.table(), source, "audio")
@@ -253,7 +253,7 @@ class SpeechTask(Task):
         is at most the median utterance length (less `shift`, the frames without a
         target) less one, so most utterances reach it; shorter ones are left out. None
         when utterances are too short for k >= 1."""
-        from pipeline.horizon import memory_horizon, state_gradient_norms
+        from pipeline.core.horizon import memory_horizon, state_gradient_norms
 
         idx = np.flatnonzero(data.split == VAL)
         steps = np.array([len(data.x[i]) - shift for i in idx])
@@ -278,7 +278,7 @@ class SpeechTask(Task):
 
 
 # Forecasting frames: speech-forecast's objective, which speech-classify pretrains by
-# (speech_pretrain.py).
+# (pretrain.py).
 
 def apc_targets(x: np.ndarray, shift: int) -> np.ndarray:
     """[T, F] frames -> [T, F] targets: frame t+shift at step t, NaN for the last
@@ -304,7 +304,7 @@ def forecast_padded(frames: list[np.ndarray], shift: int):
 def forecast_l1(model, x, y) -> float:
     import torch
 
-    from pipeline.trainer import masked_l1
+    from pipeline.core.trainer import masked_l1
 
     model.eval()
     with torch.no_grad():
