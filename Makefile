@@ -45,13 +45,16 @@ server-stop:
 demo: setup
 	$(BIN)/mlflow run . --env-manager local --experiment-name prices -P preset=volatility-tbptt
 
+# Two pytest workers (pytest-xdist) of one thread each, each given whole test files: a
+# file's module fixtures (a served model, a trained matrix) are built once, and the two
+# cores stay busy while one worker waits on a server or a subprocess.
 test: setup system browser
 	$(BIN)/ruff check .
 	$(BIN)/mkdocs build --strict --quiet
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup system
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -17,6 +17,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None], durable: bool =
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is the owner's only; a file is not
     try:
         write(tmp)
         if durable:
@@ -27,3 +28,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None], durable: bool =
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -16,7 +16,7 @@
 # Settings (environment): STATE (default .tracking-server in the project), PG_PORT
 # (54329), MLFLOW_PORT (5000), WORKERS (2), MLFLOW (the mlflow command; default the
 # project's .venv), MLFLOW_APP (empty; basic-auth: MLflow's users and permissions, kept
-# in the same PostgreSQL database through $STATE/basic-auth.ini, see README).
+# in the same PostgreSQL database through $STATE/basic-auth.ini, see docs/scale-out.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -117,3 +117,21 @@ def test_a_truncated_checkpoint_is_named_and_called_damaged(tmp_path, keep):
         ckpt.load(LATEST)
     assert str(err.value).startswith(f"checkpoint {path} cannot be read")
     assert "it is damaged: delete it to train afresh" in str(err.value)
+
+
+def test_a_file_written_atomically_gets_the_permissions_of_any_new_file(tmp_path):
+    import os
+    from pathlib import Path
+
+    from data_loaders.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "out.csv", lambda tmp: Path(tmp).write_text("a\n"))
+        assert (path.stat().st_mode & 0o777, path.read_text()) == (0o644, "a\n")
+        os.umask(0o077)
+        assert atomic_write(path, lambda tmp: Path(tmp).write_text("b\n")).stat().st_mode \
+            & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -133,3 +133,26 @@ def test_every_documented_command_parses(page, argv):
 def test_the_check_refuses_a_command_that_would_not_start(command, message):
     with pytest.raises((UsageError, ValueError), match=re.escape(message)):
         check(shlex.split(command))
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to `-`."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_of_the_readme_reaches_a_file_and_its_heading():
+    """MkDocs checks the links between docs/ pages (strict); the README, read on the
+    forge, is checked here: each relative link names a file that exists and, with an
+    anchor, a heading of that file."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert any(link.startswith("docs/") for link in local)
+    for link in local:
+        target, _, anchor = link.partition("#")
+        page = ROOT / target if target else ROOT / "README.md"
+        assert page.exists(), f"README.md links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)
+            assert anchor in {github_slug(h) for h in headings}, \
+                f"README.md links to {link}: no such heading in {target or 'README.md'}"

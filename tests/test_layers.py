@@ -39,6 +39,16 @@ def runtime_nodes(tree: ast.AST):
             todo.extend(ast.iter_child_nodes(node))
 
 
+def absolute(node: ast.ImportFrom, module: str, path: Path) -> str:
+    """The module an import names: `from ..core import x` in pipeline.tasks.prices.risk
+    is pipeline.core."""
+    if not node.level:
+        return node.module
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = package[:len(package) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def graph() -> dict[str, set[str]]:
     mods = modules()
     edges = {m: set() for m in mods}
@@ -47,8 +57,9 @@ def graph() -> dict[str, set[str]]:
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            elif isinstance(node, ast.ImportFrom):
+                base = absolute(node, name, path)
+                targets = [f"{base}.{a.name}" for a in node.names] + [base]
             for t in targets:
                 while t and t not in mods:  # `from pipeline import cli` -> pipeline.core.cli
                     t = t.rpartition(".")[0]

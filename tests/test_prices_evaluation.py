@@ -116,3 +116,14 @@ def test_a_served_response_reads_back_into_the_forecasts_it_was_written_from(los
     assert back.keys() == values.keys()
     for k, v in values.items():
         np.testing.assert_array_equal(back[k], v)
+
+
+def test_the_printed_table_puts_the_model_s_shares_of_series_on_a_line_under_it():
+    from pipeline.core.report import format_table
+
+    text = format_table({"model": {"qlike": 0.5, "share_beats_garch": 0.8,
+                                   "share_coverage_90_in_band": 1.0, "best_baseline": "garch"},
+                         "garch": {"qlike": 0.6}})
+    table, shares = text.rsplit("\n", 1)
+    assert "share" not in table and "best_baseline" not in table and "0.6" in table
+    assert shares == "share of series: beats_garch 0.8, coverage_90_in_band 1"

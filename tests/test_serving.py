@@ -154,7 +154,7 @@ def test_server_keeps_serving_after_bad_input(server):
 
 
 def test_content_type_behaviour_as_documented(server):
-    """README: no Content-Type is MLflow's 500; a wrong one is a 415."""
+    """docs/serving.md: no Content-Type is MLflow's 500; a wrong one is a 415."""
     import http.client
 
     host, port = server.removeprefix("http://").split(":")

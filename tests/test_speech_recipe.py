@@ -1,7 +1,7 @@
-"""The README's speech recipe (presets/speech-fsdd.yaml) on a speaker it never heard,
+"""The documented speech recipe (presets/speech-fsdd.yaml) on a speaker it never heard,
 and its served model over REST: accuracy on the new voice, the unknown rule's price
 on in-vocabulary audio, generated non-speech rejected, silence around a recording
-changing nothing. One fold trains here (the README's cross-validation runs all six)."""
+changing nothing. One fold trains here (docs/results.md's cross-validation runs all six)."""
 
 import base64
 import io
@@ -29,7 +29,7 @@ def recipe(tmp_path_factory):
 
     store = tmp_path_factory.mktemp("recipe")
     with fresh_store(store):
-        # the project's caches, which the README commands' test fills with the same voices
+        # the project's caches, which the documented commands' test fills with the same voices
         out = main(["--preset", "speech-fsdd", "--split", "speaker", "--test_speaker", HELD_OUT,
                     "--checkpoint_dir", str(store / "ckpt"),
                     "--synthetic_cache", str(ROOT / "data" / "cache" / "synthetic"),
@@ -47,7 +47,7 @@ def wav(samples: np.ndarray, rate: int = 8000) -> bytes:
 def test_recipe_recognises_a_new_voice_and_rejects_nonspeech(recipe):
     _, run = recipe
     m = run.data.metrics
-    assert m["test_accuracy"] >= 0.85  # lucas was never heard (README: 0.898 in its fold)
+    assert m["test_accuracy"] >= 0.85  # lucas was never heard (docs/results.md: 0.898 in its fold)
     assert m["test_accuracy"] > m["test_accuracy_mlp_mean_pooled"] + 0.1
     assert m["test_accuracy"] - m["test_accuracy_with_unknown"] <= 0.01 + 1e-9
     assert m["test_false_accept"] <= 0.10

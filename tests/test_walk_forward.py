@@ -1,4 +1,4 @@
-"""A walk-forward backtest end to end, the README's command: `mlflow run` with the
+"""A walk-forward backtest end to end, the documented command: `mlflow run` with the
 volatility preset and folds=5 trains one child run per block of the test calendar,
 each on everything before its block with the preset's config, and the parent logs the
 folds' test samples pooled (metrics, per-series table, forecast plot with intervals);

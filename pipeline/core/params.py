@@ -25,7 +25,8 @@ PRESETS = ROOT / "presets"
 
 def param(default, help: str, choices: tuple = (), required: bool = False):
     """A config field with its meaning and allowed values (shown by --help and the
-    README's table); `required`: a step's own parameter without a default."""
+    configuration reference, docs/configuration.md); `required`: a step's own parameter
+    without a default."""
     return field(default=default, metadata={"help": help, "choices": tuple(choices),
                                             "required": required})
 

@@ -38,7 +38,14 @@ def report_text(result) -> str:
 
 
 def format_table(table: dict) -> str:
+    """The table, methods by metrics; the model's shares of series (`share_*`, a value the
+    baselines' rows do not have) on a line of their own under it, not as wide columns."""
     import pandas as pd
 
     frame = pd.DataFrame(table).T.drop(columns=["best_baseline"], errors="ignore")
-    return frame.to_string(float_format=lambda v: f"{v:.6g}", na_rep="")
+    shares = [c for c in frame.columns if c.startswith("share_")]
+    text = frame.drop(columns=shares).to_string(float_format=lambda v: f"{v:.6g}", na_rep="")
+    model = frame.loc["model", shares].dropna() if shares else []
+    return text + ("\nshare of series: " + ", ".join(
+        f"{name.removeprefix('share_')} {value:.3g}" for name, value in model.items())
+        if len(model) else "")
