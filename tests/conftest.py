@@ -16,6 +16,15 @@ PRICES = ROOT / "data" / "prices"
 FSDD = ROOT / "data" / "fsdd" / "recordings"
 SPY = str(PRICES / "SPY.csv")
 LAUNCH_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+# The longest files, started first so that `make test`'s two workers (pytest-xdist,
+# whole files each) end together. test_speech_recipe.py stays after test_readme_commands.py,
+# which fills the synthetic-voice and feature caches it reuses.
+FIRST = ("test_readme_commands.py", "test_matrix.py")
+
+
+def pytest_collection_modifyitems(items):
+    first = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: file order kept
 
 
 @contextlib.contextmanager

@@ -80,8 +80,11 @@ def test_a_run_stopped_while_pretraining_ends_killed_with_nothing_to_resume(tmp_
             break
     out = "".join(seen) + proc.stdout.read()
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM, out[-3000:]
-    assert ("training stopped by SIGTERM\nno checkpoint written yet: nothing to resume; start "
-            "the run again") in out and "resume with" not in out, out[-3000:]
+    # "training stopped" inside an update, "the step stopped" between two (validating,
+    # printing): where the signal lands is the machine's timing, and either is right
+    assert re.search(r"(training|the step) stopped by SIGTERM\nno checkpoint written yet: "
+                     r"nothing to resume; start the run again", out), out[-3000:]
+    assert "resume with" not in out
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("speech-classify").experiment_id])[0]
     assert run.info.status == "KILLED"

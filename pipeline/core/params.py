@@ -19,6 +19,7 @@ TASKS = {  # the kinds of problem, task name: its module (a new task adds its li
     "speech-classify": "pipeline.tasks.speech.classify",
     "speech-forecast": "pipeline.tasks.speech.forecast",
 }
+
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ROOT / "presets"
 
