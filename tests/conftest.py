@@ -17,10 +17,9 @@ FSDD = ROOT / "data" / "fsdd" / "recordings"
 SPY = str(PRICES / "SPY.csv")
 LAUNCH_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 # The longest files, started first so that `make test`'s two workers (pytest-xdist,
-# whole files each, handed out in turn) end together: the commands test and the speech
-# recipe go to one worker, one after the other (the recipe reuses the synthetic-voice
-# and feature caches the commands test fills), the matrix to the other.
-FIRST = ("test_readme_commands.py", "test_matrix.py", "test_speech_recipe.py")
+# whole files each) end together. test_speech_recipe.py stays after test_readme_commands.py,
+# which fills the synthetic-voice and feature caches it reuses.
+FIRST = ("test_readme_commands.py", "test_matrix.py")
 
 
 def pytest_collection_modifyitems(items):
