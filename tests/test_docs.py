@@ -43,12 +43,11 @@ def shell_commands(page: Path) -> list[str]:
         part = []
         for w in [*words, ";"]:
             if w in (";", "&&", "||", "|", "&"):
-                out.append(part) if part else None
+                out.append(_without_env(part))
                 part = []
             else:
                 part.append(w)
-    return [_without_env(p) for p in out if _without_env(p)[:1] and
-            _without_env(p)[0] in LAUNCHERS]
+    return [argv for argv in out if argv[:1] and argv[0] in LAUNCHERS]
 
 
 def _without_env(words: list[str]) -> list[str]:
