@@ -75,6 +75,7 @@ bench: setup
 	$(BIN)/python -m bench.speech_trainer_overhead
 	$(BIN)/python -m bench.ddp_scaling
 	$(BIN)/python -m bench.universe_epoch
+	$(BIN)/python -m bench.stream_cost
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts checkpoints test-artifacts .pytest_cache site

@@ -422,15 +422,25 @@ def price_features(prices, use_volume: bool) -> np.ndarray:
     return np.stack(cols, axis=-1).astype(np.float32)
 
 
-def trailing_vol(returns: np.ndarray) -> np.ndarray:
-    """The EWMA volatility s_t = sqrt(v_t), v_t = λ v_(t-1) + (1 - λ) r_t^2 (r_t included),
-    seeded with the mean square of the first SEED_DAYS returns; at least VOL_FLOOR."""
+def ewma_seed(returns: np.ndarray) -> float:
+    """The EWMA variance before a series' first return: the mean square of its first
+    SEED_DAYS returns."""
+    return float((np.asarray(returns[:SEED_DAYS], np.float64) ** 2).mean())
+
+
+def ewma_variance(returns: np.ndarray, before: float | None = None) -> np.ndarray:
+    """v_t = λ v_(t-1) + (1 - λ) r_t^2 (r_t included), from v before the first return
+    (`before`; by default `ewma_seed`)."""
     from scipy.signal import lfilter
 
+    before = ewma_seed(returns) if before is None else before
     r2 = np.asarray(returns, np.float64) ** 2
-    lam = EWMA_DECAY
-    v = lfilter([1 - lam], [1, -lam], r2, zi=[lam * r2[:SEED_DAYS].mean()])[0]
-    return np.maximum(np.sqrt(v), VOL_FLOOR)
+    return lfilter([1 - EWMA_DECAY], [1, -EWMA_DECAY], r2, zi=[EWMA_DECAY * before])[0]
+
+
+def trailing_vol(returns: np.ndarray, before: float | None = None) -> np.ndarray:
+    """The EWMA volatility s_t = sqrt(v_t) (`ewma_variance`); at least VOL_FLOOR."""
+    return np.maximum(np.sqrt(ewma_variance(returns, before)), VOL_FLOOR)
 
 
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -440,7 +450,8 @@ def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (total[1:] - total[np.arange(1, len(values) + 1) - n]) / n
 
 
-def scale_free(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def scale_free(features: np.ndarray, v_before: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Features that mean the same for a bond fund and a biotech stock, from the past only
     (SCALE_FREE): the log return and range over the trailing volatility before the day
     (s_(t-1)); log(s_t / the past year's realised volatility); the largest squared
@@ -448,10 +459,15 @@ def scale_free(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the past year's mean squared range over its mean squared return, and its mean fourth
     power of standardised returns (tails); log(the past year's volatility / the past four
     years'); then the volume change as it is. From `price_features` [T, F] of one series;
-    returns them [T, F] and s [T], by which targets are divided."""
+    returns them [T, F] and s [T], by which targets are divided.
+
+    With `v_before` (the EWMA variance at the step before the first row) the rows
+    continue a series that started earlier: exact from row CONTEXT_DAYS on, the rows
+    before only feed the windows (a stream's carried context, models/stream.py)."""
     r, rng = features[:, 0].astype(np.float64), features[:, 1].astype(np.float64)
-    s = trailing_vol(r)
-    before = np.concatenate([s[:1], s[:-1]])
+    s = trailing_vol(r, v_before)
+    first = s[:1] if v_before is None else np.maximum(np.sqrt([v_before]), VOL_FLOOR)
+    before = np.concatenate([first, s[:-1]])
     z2 = (r / before) ** 2
     year = realised_vol(r, YEAR_DAYS)
     year = np.maximum(np.where(np.isnan(year), s, year), VOL_FLOOR)  # s until a year is there
@@ -464,6 +480,9 @@ def scale_free(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                                                                tiny)),
             *features[:, 2:].T]
     return np.stack(cols, axis=-1).astype(np.float32), s
+
+
+CONTEXT_DAYS = LONG_DAYS  # the most steps back any scale-free feature reads
 
 
 def _lagged_max(values: np.ndarray, first: int, last: int) -> np.ndarray:

@@ -216,6 +216,55 @@ def _first_rows(state, n: int):
     return type(state)(_first_rows(s, n) for s in state)
 
 
+def state_size(model: nn.Module) -> int:
+    """Numbers in one sequence's carried state: every layer's h, and c for an LSTM."""
+    return sum(c.hidden_size * (2 if isinstance(c, nn.LSTM) else 1) for c in model.cells)
+
+
+def _flat(state) -> torch.Tensor:
+    """Layers of h [1, B, H] (or (h, c)) -> [B, state_size]."""
+    parts = [p for s in state for p in (s if isinstance(s, tuple) else (s,))]
+    return torch.cat([p[0] for p in parts], dim=1)
+
+
+def _layers(model: nn.Module, flat: torch.Tensor) -> list:
+    """[B, state_size] -> the state `model` takes (inverse of _flat)."""
+    state, at = [], 0
+    for c in model.cells:
+        parts = []
+        for _ in range(2 if isinstance(c, nn.LSTM) else 1):
+            parts.append(flat[:, at:at + c.hidden_size].unsqueeze(0).contiguous())
+            at += c.hidden_size
+        state.append(tuple(parts) if len(parts) == 2 else parts[0])
+    return state
+
+
+def carry(model: nn.Module, xs: list[torch.Tensor], states: list[torch.Tensor | None]
+          ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs [T_i, out] at every step of each series xs[i] [T_i, F] (T_i >= 1), each
+    from its carried state (None: zeros), and the state after its last step
+    [state_size]. Series run longest first; a call ends where the shortest running
+    series ends, so every state is read at its own series' last step."""
+    order = sorted(range(len(xs)), key=lambda i: -len(xs[i]))
+    lengths = [len(xs[i]) for i in order]
+    h = torch.stack([torch.zeros(state_size(model)) if states[i] is None else states[i]
+                     for i in order])  # [B, state_size], in `order`
+    outs: list[list[torch.Tensor]] = [[] for _ in xs]
+    t = 0
+    with torch.no_grad():
+        while t < lengths[0]:
+            active = sum(n > t for n in lengths)
+            end = min(t + STEPS_PER_CALL, lengths[active - 1])
+            out, state = model(torch.stack([xs[i][t:end] for i in order[:active]]),
+                               _layers(model, h[:active]))
+            h[:active] = _flat(state)
+            for row, i in enumerate(order[:active]):
+                outs[i].append(out[row])
+            t = end
+    final = dict(zip(order, h, strict=True))
+    return [torch.cat(o) for o in outs], [final[i] for i in range(len(xs))]
+
+
 def pad(xs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad after the end: [T_i, F] each -> x [N, T_max, F], lengths [N]. A
     unidirectional RNN read at step length-1 never sees the padding, and a

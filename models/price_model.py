@@ -7,8 +7,14 @@ with the same functions training used, so a client sends prices, never features.
 Request: one row per series. Array columns `close` (the adjusted close), `high`,
 `low` and, when the model was trained with volume, `volume`; optional
 `series_id` (string) and `dates` (array of strings, one per price).
-Params: `mode` = `last` (the forecast after the last price, default) or
-`rolling` (a forecast at every price that has a full lookback behind it).
+Params: `mode` = `last` (the forecast after the last price, default), `rolling` (a
+forecast at every price that has a full lookback behind it) or `stream` (as rolling,
+continuing the series from its `state`; see below).
+Streaming: a row sends its series' new prices (and dates) and the `state` the previous
+response returned for it (none: the series starts here, with at least `first_prices()`
+prices). The response has a forecast at every new price, `step` counted from the
+series' first price, and the series' new `state` on its last row (models/stream.py):
+a series sent in pieces of any sizes gets what one `rolling` pass over it gives.
 Response: one row per forecast: `series_id`, `step` (index of the price the
 forecast is made at), `date` (`dates[step]`, empty when no dates were sent) and
 the forecast columns (`return_h1..hH`, or `volatility_hH`), each followed, for a model
@@ -34,13 +40,21 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from data_loaders.prices import price_features, scale_free
+from data_loaders.prices import (
+    CONTEXT_DAYS,
+    SEED_DAYS,
+    ewma_seed,
+    ewma_variance,
+    price_features,
+    scale_free,
+)
 from data_loaders.sequences import Normaliser
+from models import stream
 from models.heads import column_names, columns, denormalise, rescale
-from models.networks import forecasts
-from models.served import ServedModel, bad, missing, row_id
+from models.networks import carry, forecasts, state_size
+from models.served import ServedModel, bad, cell, missing, row_id
 
-MODES = ("last", "rolling")
+MODES = ("last", "rolling", "stream")
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
 # 60 s scoring timeout on two cores with well under 1 GB of memory (bench/rolling_forecasts.py).
 MAX_ROWS = 1_000  # series
@@ -297,6 +311,28 @@ def _iso_date(text: str) -> np.datetime64:
         return np.datetime64("NaT")
 
 
+def _sane(last: np.ndarray, prices: dict) -> bool:
+    """A state's last prices (in the order of `prices`' columns) in SANE ranges."""
+    ranges = [SANE["volume" if k == "volume" else "price"] for k in prices]
+    return all(low <= v <= high for v, (low, high) in zip(last, ranges, strict=True))
+
+
+def _continues(state, dates: list | None, i: int) -> None:
+    """A streamed row's dates follow its state's last date (when the state has one)."""
+    if not state or not state[0]:
+        return
+    last = _iso_date(state[0]) if len(state[0]) <= 40 else np.datetime64("NaT")
+    if np.isnat(last):
+        raise bad(f"row {i}, column 'state': its last date {_short(state[0])} is not a date: "
+                  "the state is not one this model returned")
+    if dates is None:
+        raise bad(f"row {i}, column 'dates': this series' state ends at {state[0]}: send the "
+                  "new prices' dates")
+    if _iso_date(dates[0]) <= last:
+        raise bad(f"row {i}, column 'dates': position 0: {_short(dates[0])} does not continue "
+                  f"the series, whose state ends at {state[0]}")
+
+
 class PriceForecaster(ServedModel):
     entry = "price_entry.py"
     unit = "series"
@@ -311,10 +347,11 @@ class PriceForecaster(ServedModel):
         # the model's own checks are stricter and name the row, the column and the position.
         # Nothing is required here either: the model names a missing column by row.
         inputs = [ColSpec(AnyType(), c, required=False)
-                  for c in [*price_columns(spec), "series_id", "dates"]]
+                  for c in [*price_columns(spec), "series_id", "dates", "state"]]
         outputs = [ColSpec(DataType.string, "series_id"), ColSpec(DataType.long, "step"),
                    ColSpec(DataType.string, "date")]
         outputs += [ColSpec(DataType.double, c) for c in column_names(spec)]
+        outputs += [ColSpec(DataType.string, "state", required=False)]  # mode=stream
         params = ParamSchema([ParamSpec("mode", DataType.string, "last")])
         return ModelSignature(Schema(inputs), Schema(outputs), params)
 
@@ -322,6 +359,23 @@ class PriceForecaster(ServedModel):
         self.x_norm = Normaliser.from_dict(self.normaliser["x"])
         self.y_norm = Normaliser.from_dict(self.normaliser["y"])
         self.stateful = self.spec["bptt"] == "truncated"
+        self.scale_free = bool(self.spec.get("scale_free"))
+        width = len(price_columns(self.spec))
+        arrays = {"last": ("float64", width, None)}  # the last prices: the next return's base
+        if self.scale_free:  # the EWMA variance before the context's first row
+            arrays["v_before"] = ("float64", 1, None)
+        arrays["context"] = ("float32", width - 1, "rows")  # the last per-step features
+        if self.stateful:
+            arrays["hidden"] = ("float32", state_size(self.net), None)
+        # context: what the features read back (scale-free) and a window (windowed models)
+        rows = (CONTEXT_DAYS if self.scale_free else 0) + (0 if self.stateful else
+                                                          self.spec["lookback"])
+        self.layout = stream.Layout(self.identity, arrays, rows, self.spec["lookback"])
+
+    def first_prices(self) -> int:
+        """The fewest prices a series starts with: a full lookback and, for a scale-free
+        model, the month its trailing volatility starts from."""
+        return self.spec["lookback"] + 1 + (SEED_DAYS if self.scale_free else 0)
 
     def limits(self) -> dict[str, int]:
         """What one request may ask for. A rolling forecast is a response row of
@@ -344,28 +398,36 @@ class PriceForecaster(ServedModel):
         cost = {"prices": sum(lengths)}
         if mode == "rolling":
             cost["rolling forecasts"] = sum(max(0, n - self.spec["lookback"]) for n in lengths)
+        elif mode == "stream":  # at most a forecast per price
+            cost["rolling forecasts"] = sum(lengths)
         for what, n in cost.items():
             limit = self.limits()[what]
             if n > limit:
                 how = (f"split the series across {-(-n // limit)} or more requests"
                        if what == "prices" else
                        f"send a long series in parts of at most {limit:,} forecasts, each part "
-                       f"with the {self.spec['lookback']} prices before its first forecast")
+                       f"with the {self.spec['lookback']} prices before its first forecast"
+                       if mode == "rolling" else
+                       f"stream a long series in pieces of at most {limit:,} prices")
                 raise bad(f"request has {n:,} {what}; the limit is {limit:,} per request: {how}")
 
-    def _series(self, rows: list[dict]) -> list[dict]:
-        """The request rows, checked: prices and ids (dates: `_dates`)."""
+    def _series(self, rows: list[dict], needs: list[int] | None = None) -> list[dict]:
+        """The request rows, checked: prices and ids (dates: `_dates`); `needs`: the fewest
+        prices of each row (by default lookback + 1)."""
         series = []
         for i, row in enumerate(rows):
             cols = {name: _numbers(row, name, i) for name in price_columns(self.spec)}
             lengths = {k: len(v) for k, v in cols.items()}
             if len(set(lengths.values())) > 1:
                 raise bad(f"row {i}: price arrays differ in length: {lengths}")
-            need = self.spec["lookback"] + 1
+            need = self.spec["lookback"] + 1 if needs is None else needs[i]
             if lengths["close"] < need:
                 raise bad(f"row {i}, column 'close': {lengths['close']} prices is shorter "
                           f"than the {need} this model needs (lookback "
-                          f"{self.spec['lookback']} + 1)")
+                          f"{self.spec['lookback']} + 1"
+                          + (f" + the {SEED_DAYS} days its volatility starts from)"
+                             if need > self.spec["lookback"] + 1 else ")")
+                          + ("" if needs is None else " to start a series"))
             series.append({"prices": cols, "id": row_id(row, "series_id", i)})
         _check_values(rows, {name: [s["prices"][name] for s in series]
                              for name in price_columns(self.spec)})
@@ -380,7 +442,7 @@ class PriceForecaster(ServedModel):
         in one call (a trailing volatility reads them all)."""
         volume = "volume" in series[0]["prices"]
         raw = None
-        if self.spec.get("scale_free"):
+        if self.scale_free:
             raw = [scale_free(price_features(s["prices"], volume)) for s in series]
         elif mode == "rolling" or self.stateful:
             raw = [(price_features(s["prices"], volume), None) for s in series]
@@ -401,23 +463,28 @@ class PriceForecaster(ServedModel):
                    for x in xs]
         preds = forecasts(self.net, xs, anchors, self.stateful, lookback)
         values = denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm)
-        if self.spec.get("scale_free"):
+        if self.scale_free:
             values = rescale(values, np.concatenate([s[a] for s, a in zip(scales, anchors,
                                                                             strict=True)]))
-        values = columns(self.spec, values)
-        counts = [len(a) for a in anchors]
+        # feature step t is known at price t+1 (counted from the first price sent)
+        steps = [a + len(s["prices"]["adj_close"]) - len(x)
+                 for a, s, x in zip(anchors, series, xs, strict=True)]
+        return self._frame(series, columns(self.spec, values), steps,
+                           [_dates_at(d, st) for d, st in zip(dates, steps, strict=True)])
+
+    @staticmethod
+    def _frame(series: list[dict], values: dict[str, np.ndarray], steps: list[np.ndarray],
+               dates: list[np.ndarray]) -> pd.DataFrame:
+        """The response: a row per forecast, `steps` and `dates` per series; a non-finite
+        forecast is a request error naming its row."""
+        counts = [len(st) for st in steps]
         bad_rows = np.flatnonzero(~np.isfinite(np.column_stack(list(values.values()))).all(1))
         if len(bad_rows):
             i = int(np.searchsorted(np.cumsum(counts), bad_rows[0], side="right"))
             raise bad(f"row {i}: the model produced a non-finite forecast (prices far outside "
                       "what it was trained on?)")
-        # feature step t is known at price t+1 (counted from the first price sent)
-        steps = [a + len(s["prices"]["adj_close"]) - len(x)
-                 for a, s, x in zip(anchors, series, xs, strict=True)]
         out = {"series_id": np.repeat(np.array([s["id"] for s in series], object), counts),
-               "step": np.concatenate(steps),
-               "date": np.concatenate([_dates_at(d, st) for d, st in zip(dates, steps,
-                                                                        strict=True)])}
+               "step": np.concatenate(steps), "date": np.concatenate(dates)}
         out.update({name: v.astype(np.float64) for name, v in values.items()})
         return pd.DataFrame(out)
 
@@ -426,5 +493,85 @@ class PriceForecaster(ServedModel):
         if mode not in MODES:
             raise bad(f"params.mode must be one of {list(MODES)}, got {mode!r}")
         rows = self.rows(model_input)
+        if mode != "stream":
+            sent = next((i for i, r in enumerate(rows) if not missing(r.get("state"))), None)
+            if sent is not None:
+                raise bad(f"row {sent}, column 'state': a state is read only with params "
+                          f"mode 'stream' (mode is {mode!r})")
         self.check_cost(rows, mode)
-        return self.forecast(rows, mode)
+        return self.stream(rows) if mode == "stream" else self.forecast(rows, mode)
+
+    def stream(self, rows: list[dict]) -> pd.DataFrame:
+        """Forecasts at every new price of each row, continuing from its state, and the
+        series' new state on its last row (module docstring)."""
+        states = [None if missing(cell(r.get("state"))) else
+                  stream.decode(cell(r["state"]), self.layout, i) for i, r in enumerate(rows)]
+        series = self._series(rows, [1 if s else self.first_prices() for s in states])
+        dates = _dates(rows, [len(s["prices"]["adj_close"]) for s in series])
+        for i, (state, sent) in enumerate(zip(states, dates, strict=True)):
+            _continues(state, sent, i)
+            if state and not _sane(state[2]["last"], series[i]["prices"]):
+                raise bad(f"row {i}, column 'state': its last prices are not prices "
+                          "(the state is not one this model returned)")
+        parts = [self._continue(s, state) for s, state in zip(series, states, strict=True)]
+        hidden = [None] * len(parts)
+        if self.stateful:
+            hidden = [torch.as_tensor(state[2]["hidden"]) if state else None for state in states]
+            outs, hidden = carry(self.net, [p["x"][p["new"]:] for p in parts], hidden)
+            preds = [o[p["first"] - p["new"]:] for o, p in zip(outs, parts, strict=True)]
+        else:
+            preds = forecasts(self.net, [p["x"] for p in parts],
+                              [np.arange(p["first"], len(p["x"])) for p in parts], False,
+                              self.spec["lookback"])
+        values = denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm)
+        if self.scale_free:
+            values = rescale(values, np.concatenate([p["scale"][p["first"]:] for p in parts]))
+        counts = [len(p["x"]) - p["first"] for p in parts]  # the last `count` prices sent
+        out = self._frame(
+            series, columns(self.spec, values),
+            [p["steps"] + 1 + np.arange(p["first"], len(p["x"])) - p["new"] for p in parts],
+            [_dates_at(d, np.arange(len(s["prices"]["adj_close"]) - n,
+                                    len(s["prices"]["adj_close"])))
+             for s, d, n in zip(series, dates, counts, strict=True)])
+        out["state"] = ""
+        out.loc[np.cumsum(counts) - 1, "state"] = [
+            self._token(p, h, d[-1] if d else "")
+            for p, h, d in zip(parts, hidden, dates, strict=True)]
+        return out
+
+    def _continue(self, series: dict, state) -> dict:
+        """One series' normalised features over its carried context and its new prices:
+        `x` [context + new, F], `new` (where the new steps start), `first` (the first step
+        forecast), `scale` (scale-free: s per step), and what its next state holds."""
+        prices = series["prices"]
+        steps, v_before, context = 0, None, np.zeros((0, len(prices) - 1), np.float32)
+        if state:
+            _, steps, arrays = state
+            prices = {k: np.concatenate([[arrays["last"][j]], v])
+                      for j, (k, v) in enumerate(prices.items())}
+            context, v_before = arrays["context"], arrays.get("v_before", [None])[0]
+        new = price_features(prices, "volume" in prices)
+        raw = np.concatenate([context, new])
+        if steps == len(context):  # nothing dropped yet: the features from the series' start
+            v_before = None
+        x, scale = scale_free(raw, v_before) if self.scale_free else (raw, None)
+        keep = raw[-self.layout.max_rows:] if self.layout.max_rows else raw[:0]
+        part = {"x": torch.as_tensor(self.x_norm.transform(x)), "scale": scale,
+                "new": len(context), "steps": steps, "context": keep,
+                "first": len(context) if state else self.spec["lookback"] - 1,
+                "last": np.array([v[-1] for v in prices.values()])}
+        if self.scale_free:  # the EWMA variance before the kept context's first row
+            v = ewma_variance(raw[:, 0], v_before)
+            dropped = len(raw) - len(keep)
+            part["v_before"] = v[dropped - 1] if dropped else (
+                ewma_seed(raw[:, 0]) if v_before is None else v_before)
+        return part
+
+    def _token(self, part: dict, hidden, date: str) -> str:
+        arrays = {"last": part["last"], "context": part["context"]}
+        if self.scale_free:
+            arrays["v_before"] = np.array([part["v_before"]])
+        if self.stateful:
+            arrays["hidden"] = hidden.numpy()
+        return stream.encode(self.layout, date, part["steps"] + len(part["x"]) - part["new"],
+                             arrays)

@@ -12,6 +12,7 @@ server answers with HTTP 400.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
@@ -90,6 +91,9 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         self.net.load_state_dict(torch.load(artifacts["weights"], map_location="cpu",
                                             weights_only=True))
         self.net.eval()
+        # what a state token names its model by (models/stream.py): the run and the weights
+        digest = hashlib.sha256(Path(artifacts["weights"]).read_bytes()).hexdigest()[:16]
+        self.identity = f"{self.spec.get('run_id', '')}/{digest}"
         self.setup()
         return self
 
@@ -199,6 +203,8 @@ def log_served(model_class: type[ServedModel], net: torch.nn.Module, spec: dict,
                normaliser: dict, example: pd.DataFrame):
     """Log the model into the active run; returns MLflow's ModelInfo. The model first
     predicts on the example here, since MLflow only warns when its own check fails."""
+    if run := mlflow.active_run():
+        spec = {**spec, "run_id": run.info.run_id}
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = write_artifacts(Path(tmp), net, spec, normaliser)
         model_class().load(artifacts).predict(None, example)

@@ -9,6 +9,8 @@ temporary file and renamed into place, so a failure leaves no half file. The row
 are exactly what the REST endpoint returns for the same inputs.
 
     python -m pipeline.predict --input data/prices --output predictions.csv --mode rolling
+    python -m pipeline.predict --input today.parquet --output p.parquet --mode stream \
+        --states states.parquet
     mlflow run . -e predict --env-manager local -P input=$PWD/data/prices -P output=$PWD/p.parquet
 """
 
@@ -32,8 +34,12 @@ class PredictParams:
     input: str = param("", "what the model's task takes: prices (CSV file, folder, Parquet) "
                            "or audio (file or folder); empty: the task's bundled sample")
     output: str = param("predictions.csv", "a .csv or .parquet file, written atomically")
-    mode: str = param("last", "prices: last (after the last price) or rolling (at every "
-                              "step)", ("last", "rolling"))
+    mode: str = param("last", "prices: last (after the last price), rolling (at every step) "
+                              "or stream (every new step, continuing from `states`)",
+                      ("last", "rolling", "stream"))
+    states: str = param("", "prices, mode stream: a Parquet table of series_id and state, "
+                            "read before (a series not in it starts afresh) and rewritten "
+                            "after with each series' new state")
     repair: str = param("none", "prices: bad rows in the input: none (error), drop, ffill",
                         ("none", "drop", "ffill"))
 
@@ -80,7 +86,39 @@ def parse(argv=None) -> PredictParams:
     p = cli.parse_params(argv, __doc__, PredictParams)
     if Path(p.output).suffix not in (".csv", ".parquet"):
         raise cli.UsageError(f"output must end in .csv or .parquet, got {p.output!r}")
+    if (p.mode == "stream") != bool(p.states):
+        raise cli.UsageError("mode stream reads and writes its series' states: give both "
+                             "--mode stream and --states FILE.parquet")
+    if p.states and Path(p.states).suffix != ".parquet":
+        raise cli.UsageError(f"states must end in .parquet, got {p.states!r}")
     return p
+
+
+def read_states(path: Path, requests) -> None:
+    """Each request row's `state` from the table at `path` (none where the series is not
+    in it, or the table does not exist yet)."""
+    import pandas as pd
+
+    if not path.exists():
+        requests["state"] = None
+        return
+    table = pd.read_parquet(path)
+    if not {"series_id", "state"} <= set(table.columns) or table.series_id.duplicated().any():
+        raise ValueError(f"states: {path} is not a states table (one row per series_id, "
+                         "with a state column)")
+    known = dict(zip(table.series_id, table.state, strict=True))
+    requests["state"] = [known.get(s) for s in requests["series_id"]]
+
+
+def write_states(path: Path, out) -> None:
+    """The states table after a stream: the old rows, each streamed series' replaced."""
+    import pandas as pd
+
+    new = out.loc[out.state != "", ["series_id", "state"]]
+    if path.exists():
+        old = pd.read_parquet(path)
+        new = pd.concat([old[~old.series_id.isin(new.series_id)], new], ignore_index=True)
+    write_table(new.reset_index(drop=True), path)
 
 
 def main(argv=None):
@@ -99,8 +137,13 @@ def main(argv=None):
     if not takes_mode and ("--mode" in argv or "--repair" in argv):
         raise cli.UsageError(f"mode and repair are options of price models; {p.model_uri} "
                              f"is a {task.name} model")
+    states = Path(p.states).expanduser().resolve() if p.states else None
+    if states:
+        read_states(states, requests)
     out = predict_rows(model, requests, {"mode": p.mode} if takes_mode else None)
     write_table(out, Path(p.output).expanduser().resolve())
+    if states:  # after the predictions: a failure before leaves the old states
+        write_states(states, out)
     note_launcher(f"This launch wrote {len(out)} predictions of {p.model_uri} to {p.output}.")
     print(f"{len(out)} predictions for {len(requests)} inputs -> {p.output}")
     return out

@@ -94,26 +94,31 @@ def mlflow_run(entry: str, params: dict, cwd: Path, uri: str, experiment: str | 
 
 
 def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: str = "gru",
-                     loss: str = "mse", quantiles: tuple = ()):
-    """A served price model with random weights (GRU hidden 8, 2-day returns, trained
-    with `loss`), loaded the way MLflow loads it, without training."""
+                     loss: str = "mse", quantiles: tuple = (), scale_free: bool = False,
+                     layers: int = 1):
+    """A served price model with random weights (hidden 8, 2-day returns or, scale-free,
+    5-day volatility, trained with `loss`), loaded the way MLflow loads it, untrained."""
     import numpy as np
     import torch
 
+    from data_loaders.prices import feature_names
     from data_loaders.sequences import Normaliser
     from models.networks import build_model
     from models.price_model import PriceForecaster
     from models.served import write_artifacts
 
     torch.manual_seed(0)
-    spec = {"task": "prices", "n_in": 3, "n_out": 2,
-            "model": {"cell": cell, "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
-                      "init": "orthogonal", "lookback": lookback},
-            "bptt": bptt, "lookback": lookback, "target": "returns", "horizon": 2,
-            "features": ["log_return", "log_range", "log_volume_change"],
-            "outputs": ["return_h1", "return_h2"], "loss": loss, "quantiles": list(quantiles)}
-    spec["n_out"] = 2 * {"mse": 1, "gaussian": 2, "quantile": len(quantiles)}[loss]
-    net = build_model(spec["model"], 3, spec["n_out"])
-    norm = {"x": Normaliser(np.zeros(3), np.ones(3)).to_dict(),
-            "y": Normaliser(np.zeros(2), np.ones(2)).to_dict()}
+    features = feature_names(True, scale_free)
+    outputs = ["volatility_h5"] if scale_free else ["return_h1", "return_h2"]
+    spec = {"task": "prices", "n_in": len(features),
+            "model": {"cell": cell, "hidden": 8, "layers": layers, "dropout": 0.0,
+                      "norm": "none", "init": "orthogonal", "lookback": lookback},
+            "bptt": bptt, "lookback": lookback, "target": "volatility" if scale_free else
+            "returns", "horizon": 5 if scale_free else 2, "features": features,
+            "outputs": outputs, "loss": loss, "quantiles": list(quantiles),
+            "scale_free": scale_free}
+    spec["n_out"] = len(outputs) * {"mse": 1, "gaussian": 2, "quantile": len(quantiles)}[loss]
+    net = build_model(spec["model"], len(features), spec["n_out"])
+    norm = {"x": Normaliser(np.zeros(len(features)), np.ones(len(features))).to_dict(),
+            "y": Normaliser(np.zeros(len(outputs)), np.ones(len(outputs))).to_dict()}
     return PriceForecaster().load(write_artifacts(folder, net, spec, norm))
