@@ -311,26 +311,49 @@ def _iso_date(text: str) -> np.datetime64:
         return np.datetime64("NaT")
 
 
-def _sane(last: np.ndarray, prices: dict) -> bool:
-    """A state's last prices (in the order of `prices`' columns) in SANE ranges."""
-    ranges = [SANE["volume" if k == "volume" else "price"] for k in prices]
-    return all(low <= v <= high for v, (low, high) in zip(last, ranges, strict=True))
-
-
-def _continues(state, dates: list | None, i: int) -> None:
-    """A streamed row's dates follow its state's last date (when the state has one)."""
-    if not state or not state[0]:
+def _continues(header: dict, sent: str, dates: list | None, i: int) -> None:
+    """A streamed row continues its state's series: the same series_id (when both have
+    one) and dates after the state's last date (when the state has one)."""
+    if header["series"] and sent and header["series"] != sent:
+        raise bad(f"row {i}, column 'state': the state of series {_short(header['series'])}, "
+                  f"sent for {_short(sent)}")
+    if not header["date"]:
         return
-    last = _iso_date(state[0]) if len(state[0]) <= 40 else np.datetime64("NaT")
-    if np.isnat(last):
-        raise bad(f"row {i}, column 'state': its last date {_short(state[0])} is not a date: "
+    date = header["date"]
+    last = _iso_date(date) if len(date) <= 40 and date.isprintable() else np.datetime64("NaT")
+    if np.isnat(last) or not YEARS[0] <= last < YEARS[1] or date.lower() in ("now", "today"):
+        raise bad(f"row {i}, column 'state': its last date {_short(date)} is not a date: "
                   "the state is not one this model returned")
     if dates is None:
-        raise bad(f"row {i}, column 'dates': this series' state ends at {state[0]}: send the "
+        raise bad(f"row {i}, column 'dates': this series' state ends at {date}: send the "
                   "new prices' dates")
     if _iso_date(dates[0]) <= last:
         raise bad(f"row {i}, column 'dates': position 0: {_short(dates[0])} does not continue "
-                  f"the series, whose state ends at {state[0]}")
+                  f"the series, whose state ends at {date}")
+
+
+# the most a carried feature can be: a log return, range or volume change between prices
+# (and volumes) within SANE
+MOST_FEATURE = float(np.log(SANE["volume"][1] + 1))
+
+
+def _impossible(arrays: dict, prices: dict, header: dict, bounds: np.ndarray) -> str | None:
+    """What in a decoded state no model run can have produced, or None."""
+    last = dict(zip(prices, arrays["last"], strict=True))
+    for name, value in last.items():
+        low, high = SANE["volume" if name == "volume" else "price"]
+        if not low <= value <= high:
+            return f"its last {'close' if name == 'adj_close' else name} is {value:g}"
+    if last["high"] < last["low"]:
+        return "its last high is below its last low"
+    if (np.abs(arrays["context"]) > MOST_FEATURE).any():
+        return "its features are beyond any prices'"
+    if not 0 <= arrays.get("v_before", [0])[0] <= MOST_FEATURE ** 2:
+        return "its volatility is beyond any prices'"
+    if "hidden" in arrays and (np.abs(arrays["hidden"]) > np.minimum(
+            bounds, header["steps"] + 1)).any():  # tanh: |h| <= 1; an LSTM's |c| <= steps
+        return "its recurrent state is beyond what the network can reach"
+    return None
 
 
 class PriceForecaster(ServedModel):
@@ -360,6 +383,7 @@ class PriceForecaster(ServedModel):
         self.y_norm = Normaliser.from_dict(self.normaliser["y"])
         self.stateful = self.spec["bptt"] == "truncated"
         self.scale_free = bool(self.spec.get("scale_free"))
+        self.bounds = None
         width = len(price_columns(self.spec))
         arrays = {"last": ("float64", width, None)}  # the last prices: the next return's base
         if self.scale_free:  # the EWMA variance before the context's first row
@@ -367,6 +391,10 @@ class PriceForecaster(ServedModel):
         arrays["context"] = ("float32", width - 1, "rows")  # the last per-step features
         if self.stateful:
             arrays["hidden"] = ("float32", state_size(self.net), None)
+            # |h| <= 1 (tanh); an LSTM's cell c is bounded only by the steps seen
+            self.bounds = np.concatenate([[1.0] * c.hidden_size + (
+                [np.inf] * c.hidden_size if isinstance(c, torch.nn.LSTM) else [])
+                for c in self.net.cells])
         # context: what the features read back (scale-free) and a window (windowed models)
         rows = (CONTEXT_DAYS if self.scale_free else 0) + (0 if self.stateful else
                                                           self.spec["lookback"])
@@ -398,8 +426,10 @@ class PriceForecaster(ServedModel):
         cost = {"prices": sum(lengths)}
         if mode == "rolling":
             cost["rolling forecasts"] = sum(max(0, n - self.spec["lookback"]) for n in lengths)
-        elif mode == "stream":  # at most a forecast per price
-            cost["rolling forecasts"] = sum(lengths)
+        elif mode == "stream":  # a series' first piece as rolling, then one per price
+            cost["rolling forecasts"] = sum(
+                n if not missing(cell(r.get("state"))) else max(0, n - self.spec["lookback"])
+                for n, r in zip(lengths, rows, strict=True))
         for what, n in cost.items():
             limit = self.limits()[what]
             if n > limit:
@@ -421,6 +451,9 @@ class PriceForecaster(ServedModel):
             if len(set(lengths.values())) > 1:
                 raise bad(f"row {i}: price arrays differ in length: {lengths}")
             need = self.spec["lookback"] + 1 if needs is None else needs[i]
+            if need == 1 and lengths["close"] == 0:
+                raise bad(f"row {i}, column 'close': no new prices: a streamed piece has at "
+                          "least one")
             if lengths["close"] < need:
                 raise bad(f"row {i}, column 'close': {lengths['close']} prices is shorter "
                           f"than the {need} this model needs (lookback "
@@ -509,14 +542,19 @@ class PriceForecaster(ServedModel):
         series = self._series(rows, [1 if s else self.first_prices() for s in states])
         dates = _dates(rows, [len(s["prices"]["adj_close"]) for s in series])
         for i, (state, sent) in enumerate(zip(states, dates, strict=True)):
-            _continues(state, sent, i)
-            if state and not _sane(state[2]["last"], series[i]["prices"]):
-                raise bad(f"row {i}, column 'state': its last prices are not prices "
-                          "(the state is not one this model returned)")
+            if state:
+                _continues(state[0], cell(rows[i].get("series_id")) if isinstance(
+                    cell(rows[i].get("series_id")), str) else "", sent, i)
+                why = _impossible(state[1], series[i]["prices"], state[0], self.bounds)
+                if why:
+                    raise bad(f"row {i}, column 'state': {why}: the state is not one this "
+                              "model returned")
         parts = [self._continue(s, state) for s, state in zip(series, states, strict=True)]
+        ids = [s["id"] if isinstance(cell(r.get("series_id")), str) else ""
+               for s, r in zip(series, rows, strict=True)]  # "": no series_id sent
         hidden = [None] * len(parts)
         if self.stateful:
-            hidden = [torch.as_tensor(state[2]["hidden"]) if state else None for state in states]
+            hidden = [torch.as_tensor(state[1]["hidden"]) if state else None for state in states]
             outs, hidden = carry(self.net, [p["x"][p["new"]:] for p in parts], hidden)
             preds = [o[p["first"] - p["new"]:] for o, p in zip(outs, parts, strict=True)]
         else:
@@ -535,8 +573,8 @@ class PriceForecaster(ServedModel):
              for s, d, n in zip(series, dates, counts, strict=True)])
         out["state"] = ""
         out.loc[np.cumsum(counts) - 1, "state"] = [
-            self._token(p, h, d[-1] if d else "")
-            for p, h, d in zip(parts, hidden, dates, strict=True)]
+            self._token(p, h, sent, d[-1] if d else "")
+            for p, h, sent, d in zip(parts, hidden, ids, dates, strict=True)]
         return out
 
     def _continue(self, series: dict, state) -> dict:
@@ -546,7 +584,7 @@ class PriceForecaster(ServedModel):
         prices = series["prices"]
         steps, v_before, context = 0, None, np.zeros((0, len(prices) - 1), np.float32)
         if state:
-            _, steps, arrays = state
+            steps, arrays = state[0]["steps"], state[1]
             prices = {k: np.concatenate([[arrays["last"][j]], v])
                       for j, (k, v) in enumerate(prices.items())}
             context, v_before = arrays["context"], arrays.get("v_before", [None])[0]
@@ -567,11 +605,11 @@ class PriceForecaster(ServedModel):
                 ewma_seed(raw[:, 0]) if v_before is None else v_before)
         return part
 
-    def _token(self, part: dict, hidden, date: str) -> str:
+    def _token(self, part: dict, hidden, series: str, date: str) -> str:
         arrays = {"last": part["last"], "context": part["context"]}
         if self.scale_free:
             arrays["v_before"] = np.array([part["v_before"]])
         if self.stateful:
             arrays["hidden"] = hidden.numpy()
-        return stream.encode(self.layout, date, part["steps"] + len(part["x"]) - part["new"],
-                             arrays)
+        return stream.encode(self.layout, series, date,
+                             part["steps"] + len(part["x"]) - part["new"], arrays)

@@ -8,13 +8,14 @@ series, and sending the same token twice gives the same answer.
 A token is base64 text of
 
     b"RNNS" | version (u8) | CRC-32 of what follows (u32) | header length (u16)
-    | header (JSON: model, date, steps, rows) | arrays, little-endian, in LAYOUT order
+    | header (JSON: model, series, date, steps, rows) | arrays, little-endian, in order
 
 `model` is the identity of the model that wrote it (run id and a hash of the
-weights); `steps` counts the observations it has seen and `rows` the context rows it
-carries. The checksum catches accidents (a truncated copy, a changed character), not a
-client: so a token is decoded only after its length is checked against the most this
-model's state can need, and its content (shapes, finite values, counts) is checked
+weights), `series` the series_id the row sent ("" when none); `steps` counts the
+observations it has seen and `rows` the context rows it carries. The checksum catches
+accidents (a truncated copy, a changed character), not a client: so a token is decoded
+only after its length is checked against the most this model's state can need, and its
+content (shapes, finite values, counts; the model checks the values' ranges) is checked
 before any work. Every failure is a request error naming the row.
 """
 
@@ -33,7 +34,7 @@ from models.served import bad
 
 MAGIC, VERSION = b"RNNS", 1
 PREFIX = struct.Struct("<4sBIH")  # magic, version, crc32, header length
-MAX_HEADER = 600  # bytes: an identity of at most 200 characters, a date, two counts
+MAX_HEADER = 1_200  # bytes: an identity, a series_id of at most 256 characters, a date, counts
 MAX_STEPS = 10 ** 12
 
 
@@ -56,19 +57,23 @@ class Layout:
         return 4 * -(-(PREFIX.size + MAX_HEADER + self.nbytes(self.max_rows)) // 3)
 
 
-def encode(layout: Layout, date: str, steps: int, arrays: dict[str, np.ndarray]) -> str:
+def encode(layout: Layout, series: str, date: str, steps: int,
+           arrays: dict[str, np.ndarray]) -> str:
     rows = len(next((arrays[n] for n, (_, _, r) in layout.arrays.items() if r), []))
-    header = json.dumps({"model": layout.model, "date": date, "steps": int(steps),
-                         "rows": rows}, separators=(",", ":")).encode()
+    header = json.dumps({"model": layout.model, "series": series, "date": date,
+                         "steps": int(steps), "rows": rows}, separators=(",", ":")).encode()
     body = header + b"".join(np.ascontiguousarray(arrays[n], np.dtype(d).newbyteorder("<"))
                              .tobytes() for n, (d, _, _) in layout.arrays.items())
     prefix = PREFIX.pack(MAGIC, VERSION, zlib.crc32(body), len(header))
     return base64.b64encode(prefix + body).decode("ascii")
 
 
-def decode(text, layout: Layout, i: int) -> tuple[str, int, dict[str, np.ndarray]]:
-    """(date, steps, arrays) of row i's token, or a request error naming the row."""
+def decode(text, layout: Layout, i: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, arrays) of row i's token, or a request error naming the row."""
     where = f"row {i}, column 'state'"
+    if text == "":
+        raise bad(f"{where}: empty: send null (or no state) to start a series, or the state "
+                  "the series' last response row returned")
     if not isinstance(text, str):
         raise bad(f"{where}: expected the text a previous response returned, "
                   f"got {type(text).__name__}")
@@ -108,7 +113,7 @@ def decode(text, layout: Layout, i: int) -> tuple[str, int, dict[str, np.ndarray
             raise bad(f"{where}: NaN or infinity in its {name}: the state is not one this "
                       "model returned")
         arrays[name] = values.astype(dtype).reshape((rows, width) if by_rows else (width,))
-    return header["date"], steps, arrays
+    return header, arrays
 
 
 def _header(text: bytes, where: str) -> dict:
@@ -116,10 +121,11 @@ def _header(text: bytes, where: str) -> dict:
         header = json.loads(text)
     except (UnicodeDecodeError, ValueError):
         header = None
-    kinds = {"model": str, "date": str, "steps": int, "rows": int}
+    kinds = {"model": str, "series": str, "date": str, "steps": int, "rows": int}
     if not isinstance(header, dict) or set(header) != set(kinds) or not all(
             type(header[k]) is t for k, t in kinds.items()):
-        raise bad(f"{where}: its header is not a state's header (model, date, steps, rows)")
+        raise bad(f"{where}: its header is not a state's header (model, series, date, steps, "
+                  "rows)")
     if not 0 <= header["rows"] <= header["steps"] <= MAX_STEPS:  # before any arithmetic
         raise bad(f"{where}: impossible counts: {header['steps']} steps seen, "
                   f"{header['rows']} rows kept")

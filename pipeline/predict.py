@@ -91,6 +91,8 @@ def parse(argv=None) -> PredictParams:
                              "--mode stream and --states FILE.parquet")
     if p.states and Path(p.states).suffix != ".parquet":
         raise cli.UsageError(f"states must end in .parquet, got {p.states!r}")
+    if p.states and Path(p.states).resolve() == Path(p.output).resolve():
+        raise cli.UsageError("states and output are one file: give each its own")
     return p
 
 
@@ -102,7 +104,10 @@ def read_states(path: Path, requests) -> None:
     if not path.exists():
         requests["state"] = None
         return
-    table = pd.read_parquet(path)
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's errors are both
+        raise ValueError(f"states: {path}: not a Parquet table ({err})") from None
     if not {"series_id", "state"} <= set(table.columns) or table.series_id.duplicated().any():
         raise ValueError(f"states: {path} is not a states table (one row per series_id, "
                          "with a state column)")

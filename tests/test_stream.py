@@ -2,7 +2,8 @@
 `rolling` pass over the whole series gives; bad states are named 400s (models/stream.py).
 
 In process here, for every kind of price model (stateful and windowed, mse, gaussian and
-quantile heads, plain and scale-free features); over the real server in test_serving.py.
+quantile heads, plain and scale-free features); over the real server in
+test_stream_rest.py.
 """
 
 import base64
@@ -39,7 +40,7 @@ def series(name="SPY", days=1300) -> dict:
 
 def piece(row: dict, a: int, b: int, state: str | None = None) -> dict:
     part = {k: v[a:b] if isinstance(v, list) else v for k, v in row.items()}
-    return part | ({"state": state} if state else {})
+    return part | ({"state": state} if state is not None else {})
 
 
 def streamed(model, row: dict, cuts: list[int]) -> tuple[pd.DataFrame, str]:
@@ -133,8 +134,8 @@ def test_the_token_is_compact_and_names_its_model(demo):
     raw = base64.b64decode(token)
     size = stream.PREFIX.unpack_from(raw)[3]
     header = json.loads(raw[stream.PREFIX.size:stream.PREFIX.size + size])
-    assert header == {"model": demo.identity, "date": row["dates"][-1], "steps": 119,
-                      "rows": 0}
+    assert header == {"model": demo.identity, "series": "SPY", "date": row["dates"][-1],
+                      "steps": 119, "rows": 0}
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -144,6 +145,7 @@ def test_the_token_is_compact_and_names_its_model(demo):
     (lambda t: base64.b64encode(b"hello world").decode(), "not a state token"),
     (lambda t: "A" * 100_000, "longer than any state of this model"),
     (lambda t: 12345, "expected the text a previous response returned"),
+    (lambda t: "", "empty: send null (or no state) to start a series"),
 ])
 def test_damaged_tokens_are_named_400s(demo, damage, message):
     row = series(days=130)
@@ -161,13 +163,20 @@ def test_tokens_of_another_model_or_version_and_impossible_content_are_refused(d
         "format version 7": (demo, forged(demo, token, version=7)),
         "impossible counts": (demo, forged(demo, token, header={"steps": -3})),
         "impossible counts: 3 steps": (demo, forged(demo, token, header={"steps": 3})),
-        "its last prices are not prices": (demo, forged(demo, token, arrays=struct.pack(
+        "its last high is -1": (demo, forged(demo, token, arrays=struct.pack(
             "<d", -1.0) + base64.b64decode(token)[-(demo.layout.nbytes(0)) + 8:])),
         "header is not a state's header": (demo, forged(demo, token, header={"extra": 1})),
         "other shapes": (demo, forged(demo, token, arrays=b"\0" * 12)),
         "NaN or infinity in its hidden": (demo, forged(demo, token, arrays=base64.b64decode(
             token)[-(demo.layout.nbytes(0)):-4] + struct.pack("<f", float("nan")))),
         "is not a date": (demo, forged(demo, token, header={"date": "yesterday"})),
+        "its last date 'today'": (demo, forged(demo, token, header={"date": "today"})),
+        "the state of series 'AAPL', sent for 'SPY'": (demo, forged(demo, token, header={
+            "series": "AAPL"})),
+        "its recurrent state is beyond": (demo, forged(demo, token, arrays=base64.b64decode(
+            token)[-(demo.layout.nbytes(0)):-4] + struct.pack("<f", 1e30))),
+        "its last high is below its last low": (demo, forged(demo, token, arrays=struct.pack(
+            "<dd", 1.0, 2.0) + base64.b64decode(token)[-(demo.layout.nbytes(0)) + 16:])),
     }
     for message, (model, bad_token) in cases.items():
         text = refused(model, piece(row, 120, 130, bad_token))
@@ -185,3 +194,5 @@ def test_dates_must_continue_and_a_state_needs_mode_stream(demo):
     assert text.startswith("row 1, column 'state': a state is read only with params mode")
     short = refused(demo, piece(row, 0, 5))
     assert short.startswith("row 1, column 'close': 5 prices") and "to start a series" in short
+    nothing = refused(demo, piece(row, 120, 120, token))
+    assert nothing.startswith("row 1, column 'close': no new prices: a streamed piece has at")
