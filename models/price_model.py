@@ -9,7 +9,8 @@ Request: one row per series. Array columns `close` (the adjusted close), `high`,
 `series_id` (string) and `dates` (array of strings, one per price).
 Params: `mode` = `last` (the forecast after the last price, default), `rolling` (a
 forecast at every price that has a full lookback behind it) or `stream` (as rolling,
-continuing the series from its `state`; see below).
+continuing the series from its `state`; see below); `last_only` (stream: each series'
+last forecast and state only, one row per series, as a batch scorer keeps).
 Streaming: a row sends its series' new prices (and dates) and the `state` the previous
 response returned for it (none: the series starts here, with at least `first_prices()`
 prices). The response has a forecast at every new price, `step` counted from the
@@ -362,6 +363,7 @@ class PriceForecaster(ServedModel):
     max_rows = MAX_ROWS
     size_column = "close"
     id_column = "series_id"
+    carried = ("state",)
 
     @staticmethod
     def signature(spec: dict) -> ModelSignature:
@@ -375,7 +377,8 @@ class PriceForecaster(ServedModel):
                    ColSpec(DataType.string, "date")]
         outputs += [ColSpec(DataType.double, c) for c in column_names(spec)]
         outputs += [ColSpec(DataType.string, "state", required=False)]  # mode=stream
-        params = ParamSchema([ParamSpec("mode", DataType.string, "last")])
+        params = ParamSchema([ParamSpec("mode", DataType.string, "last"),
+                              ParamSpec("last_only", DataType.boolean, False)])
         return ModelSignature(Schema(inputs), Schema(outputs), params)
 
     def setup(self) -> None:
@@ -531,8 +534,15 @@ class PriceForecaster(ServedModel):
             if sent is not None:
                 raise bad(f"row {sent}, column 'state': a state is read only with params "
                           f"mode 'stream' (mode is {mode!r})")
+        last_only = params.get("last_only") or False
+        if last_only not in (True, False) or last_only and mode != "stream":
+            raise bad(f"params.last_only is true or false, and true only with mode 'stream'; "
+                      f"got {last_only!r} with mode {mode!r}")
         self.check_cost(rows, mode)
-        return self.stream(rows) if mode == "stream" else self.forecast(rows, mode)
+        if mode != "stream":
+            return self.forecast(rows, mode)
+        out = self.stream(rows)
+        return out[out.state != ""].reset_index(drop=True) if last_only else out
 
     def stream(self, rows: list[dict]) -> pd.DataFrame:
         """Forecasts at every new price of each row, continuing from its state, and the

@@ -79,6 +79,7 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     most_per_row: float = 0.0
     id_column: str | None = None  # the column a row names itself by (row_id)
     needs: tuple = ()  # training-only packages it needs to serve too (librosa for audio)
+    carried: tuple = ()  # input columns that carry a stream's state, not data
 
     def load_context(self, context) -> None:
         self.memory = MemoryKeeper()  # only a server (or a user) loading the model runs it

@@ -5,9 +5,12 @@ array columns `close`, `high`, `low`, `volume`, optional `dates` and `series_id`
 per clip (`audio`, the file's bytes, binary, and optional `utterance_id`), exactly the
 columns the REST endpoint takes; and the model at `model_uri`. Writes: `output`, a
 Parquet table with one row per input row, the model's response columns (the same
-values the REST endpoint returns for the same rows). Prices: `mode=last` only, since
-Spark's UDF gives one result per row (rolling forecasts: `python -m pipeline.predict
---mode rolling`).
+values the REST endpoint returns for the same rows). Prices: `mode=last`, or
+`mode=stream`: each row sends its series' new prices and the `state` column of the
+previous day's output (null: the series starts), and gets its series' last forecast and
+new `state`, one row per series, as the REST endpoint's `last_only` gives them (Spark's
+UDF gives one result per row; rolling forecasts: `python -m pipeline.predict --mode
+rolling`).
 
 Inside Spark, array columns reach the model's `predict` as NumPy arrays (over REST,
 as lists) and binary ones as bytes (over REST, base64 text). The table is split into
@@ -48,6 +51,9 @@ class ScoreParams:
                         required=True)
     model_uri: str = param("", "the model: models:/NAME@ALIAS, models:/NAME/VERSION or "
                                "runs:/RUN_ID/model", required=True)
+    mode: str = param("last", "prices: last (after each row's last price) or stream (each "
+                              "row continues its series from its `state` column)",
+                      ("last", "stream"))
     master: str = param("local[*]", "Spark master URL (local[N]: N cores of this machine)")
     spark_ui: bool = param(False, "start Spark's web UI (port 4040)")
 
@@ -57,15 +63,17 @@ SPARK_TYPES = {"string": "string", "long": "long", "double": "double", "integer"
                "float": "float", "boolean": "boolean"}
 
 
-def result_type(model) -> str:
-    """The model's response columns as a Spark struct type, from its signature."""
+def result_type(model, mode: str) -> str:
+    """The model's response columns in `mode` as a Spark struct type, from its signature
+    (a price model's `state` in mode stream only)."""
     from mlflow.types.schema import Array
 
     def spark_type(t) -> str:
         return f"array<{spark_type(t.dtype)}>" if isinstance(t, Array) else SPARK_TYPES[t.name]
 
     return ", ".join(f"`{c.name}` {spark_type(c.type)}"
-                     for c in model.metadata.get_output_schema().inputs)
+                     for c in model.metadata.get_output_schema().inputs
+                     if c.required or mode == "stream")
 
 
 def rows_per_batch(own, table, source: Path) -> int:
@@ -220,7 +228,7 @@ def checked_output(source: Path, output: Path) -> None:
                             "no _SUCCESS file in it") + "); choose another path or remove it")
 
 
-def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
+def score(spark, model, model_uri: str, source: Path, output: Path, mode: str = "last") -> int:
     """Score the table at `source` into `output` (written beside it, then moved in, so
     a failed job leaves the previous output as it was); returns the rows written."""
     import mlflow
@@ -248,7 +256,9 @@ def score(spark, model, model_uri: str, source: Path, output: Path) -> int:
     check_ids(table, id_column, source)
     table = numbered(spark, table, n, per, id_column)
     columns += [id_column] if id_column and id_column not in columns else []
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type(model),
+    params = {"mode": "stream", "last_only": True} if mode == "stream" else None
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type(model, mode),
+                                  params=params,
                                   env_manager="local")
     # one struct argument: the model gets a frame with the columns by name
     scored = table.select(udf(F.struct(*columns)).alias("out")).select("out.*")
@@ -285,9 +295,13 @@ def main(argv=None) -> None:
         raise FileNotFoundError(f"input: {source} does not exist")
     checked_output(source, output)
     model = load_model(p.model_uri)  # a wrong URI fails before Spark starts
+    if p.mode == "stream" and "last_only" not in {
+            s.name for s in getattr(model.metadata.get_params_schema(), "params", [])}:
+        raise ValueError(f"mode: {p.model_uri} does not stream (a price model logged "
+                         "before mode stream was added, or not a price model)")
     spark = spark_session(p.master, p.spark_ui)
     try:
-        n = score(spark, model, p.model_uri, source, output)
+        n = score(spark, model, p.model_uri, source, output, p.mode)
     finally:
         spark.stop()
     print(f"{n} predictions of {p.model_uri} -> {output}")

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,6 +85,37 @@ def test_price_histories_score_in_spark_as_over_rest(store):
     assert len(scored) == 1_104 and scored.series_id.is_unique
     same_rows(scored[scored.series_id.isin(frames)], rest(PRICE_MODEL, store, table),
               "series_id")
+
+
+def test_a_daily_job_streams_in_spark_with_one_state_per_series(store):
+    """Day 0: each series' history; day 1: its next two days and day 0's state column.
+    Each day's output has one row per series, the forecasts one rolling pass gives."""
+    frames = {n: read_price_csv(PRICES / f"{n}.csv")[0].iloc[-300:] for n in ("SPY", "AAPL")}
+    columns = ["close", "high", "low", "volume"]
+    days = [pd.DataFrame([request_row(f.iloc[:-2], n, columns) for n, f in frames.items()])]
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    outputs = []
+    for k in range(2):
+        days[k].to_parquet(store / f"day{k}.parquet")
+        proc = python_m("score_spark", ["--input", str(store / f"day{k}.parquet"), "--output",
+                                        str(store / f"day{k}-scored.parquet"), "--model_uri",
+                                        PRICE_MODEL, "--mode", "stream", "--master",
+                                        "local[2]"], store, uri)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append(pd.read_parquet(store / f"day{k}-scored.parquet"))
+        state = dict(zip(outputs[-1].series_id, outputs[-1].state, strict=True))
+        days.append(pd.DataFrame([request_row(f.iloc[-2:], n, columns) | {"state": state[n]}
+                                  for n, f in frames.items()]))
+    with fresh_store(store):
+        model = mlflow.pyfunc.load_model(PRICE_MODEL)
+        whole = pd.DataFrame([request_row(f, n, columns) for n, f in frames.items()])
+        rolling = model.predict(whole, params={"mode": "rolling"})
+    for k, day in enumerate(outputs):
+        assert sorted(day.series_id) == ["AAPL", "SPY"] and (day.state != "").all()
+        want = rolling.groupby("series_id").nth(-3 + 2 * k).set_index("series_id")
+        got = day.set_index("series_id").loc[want.index]
+        assert (got.step == want.step).all() and (got.date == want.date).all()
+        assert np.allclose(got.return_h1, want.return_h1, rtol=1e-5, atol=1e-9)
 
 
 def test_audio_bytes_score_in_spark_as_over_rest(store, small_fsdd):

@@ -87,6 +87,8 @@ def test_one_request_streams_many_series_and_the_same_state_gives_the_same_answe
                          for r, f, k in zip(rows, first, (5, 1), strict=True)])
     again = [model.predict(None, body, {"mode": "stream"}) for _ in range(2)]
     pd.testing.assert_frame_equal(again[0], again[1])
+    last = model.predict(None, body, {"mode": "stream", "last_only": True})
+    pd.testing.assert_frame_equal(last, again[0][again[0].state != ""].reset_index(drop=True))
     assert again[0].series_id.tolist() == ["SPY"] * 5 + ["AAPL"]
     assert (again[0].state != "").tolist() == [False] * 4 + [True, True]
     for r, f in zip(rows, first, strict=True):
@@ -192,6 +194,8 @@ def test_dates_must_continue_and_a_state_needs_mode_stream(demo):
     assert "send the new prices' dates" in refused(demo, undated)
     text = refused(demo, piece(row, 0, 130, token), {"mode": "rolling"})
     assert text.startswith("row 1, column 'state': a state is read only with params mode")
+    text = refused(demo, piece(row, 0, 130), {"mode": "rolling", "last_only": True})
+    assert text.startswith("params.last_only is true or false, and true only with mode")
     short = refused(demo, piece(row, 0, 5))
     assert short.startswith("row 1, column 'close': 5 prices") and "to start a series" in short
     nothing = refused(demo, piece(row, 120, 120, token))

@@ -40,6 +40,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream-rest")
     example = pd.DataFrame([series(days=60)])
     with fresh_store(tmp):
+        mlflow.set_experiment("stream")  # (not the experiment an earlier test left active)
         ids = {}
         for kind, settings in KINDS.items():
             model = price_forecaster(tmp / kind, **settings)

@@ -80,7 +80,9 @@ def _lock_since(client: MlflowClient, lock: str) -> float | None:
 
 def identity(task, spec: dict) -> dict[str, str]:
     """What must agree under one registered name: task, target, input columns."""
-    inputs = task.served_model().signature(spec).inputs.input_names()
+    served = task.served_model()
+    inputs = [c for c in served.signature(spec).inputs.input_names()
+              if c not in served.carried]  # what carries a stream is not the data
     return {"task": spec["task"], "target": task.target(spec), "inputs": ",".join(inputs)}
 
 
