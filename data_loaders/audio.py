@@ -215,6 +215,23 @@ def frames(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
     return np.concatenate([mfcc, *deltas]).T.astype(np.float32)  # [3 * n_mfcc, T] -> [T, F]
 
 
+def stream_frames(samples: np.ndarray, s: FeatureSettings) -> tuple[np.ndarray, int]:
+    """Log-mel frames float32 [T, n_mels] of every whole window in `samples` (frame k reads
+    samples k*hop .. k*hop + win, not centred: no frame waits for samples after its
+    window, so audio sent in pieces frames as it would whole), and the samples they use
+    up (T * hop): the rest begins the next frame."""
+    import librosa
+
+    win, hop = s.frame_sizes()
+    n = 0 if len(samples) < win else 1 + (len(samples) - win) // hop
+    if n == 0:
+        return np.zeros((0, s.n_mels), np.float32), 0
+    mel = librosa.feature.melspectrogram(y=samples[:(n - 1) * hop + win], sr=s.sample_rate,
+                                         n_fft=win, hop_length=hop, n_mels=s.n_mels,
+                                         center=False)  # [n_mels, n]
+    return np.log(mel + 1e-10).T.astype(np.float32), n * hop
+
+
 def discover(root: str | Path) -> list[Utterance]:
     """Every audio file under `root` with its label, speaker and take index."""
     root = Path(root)

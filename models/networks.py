@@ -221,6 +221,13 @@ def state_size(model: nn.Module) -> int:
     return sum(c.hidden_size * (2 if isinstance(c, nn.LSTM) else 1) for c in model.cells)
 
 
+def state_bounds(model: nn.Module) -> np.ndarray:
+    """The most each number of a carried state (`state_size`) can be: |h| <= 1 (tanh, or a
+    mix of tanh outputs); an LSTM's cell c has no bound but the steps seen (inf here)."""
+    return np.concatenate([[1.0] * c.hidden_size + (
+        [np.inf] * c.hidden_size if isinstance(c, nn.LSTM) else []) for c in model.cells])
+
+
 def _flat(state) -> torch.Tensor:
     """Layers of h [1, B, H] (or (h, c)) -> [B, state_size]."""
     parts = [p for s in state for p in (s if isinstance(s, tuple) else (s,))]

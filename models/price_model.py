@@ -52,7 +52,7 @@ from data_loaders.prices import (
 from data_loaders.sequences import Normaliser
 from models import stream
 from models.heads import column_names, columns, denormalise, rescale
-from models.networks import carry, forecasts, state_size
+from models.networks import carry, forecasts, state_bounds, state_size
 from models.served import ServedModel, bad, cell, missing, row_id
 
 MODES = ("last", "rolling", "stream")
@@ -351,10 +351,7 @@ def _impossible(arrays: dict, prices: dict, header: dict, bounds: np.ndarray) ->
         return "its features are beyond any prices'"
     if not 0 <= arrays.get("v_before", [0])[0] <= MOST_FEATURE ** 2:
         return "its volatility is beyond any prices'"
-    if "hidden" in arrays and (np.abs(arrays["hidden"]) > np.minimum(
-            bounds, header["steps"] + 1)).any():  # tanh: |h| <= 1; an LSTM's |c| <= steps
-        return "its recurrent state is beyond what the network can reach"
-    return None
+    return stream.unreachable(arrays, bounds, header["steps"])
 
 
 class PriceForecaster(ServedModel):
@@ -394,10 +391,7 @@ class PriceForecaster(ServedModel):
         arrays["context"] = ("float32", width - 1, "rows")  # the last per-step features
         if self.stateful:
             arrays["hidden"] = ("float32", state_size(self.net), None)
-            # |h| <= 1 (tanh); an LSTM's cell c is bounded only by the steps seen
-            self.bounds = np.concatenate([[1.0] * c.hidden_size + (
-                [np.inf] * c.hidden_size if isinstance(c, torch.nn.LSTM) else [])
-                for c in self.net.cells])
+            self.bounds = state_bounds(self.net)
         # context: what the features read back (scale-free) and a window (windowed models)
         rows = (CONTEXT_DAYS if self.scale_free else 0) + (0 if self.stateful else
                                                           self.spec["lookback"])

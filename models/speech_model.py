@@ -13,6 +13,10 @@ short, low confidence, like the non-speech it was trained to reject, or not a wo
 knows; empty otherwise) and one `p_{class}` column per class. speech-forecast:
 `utterance_id`, `l1` (the mean absolute error of predicting each frame `shift` steps
 ahead, normalised log-mel units) and `embedding` (the mean of the top layer's hidden states).
+speech-forecast with params `mode=rolling`: `samples` at the model's rate, framed as they
+come (`audio.stream_frames`, no trimming), and a row per frame: `utterance_id`, `frame`
+and `forecast` (the log-mel frame `shift` frames ahead); `mode=stream`: the same,
+continuing each row's `state` (models/stream.py), the new state on its last row.
 Limits (checked from the file headers before anything is decoded): MAX_ROWS clips and
 MAX_REQUEST_SECONDS of audio per request, MAX_SECONDS and MAX_CLIP_SAMPLES per clip.
 """
@@ -28,12 +32,13 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from data_loaders import audio
 from data_loaders.sequences import Normaliser
+from models import stream
 from models.calibration import UNKNOWN, apply_rule
-from models.networks import by_length, logits_of, pad
+from models.networks import by_length, carry, logits_of, pad, state_bounds, state_size
 from models.served import ServedModel, bad, cell, missing, row_id
 
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
@@ -49,6 +54,8 @@ RATES = (1_000, 384_000)  # Hz: the sample rates a clip may have (384 kHz: studi
 # TypeError); `audio` is the file's bytes in process and its base64 text over REST.
 INPUTS = Schema([ColSpec(AnyType(), c, required=False)
                  for c in ("audio", "samples", "sample_rate", "utterance_id")])
+FORECAST_MODES = ("utterance", "rolling", "stream")  # speech-forecast's params.mode
+MAX_FORECAST_VALUES = 1_000_000  # frames x mel bands in one rolling or stream response
 
 
 class AudioModel(ServedModel):
@@ -261,14 +268,33 @@ class SpeechClassifier(AudioModel):
 
 class SpeechForecaster(AudioModel):
     entry = "speech_forecast_entry.py"
+    carried = ("state",)
 
     @staticmethod
     def signature(spec: dict) -> ModelSignature:
-        return ModelSignature(INPUTS, Schema([ColSpec(DataType.string, "utterance_id"),
-                                              ColSpec(DataType.double, "l1"),
-                                              ColSpec(Array(DataType.double), "embedding")]))
+        inputs = Schema([*INPUTS.inputs, ColSpec(AnyType(), "state", required=False)])
+        outputs = [ColSpec(DataType.string, "utterance_id"), ColSpec(DataType.double, "l1"),
+                   ColSpec(Array(DataType.double), "embedding"),
+                   ColSpec(DataType.long, "frame", required=False),  # rolling and stream
+                   ColSpec(Array(DataType.double), "forecast", required=False),
+                   ColSpec(DataType.string, "state", required=False)]
+        params = ParamSchema([ParamSpec("mode", DataType.string, "utterance")])
+        return ModelSignature(inputs, Schema(outputs), params)
+
+    def setup(self) -> None:
+        super().setup()
+        win, _ = self.settings.frame_sizes()
+        self.layout = stream.Layout(self.identity, {
+            "samples": ("float32", 1, "rows"),  # those not yet framed
+            "hidden": ("float32", state_size(self.net), None)}, win - 1, free_rows=True)
 
     def serve(self, model_input, params: dict) -> pd.DataFrame:
+        mode = params.get("mode") or "utterance"
+        if mode not in FORECAST_MODES:
+            raise bad(f"params.mode must be one of {list(FORECAST_MODES)}, got {mode!r}")
+        if mode != "utterance":
+            return self.frame_forecasts(model_input, mode)
+        _no_state(pd.DataFrame(model_input), mode)
         raw, ids = self.batch(model_input)
         l1, emb = [0.0] * len(raw), [None] * len(raw)
         for group, x, out, lengths in self._forward([self.normalise(f) for f in raw]):
@@ -280,6 +306,86 @@ class SpeechForecaster(AudioModel):
         if not np.isfinite(l1).all() or not np.isfinite(np.concatenate(emb)).all():
             raise bad("the model produced a non-finite error or embedding")
         return pd.DataFrame({"utterance_id": ids, "l1": l1, "embedding": emb})
+
+    def cannot_stream(self) -> str | None:
+        """Why this model cannot forecast frame by frame as audio comes, or None."""
+        if self.settings.features != "logmel":
+            return "its MFCC deltas read frames ahead"
+        if not self.norm:
+            return "it normalises each utterance by the utterance's own mean and std"
+        if getattr(self.net, "bidirectional", False):
+            return "it reads each utterance backwards too"
+        return None
+
+    def frame_forecasts(self, model_input, mode: str) -> pd.DataFrame:
+        """A forecast at every frame of each row's samples (rolling: from a zero state;
+        stream: continuing the row's state, the new one on the series' last row)."""
+        if why := self.cannot_stream():
+            raise bad(f"params.mode {mode!r}: this model cannot forecast frame by frame: {why}")
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if mode != "stream":
+            _no_state(frame, mode)
+        rows = self.rows(frame)
+        ids = [row_id(r, "utterance_id", i) for i, r in enumerate(rows)]
+        states = [stream.decode(cell(r["state"]), self.layout, i)
+                  if mode == "stream" and not missing(cell(r.get("state"))) else None
+                  for i, r in enumerate(rows)]
+        for i, state in enumerate(states):
+            if state and (why := _impossible(state, self.net, ids[i], rows[i])):
+                raise bad(f"row {i}, column 'state': {why}: the state is not one this model "
+                          "returned")
+        new = [self._stream_samples(r, i) for i, r in enumerate(rows)]
+        buffers = [np.concatenate([s[1]["samples"][:, 0], x]) if s else x
+                   for s, x in zip(states, new, strict=True)]
+        framed = [audio.stream_frames(b, self.settings) for b in buffers]
+        count = sum(len(f) for f, _ in framed) * self.settings.n_mels
+        if count > MAX_FORECAST_VALUES:
+            raise bad(f"request has {count:,} forecast values (frames x mel bands); the limit "
+                      f"is {MAX_FORECAST_VALUES:,} per request: send shorter pieces")
+        if mode == "rolling" and (short := [i for i, (f, _) in enumerate(framed) if not len(f)]):
+            raise bad(f"row {short[0]}, column 'samples': shorter than one frame")
+        return self._frames_out(ids, states, buffers, framed, mode == "stream")
+
+    def _frames_out(self, ids, states, buffers, framed, with_state: bool) -> pd.DataFrame:
+        """The response rows: a forecast per frame (raw log-mel); with_state: each series'
+        new state on its last row, which is a row of its own (frame -1, no forecast) when
+        the piece finished no frame."""
+        hidden = [torch.as_tensor(s[1]["hidden"]) if s else None for s in states]
+        ready = [i for i, (f, _) in enumerate(framed) if len(f)]
+        if ready:
+            outs, after = carry(self.net, [torch.as_tensor(self.norm.transform(framed[i][0]))
+                                           for i in ready], [hidden[i] for i in ready])
+            for i, out, h in zip(ready, outs, after, strict=True):
+                framed[i] = (self.norm.inverse_transform(out.numpy()), framed[i][1])
+                hidden[i] = h
+        if not all(np.isfinite(f).all() for f, _ in framed):
+            raise bad("the model produced a non-finite forecast")
+        parts = []
+        for i, (forecast, used) in enumerate(framed):
+            seen = states[i][0]["steps"] if states[i] else 0
+            part = pd.DataFrame({"utterance_id": ids[i], "frame": seen + np.arange(len(forecast)),
+                                 "forecast": list(forecast.astype(np.float64))})
+            if with_state:
+                if not len(part):
+                    part = pd.DataFrame({"utterance_id": [ids[i]], "frame": [-1],
+                                         "forecast": [[]]})
+                part["state"] = ""
+                part.loc[len(part) - 1, "state"] = stream.encode(
+                    self.layout, ids[i], "", seen + len(forecast),
+                    {"samples": buffers[i][used:, None], "hidden": hidden[i].numpy()
+                     if hidden[i] is not None else np.zeros(state_size(self.net), np.float32)})
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+    def _stream_samples(self, row: dict, i: int) -> np.ndarray:
+        """A row's `samples` at the model's rate (resampling a piece alone would not give
+        what resampling the whole gives), checked as `source` checks them."""
+        where, data, _ = self.source(row, i)
+        rate = self.settings.sample_rate
+        if where != "samples" or data[1] != rate:
+            raise bad(f"row {i}, column '{where}': frame by frame, send 'samples' at this "
+                      f"model's {rate} Hz with sample_rate {rate}")
+        return data[0]
 
     def raw_l1(self, model_input) -> np.ndarray:
         """Per utterance, the L1 error in raw feature units (log-mel, not normalised), so
@@ -310,6 +416,24 @@ class SpeechForecaster(AudioModel):
             with torch.no_grad():
                 out, _ = self.net(x)
             yield group, x, out, lengths.tolist()
+
+
+def _no_state(frame: pd.DataFrame, mode: str) -> None:
+    if "state" in frame:
+        sent = [i for i, v in enumerate(frame["state"]) if not missing(cell(v))]
+        if sent:
+            raise bad(f"row {sent[0]}, column 'state': a state is read only with params mode "
+                      f"'stream' (mode is {mode!r})")
+
+
+def _impossible(state, net, sent_id: str, row: dict) -> str | None:
+    """What in a decoded audio state no run of this model can have produced, or None."""
+    header, arrays = state
+    if header["series"] != sent_id and not missing(cell(row.get("utterance_id"))):
+        return f"the state of {header['series']!r}, sent for {sent_id!r}"
+    if (np.abs(arrays["samples"]) > 1.0).any():
+        return "its samples lie outside [-1, 1]"
+    return stream.unreachable(arrays, state_bounds(net), header["steps"])
 
 
 def audio_request(paths: list[Path], ids: list[str]) -> pd.DataFrame:

@@ -45,8 +45,9 @@ class Layout:
 
     model: str
     arrays: dict[str, tuple[str, int, str | None]]  # name -> (dtype, width, "rows" or None)
-    max_rows: int  # a token keeps min(steps, max_rows) rows
+    max_rows: int  # a token keeps min(steps, max_rows) rows (at most max_rows: `free_rows`)
     min_steps: int = 0  # the fewest steps a token can have seen
+    free_rows: bool = False  # rows not tied to steps (audio samples not yet framed)
 
     def nbytes(self, rows: int) -> int:
         return sum(np.dtype(d).itemsize * w * (rows if r else 1)
@@ -95,7 +96,8 @@ def decode(text, layout: Layout, i: int) -> tuple[dict, dict[str, np.ndarray]]:
         raise bad(f"{where}: the checksum does not match: the state is damaged or truncated")
     header = _header(body[:size], where)
     steps, rows = header["steps"], header["rows"]
-    if steps < layout.min_steps or rows != min(steps, layout.max_rows):
+    kept = rows <= layout.max_rows if layout.free_rows else rows == min(steps, layout.max_rows)
+    if steps < layout.min_steps or not kept:
         raise bad(f"{where}: impossible counts: {steps} steps seen, {rows} rows kept")
     if header["model"] != layout.model:
         raise bad(f"{where}: the state of another model ({header['model']!r}); this is "
@@ -126,7 +128,15 @@ def _header(text: bytes, where: str) -> dict:
             type(header[k]) is t for k, t in kinds.items()):
         raise bad(f"{where}: its header is not a state's header (model, series, date, steps, "
                   "rows)")
-    if not 0 <= header["rows"] <= header["steps"] <= MAX_STEPS:  # before any arithmetic
+    if not (0 <= header["rows"] <= MAX_STEPS and 0 <= header["steps"] <= MAX_STEPS):
         raise bad(f"{where}: impossible counts: {header['steps']} steps seen, "
                   f"{header['rows']} rows kept")
     return header
+
+
+def unreachable(arrays: dict, bounds: np.ndarray | None, steps: int) -> str | None:
+    """Why a token's recurrent state (`hidden`) is beyond what the network can reach (each
+    number within `bounds`, an LSTM's cell within the steps seen), or None."""
+    if "hidden" in arrays and (np.abs(arrays["hidden"]) > np.minimum(bounds, steps + 1)).any():
+        return "its recurrent state is beyond what the network can reach"
+    return None
