@@ -41,7 +41,8 @@ MAX_ID = 256  # characters of a series_id or utterance_id
 
 
 def missing(value) -> bool:
-    return value is None or (np.isscalar(value) and pd.isna(value))
+    """None, NaN, NaT or pandas' NA (a null in a nullable or Arrow column)."""
+    return value is None or value is pd.NA or (np.isscalar(value) and pd.isna(value))
 
 
 def cell(value):

@@ -330,8 +330,13 @@ class SpeechForecaster(AudioModel):
         states = [stream.decode(cell(r["state"]), self.layout, i)
                   if mode == "stream" and not missing(cell(r.get("state"))) else None
                   for i, r in enumerate(rows)]
+        sent = [i_d if isinstance(cell(r.get("utterance_id")), str) else ""
+                for i_d, r in zip(ids, rows, strict=True)]  # "": no utterance_id sent
         for i, state in enumerate(states):
-            if state and (why := _impossible(state, self.net, ids[i], rows[i])):
+            if state and state[0]["series"] and sent[i] and state[0]["series"] != sent[i]:
+                raise bad(f"row {i}, column 'state': the state of {state[0]['series']!r}, "
+                          f"sent for {sent[i]!r}")
+            if state and (why := _impossible(state, self.net)):
                 raise bad(f"row {i}, column 'state': {why}: the state is not one this model "
                           "returned")
         new = [self._stream_samples(r, i) for i, r in enumerate(rows)]
@@ -344,9 +349,9 @@ class SpeechForecaster(AudioModel):
                       f"is {MAX_FORECAST_VALUES:,} per request: send shorter pieces")
         if mode == "rolling" and (short := [i for i, (f, _) in enumerate(framed) if not len(f)]):
             raise bad(f"row {short[0]}, column 'samples': shorter than one frame")
-        return self._frames_out(ids, states, buffers, framed, mode == "stream")
+        return self._frames_out(ids, sent, states, buffers, framed, mode == "stream")
 
-    def _frames_out(self, ids, states, buffers, framed, with_state: bool) -> pd.DataFrame:
+    def _frames_out(self, ids, sent, states, buffers, framed, with_state: bool) -> pd.DataFrame:
         """The response rows: a forecast per frame (raw log-mel); with_state: each series'
         new state on its last row, which is a row of its own (frame -1, no forecast) when
         the piece finished no frame."""
@@ -371,7 +376,7 @@ class SpeechForecaster(AudioModel):
                                          "forecast": [[]]})
                 part["state"] = ""
                 part.loc[len(part) - 1, "state"] = stream.encode(
-                    self.layout, ids[i], "", seen + len(forecast),
+                    self.layout, sent[i], "", seen + len(forecast),
                     {"samples": buffers[i][used:, None], "hidden": hidden[i].numpy()
                      if hidden[i] is not None else np.zeros(state_size(self.net), np.float32)})
             parts.append(part)
@@ -380,6 +385,8 @@ class SpeechForecaster(AudioModel):
     def _stream_samples(self, row: dict, i: int) -> np.ndarray:
         """A row's `samples` at the model's rate (resampling a piece alone would not give
         what resampling the whole gives), checked as `source` checks them."""
+        if not missing(values := row.get("samples")) and np.size(values) == 0:
+            raise bad(f"row {i}, column 'samples': no samples: a piece has at least one")
         where, data, _ = self.source(row, i)
         rate = self.settings.sample_rate
         if where != "samples" or data[1] != rate:
@@ -426,13 +433,11 @@ def _no_state(frame: pd.DataFrame, mode: str) -> None:
                       f"'stream' (mode is {mode!r})")
 
 
-def _impossible(state, net, sent_id: str, row: dict) -> str | None:
+def _impossible(state, net) -> str | None:
     """What in a decoded audio state no run of this model can have produced, or None."""
     header, arrays = state
-    if header["series"] != sent_id and not missing(cell(row.get("utterance_id"))):
-        return f"the state of {header['series']!r}, sent for {sent_id!r}"
-    if (np.abs(arrays["samples"]) > 1.0).any():
-        return "its samples lie outside [-1, 1]"
+    if (np.abs(arrays["samples"]) > audio.MAX_AMPLITUDE).any():  # what a piece may send
+        return f"its samples lie beyond ±{audio.MAX_AMPLITUDE:g}"
     return stream.unreachable(arrays, state_bounds(net), header["steps"])
 
 

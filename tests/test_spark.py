@@ -92,7 +92,8 @@ def test_a_daily_job_streams_in_spark_with_one_state_per_series(store):
     Each day's output has one row per series, the forecasts one rolling pass gives."""
     frames = {n: read_price_csv(PRICES / f"{n}.csv")[0].iloc[-300:] for n in ("SPY", "AAPL")}
     columns = ["close", "high", "low", "volume"]
-    days = [pd.DataFrame([request_row(f.iloc[:-2], n, columns) for n, f in frames.items()])]
+    days = [pd.DataFrame([request_row(f.iloc[:-2], n, columns) | {"state": None}
+                          for n, f in frames.items()])]  # a column of nulls: all start
     uri = f"sqlite:///{store / 'mlflow.db'}"
     outputs = []
     for k in range(2):

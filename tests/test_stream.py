@@ -185,6 +185,15 @@ def test_tokens_of_another_model_or_version_and_impossible_content_are_refused(d
         assert text.startswith("row 1, column 'state':") and message in text, (message, text)
 
 
+@pytest.mark.parametrize("null", [None, np.nan, pd.NA])
+def test_a_null_state_starts_the_series(demo, null):
+    """A null, whatever form the column gives it (a Parquet column of nulls: pd.NA)."""
+    row = series(days=80)
+    fresh = demo.predict(None, pd.DataFrame([row]), {"mode": "stream"})
+    frame = pd.DataFrame([row | {"state": null}]).astype({"state": "object"})
+    pd.testing.assert_frame_equal(demo.predict(None, frame, {"mode": "stream"}), fresh)
+
+
 def test_dates_must_continue_and_a_state_needs_mode_stream(demo):
     row = series(days=130)
     token = state_of(demo, row, 120)

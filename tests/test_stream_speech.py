@@ -84,7 +84,7 @@ def test_bad_audio_states_and_models_that_cannot_stream_are_named(tmp_path):
     samples = audio()
     state = model.predict(None, request(samples[:1000]), {"mode": "stream"}).state.iloc[-1]
     cases = {
-        "row 0, column 'state': the state of 'u1', sent for 'u2'":
+        "row 0, column 'state': the state of 'u1', sent for 'u2' (utterance_id 'u2')":
             request(samples[1000:2000], state, uid="u2"),
         "row 0, column 'state': a state is read only with params mode 'stream'":
             request(samples[1000:2000], state),
@@ -99,6 +99,9 @@ def test_bad_audio_states_and_models_that_cannot_stream_are_named(tmp_path):
         with pytest.raises(MlflowException) as err:
             model.predict(None, frame, params)
         assert err.value.message.startswith(message), err.value.message
+    nothing = request(np.zeros(0), state)
+    with pytest.raises(MlflowException, match="^row 0, column 'samples': no samples: a piece"):
+        model.predict(None, nothing, {"mode": "stream"})
     cmvn = forecaster(tmp_path / "c", normalise="utterance")
     cmvn.norm = None  # per-utterance statistics: what a model without a normaliser has
     with pytest.raises(MlflowException, match="cannot forecast frame by frame: it normalises"):
@@ -125,3 +128,17 @@ def test_audio_streams_over_the_real_server(tmp_path):
             want = predict(request(samples), {"mode": "rolling"})
             got = streamed(predict, samples, [0, 37, 1000, 1001, 3333, 5000, len(samples)])
     assert_same(got, want)
+
+
+def test_a_state_continues_what_the_model_accepted(tmp_path):
+    """Samples a little beyond ±1 (int16's -32768 / 32767) carried in a state, and a row
+    without an utterance_id (its state then names no utterance), continue."""
+    model = forecaster(tmp_path)
+    samples = audio()
+    samples[990] = -32768 / 32767
+    whole = model.predict(None, request(samples), {"mode": "rolling"})
+    first = model.predict(None, request(samples[:1000]).drop(columns="utterance_id"),
+                          {"mode": "stream"})
+    rest = model.predict(None, request(samples[1000:], first.state.iloc[-1]),
+                         {"mode": "stream"})
+    assert_same(pd.concat([first, rest], ignore_index=True), whole)
