@@ -61,7 +61,7 @@ def measure(own, frame: pd.DataFrame, steps: int) -> dict:
         stream_ms.append(median_ms(lambda: own.predict(None, today, {"mode": "stream"}), 10))
         last_ms.append(median_ms(lambda: own.predict(None, whole, {"mode": "last"}), 1))
     return {"history": steps, "stream_ms": statistics.median(stream_ms),
-            "last_ms": statistics.median(last_ms), "token_bytes": len(state)}
+            "last_ms": statistics.median(last_ms), "token_chars": len(state)}
 
 
 def main() -> None:
