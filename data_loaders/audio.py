@@ -215,6 +215,12 @@ def frames(samples: np.ndarray, s: FeatureSettings) -> np.ndarray:
     return np.concatenate([mfcc, *deltas]).T.astype(np.float32)  # [3 * n_mfcc, T] -> [T, F]
 
 
+def whole_frames(n_samples: int, s: FeatureSettings) -> int:
+    """How many frames `stream_frames` makes of this many samples."""
+    win, hop = s.frame_sizes()
+    return 0 if n_samples < win else 1 + (n_samples - win) // hop
+
+
 def stream_frames(samples: np.ndarray, s: FeatureSettings) -> tuple[np.ndarray, int]:
     """Log-mel frames float32 [T, n_mels] of every whole window in `samples` (frame k reads
     samples k*hop .. k*hop + win, not centred: no frame waits for samples after its
@@ -223,7 +229,7 @@ def stream_frames(samples: np.ndarray, s: FeatureSettings) -> tuple[np.ndarray, 
     import librosa
 
     win, hop = s.frame_sizes()
-    n = 0 if len(samples) < win else 1 + (len(samples) - win) // hop
+    n = whole_frames(len(samples), s)
     if n == 0:
         return np.zeros((0, s.n_mels), np.float32), 0
     mel = librosa.feature.melspectrogram(y=samples[:(n - 1) * hop + win], sr=s.sample_rate,

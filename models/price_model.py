@@ -53,7 +53,7 @@ from data_loaders.sequences import Normaliser
 from models import stream
 from models.heads import column_names, columns, denormalise, rescale
 from models.networks import carry, forecasts, state_bounds, state_size
-from models.served import ServedModel, bad, cell, missing, row_id
+from models.served import ServedModel, bad, cell, missing, row_id, sent_id
 
 MODES = ("last", "rolling", "stream")
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
@@ -524,7 +524,8 @@ class PriceForecaster(ServedModel):
             raise bad(f"params.mode must be one of {list(MODES)}, got {mode!r}")
         rows = self.rows(model_input)
         if mode != "stream":
-            sent = next((i for i, r in enumerate(rows) if not missing(r.get("state"))), None)
+            sent = next((i for i, r in enumerate(rows) if not missing(cell(r.get("state")))),
+                        None)
             if sent is not None:
                 raise bad(f"row {sent}, column 'state': a state is read only with params "
                           f"mode 'stream' (mode is {mode!r})")
@@ -545,17 +546,14 @@ class PriceForecaster(ServedModel):
                   stream.decode(cell(r["state"]), self.layout, i) for i, r in enumerate(rows)]
         series = self._series(rows, [1 if s else self.first_prices() for s in states])
         dates = _dates(rows, [len(s["prices"]["adj_close"]) for s in series])
-        for i, (state, sent) in enumerate(zip(states, dates, strict=True)):
+        ids = [sent_id(r, "series_id") for r in rows]
+        for i, state in enumerate(states):
             if state:
-                _continues(state[0], cell(rows[i].get("series_id")) if isinstance(
-                    cell(rows[i].get("series_id")), str) else "", sent, i)
-                why = _impossible(state[1], series[i]["prices"], state[0], self.bounds)
-                if why:
+                _continues(state[0], ids[i], dates[i], i)
+                if why := _impossible(state[1], series[i]["prices"], state[0], self.bounds):
                     raise bad(f"row {i}, column 'state': {why}: the state is not one this "
                               "model returned")
         parts = [self._continue(s, state) for s, state in zip(series, states, strict=True)]
-        ids = [s["id"] if isinstance(cell(r.get("series_id")), str) else ""
-               for s, r in zip(series, rows, strict=True)]  # "": no series_id sent
         hidden = [None] * len(parts)
         if self.stateful:
             hidden = [torch.as_tensor(state[1]["hidden"]) if state else None for state in states]

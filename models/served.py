@@ -65,6 +65,12 @@ def row_id(row: dict, column: str, i: int) -> str:
     return value
 
 
+def sent_id(row: dict, column: str) -> str:
+    """The id a row sent in `column` ("" when it sent none): what a stream's state names."""
+    value = cell(row.get(column))
+    return value if isinstance(value, str) else ""
+
+
 class ServedModel(mlflow.pyfunc.PythonModel):
     """Loads the stored files; `rows()` checks the batch. A subclass names its
     models-from-code `entry` file (in models/), its `signature(spec)` and its

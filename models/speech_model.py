@@ -39,7 +39,7 @@ from data_loaders.sequences import Normaliser
 from models import stream
 from models.calibration import UNKNOWN, apply_rule
 from models.networks import by_length, carry, logits_of, pad, state_bounds, state_size
-from models.served import ServedModel, bad, cell, missing, row_id
+from models.served import ServedModel, bad, cell, missing, row_id, sent_id
 
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
 # 60 s scoring timeout on two cores with well under 1 GB of memory: 600 s of 44.1 kHz
@@ -330,8 +330,7 @@ class SpeechForecaster(AudioModel):
         states = [stream.decode(cell(r["state"]), self.layout, i)
                   if mode == "stream" and not missing(cell(r.get("state"))) else None
                   for i, r in enumerate(rows)]
-        sent = [i_d if isinstance(cell(r.get("utterance_id")), str) else ""
-                for i_d, r in zip(ids, rows, strict=True)]  # "": no utterance_id sent
+        sent = [sent_id(r, "utterance_id") for r in rows]
         for i, state in enumerate(states):
             if state and state[0]["series"] and sent[i] and state[0]["series"] != sent[i]:
                 raise bad(f"row {i}, column 'state': the state of {state[0]['series']!r}, "
@@ -342,13 +341,14 @@ class SpeechForecaster(AudioModel):
         new = [self._stream_samples(r, i) for i, r in enumerate(rows)]
         buffers = [np.concatenate([s[1]["samples"][:, 0], x]) if s else x
                    for s, x in zip(states, new, strict=True)]
-        framed = [audio.stream_frames(b, self.settings) for b in buffers]
-        count = sum(len(f) for f, _ in framed) * self.settings.n_mels
+        frames = [audio.whole_frames(len(b), self.settings) for b in buffers]
+        count = sum(frames) * self.settings.n_mels  # checked before any framing
         if count > MAX_FORECAST_VALUES:
             raise bad(f"request has {count:,} forecast values (frames x mel bands); the limit "
                       f"is {MAX_FORECAST_VALUES:,} per request: send shorter pieces")
-        if mode == "rolling" and (short := [i for i, (f, _) in enumerate(framed) if not len(f)]):
-            raise bad(f"row {short[0]}, column 'samples': shorter than one frame")
+        if mode == "rolling" and 0 in frames:
+            raise bad(f"row {frames.index(0)}, column 'samples': shorter than one frame")
+        framed = [audio.stream_frames(b, self.settings) for b in buffers]
         return self._frames_out(ids, sent, states, buffers, framed, mode == "stream")
 
     def _frames_out(self, ids, sent, states, buffers, framed, with_state: bool) -> pd.DataFrame:

@@ -99,6 +99,10 @@ def test_bad_audio_states_and_models_that_cannot_stream_are_named(tmp_path):
         with pytest.raises(MlflowException) as err:
             model.predict(None, frame, params)
         assert err.value.message.startswith(message), err.value.message
+    minute = np.zeros(60 * RATE)
+    five = pd.concat([request(minute, uid=f"u{k}") for k in range(5)], ignore_index=True)
+    with pytest.raises(MlflowException, match="^request has 1,199,600 forecast values"):
+        model.predict(None, five, {"mode": "rolling"})  # 5 x 5,998 frames x 40 bands
     nothing = request(np.zeros(0), state)
     with pytest.raises(MlflowException, match="^row 0, column 'samples': no samples: a piece"):
         model.predict(None, nothing, {"mode": "stream"})
