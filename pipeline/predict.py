@@ -145,7 +145,9 @@ def main(argv=None):
     states = Path(p.states).expanduser().resolve() if p.states else None
     if states:
         read_states(states, requests)
-    out = predict_rows(model, requests, {"mode": p.mode} if takes_mode else None)
+    given = any(a == "--mode" or a.startswith("--mode=") for a in argv)
+    # the mode as given; else the model's own default (speech-forecast's is not `last`)
+    out = predict_rows(model, requests, {"mode": p.mode} if takes_mode and given else None)
     write_table(out, Path(p.output).expanduser().resolve())
     if states:  # after the predictions: a failure before leaves the old states
         write_states(states, out)

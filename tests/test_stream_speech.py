@@ -146,3 +146,25 @@ def test_a_state_continues_what_the_model_accepted(tmp_path):
     rest = model.predict(None, request(samples[1000:], first.state.iloc[-1]),
                          {"mode": "stream"})
     assert_same(pd.concat([first, rest], ignore_index=True), whole)
+
+
+def test_batch_predict_without_a_mode_takes_the_model_s_default(tmp_path):
+    """`predict` sends `mode` only when given: speech-forecast's default is per utterance
+    (a price model's `last` would be refused)."""
+    from models.speech_model import audio_request
+    from pipeline import predict
+    from tests.conftest import FSDD
+
+    wav = sorted(FSDD.glob("*.wav"))[:2]
+    model = forecaster(tmp_path / "m")
+    with fresh_store(tmp_path):
+        mlflow.set_experiment("speech-predict")
+        with mlflow.start_run() as run:
+            log_served(SpeechForecaster, model.net, model.spec, model.normaliser,
+                       audio_request(wav[:1], ["a"]))
+        (tmp_path / "in").mkdir()
+        for w in wav:
+            (tmp_path / "in" / w.name).write_bytes(w.read_bytes())
+        out = predict.main(["--model_uri", f"runs:/{run.info.run_id}/model", "--input",
+                            str(tmp_path / "in"), "--output", str(tmp_path / "o.csv")])
+    assert list(out.columns) == ["utterance_id", "l1", "embedding"] and len(out) == 2
