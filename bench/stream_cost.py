@@ -55,7 +55,7 @@ def measure(own, frame: pd.DataFrame, steps: int) -> dict:
     state = state_after(own, row, steps - 1)
     today = pd.DataFrame([{k: v[steps - 1:] if isinstance(v, list) else v
                            for k, v in row.items()} | {"state": state}])
-    whole = pd.DataFrame([{k: v for k, v in row.items()}])
+    whole = pd.DataFrame([row])
     stream_ms, last_ms = [], []
     for _ in range(3):  # alternated: 10 stream calls, then one last call
         stream_ms.append(median_ms(lambda: own.predict(None, today, {"mode": "stream"}), 10))

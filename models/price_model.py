@@ -53,7 +53,7 @@ from data_loaders.sequences import Normaliser
 from models import stream
 from models.heads import column_names, columns, denormalise, rescale
 from models.networks import carry, forecasts, state_bounds, state_size
-from models.served import ServedModel, bad, cell, missing, row_id, sent_id
+from models.served import ServedModel, bad, cell, missing, no_state, row_id, sent_id, short
 
 MODES = ("last", "rolling", "stream")
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
@@ -110,7 +110,7 @@ def _numbers(row: dict, name: str, i: int) -> np.ndarray:
         return arr.astype(np.float64, copy=False)
     except OverflowError:  # a whole number past float64 (JSON allows 10**400)
         k = next(k for k, v in enumerate(values) if not _fits_float(v))
-        raise bad(f"row {i}, column '{name}': position {k}: {_short(values[k])} is too large "
+        raise bad(f"row {i}, column '{name}': position {k}: {short(values[k])} is too large "
                   "for a number") from None
 
 
@@ -128,7 +128,7 @@ def _not_a_number(values, name: str, i: int) -> None:
               or not isinstance(v, int | float | np.number)), None)
     if k is not None:
         raise bad(f"row {i}, column '{name}': position {k}: expected a number, "
-                  f"got {_short(values[k])}")
+                  f"got {short(values[k])}")
 
 
 def _check_values(rows: list[dict], columns: dict[str, list[np.ndarray]]) -> None:
@@ -172,11 +172,6 @@ def _value_error(arr: np.ndarray, name: str, i: int, low: float, high: float):
     raise bad(f"row {i}, column '{name}': {rule}, got {value} at position {k}")
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _dates(rows: list[dict], lengths: list[int]) -> list[list | None]:
     """The `dates` of every row (None where not sent), checked: ISO date strings, one
     per price, strictly increasing. Checked for all rows at once: cheaper per date."""
@@ -208,7 +203,7 @@ def _check_dates(given: dict[int, list]) -> None:
         i, k = next((i, k) for i, values in given.items() for k, v in enumerate(values)
                     if not isinstance(v, str))
         raise bad(f"row {i}, column 'dates': position {k}: expected an ISO date "
-                  f"string, got {_short(given[i][k])}") from None
+                  f"string, got {short(given[i][k])}") from None
     starts = np.cumsum([0] + [len(v) for v in given.values()])
     rows_of = list(given)
 
@@ -229,9 +224,9 @@ def _check_dates(given: dict[int, list]) -> None:
         i, k, values = where(bad_at[0] if unread else order[0])
         at = f"row {i}, column 'dates': position {k}"
         if unread:
-            raise bad(f"{at}: cannot read {_short(values[k])} as an ISO date (YYYY-MM-DD, "
+            raise bad(f"{at}: cannot read {short(values[k])} as an ISO date (YYYY-MM-DD, "
                       "years 1800-2299)")
-        raise bad(f"{at}: {_short(values[k])} is not after {_short(values[k - 1])}; "
+        raise bad(f"{at}: {short(values[k])} is not after {short(values[k - 1])}; "
                   "dates must be strictly increasing (oldest first)")
 
 
@@ -315,21 +310,19 @@ def _iso_date(text: str) -> np.datetime64:
 def _continues(header: dict, sent: str, dates: list | None, i: int) -> None:
     """A streamed row continues its state's series: the same series_id (when both have
     one) and dates after the state's last date (when the state has one)."""
-    if header["series"] and sent and header["series"] != sent:
-        raise bad(f"row {i}, column 'state': the state of series {_short(header['series'])}, "
-                  f"sent for {_short(sent)}")
+    stream.same_series(header, sent, i, "series ")
     if not header["date"]:
         return
     date = header["date"]
     last = _iso_date(date) if len(date) <= 40 and date.isprintable() else np.datetime64("NaT")
     if np.isnat(last) or not YEARS[0] <= last < YEARS[1] or date.lower() in ("now", "today"):
-        raise bad(f"row {i}, column 'state': its last date {_short(date)} is not a date: "
+        raise bad(f"row {i}, column 'state': its last date {short(date)} is not a date: "
                   "the state is not one this model returned")
     if dates is None:
         raise bad(f"row {i}, column 'dates': this series' state ends at {date}: send the "
                   "new prices' dates")
     if _iso_date(dates[0]) <= last:
-        raise bad(f"row {i}, column 'dates': position 0: {_short(dates[0])} does not continue "
+        raise bad(f"row {i}, column 'dates': position 0: {short(dates[0])} does not continue "
                   f"the series, whose state ends at {date}")
 
 
@@ -492,15 +485,21 @@ class PriceForecaster(ServedModel):
         anchors = [np.arange(lookback - 1 if mode == "rolling" else len(x) - 1, len(x))
                    for x in xs]
         preds = forecasts(self.net, xs, anchors, self.stateful, lookback)
-        values = denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm)
-        if self.scale_free:
-            values = rescale(values, np.concatenate([s[a] for s, a in zip(scales, anchors,
-                                                                            strict=True)]))
+        values = self._values(preds, [s[a] if self.scale_free else None
+                                      for s, a in zip(scales, anchors, strict=True)])
         # feature step t is known at price t+1 (counted from the first price sent)
         steps = [a + len(s["prices"]["adj_close"]) - len(x)
                  for a, s, x in zip(anchors, series, xs, strict=True)]
-        return self._frame(series, columns(self.spec, values), steps,
+        return self._frame(series, values, steps,
                            [_dates_at(d, st) for d, st in zip(dates, steps, strict=True)])
+
+    def _values(self, preds: list[torch.Tensor], scales: list) -> dict[str, np.ndarray]:
+        """The forecast columns of the network's outputs [N_i, out] per series, in price
+        units (a scale-free model's: times each step's trailing volatility in `scales`)."""
+        values = denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm)
+        if self.scale_free:
+            values = rescale(values, np.concatenate(scales))
+        return columns(self.spec, values)
 
     @staticmethod
     def _frame(series: list[dict], values: dict[str, np.ndarray], steps: list[np.ndarray],
@@ -524,11 +523,7 @@ class PriceForecaster(ServedModel):
             raise bad(f"params.mode must be one of {list(MODES)}, got {mode!r}")
         rows = self.rows(model_input)
         if mode != "stream":
-            sent = next((i for i, r in enumerate(rows) if not missing(cell(r.get("state")))),
-                        None)
-            if sent is not None:
-                raise bad(f"row {sent}, column 'state': a state is read only with params "
-                          f"mode 'stream' (mode is {mode!r})")
+            no_state([r.get("state") for r in rows], mode)
         last_only = params.get("last_only") or False
         if last_only not in (True, False) or last_only and mode != "stream":
             raise bad(f"params.last_only is true or false, and true only with mode 'stream'; "
@@ -563,12 +558,11 @@ class PriceForecaster(ServedModel):
             preds = forecasts(self.net, [p["x"] for p in parts],
                               [np.arange(p["first"], len(p["x"])) for p in parts], False,
                               self.spec["lookback"])
-        values = denormalise(torch.cat(preds).numpy(), self.spec, self.y_norm)
-        if self.scale_free:
-            values = rescale(values, np.concatenate([p["scale"][p["first"]:] for p in parts]))
+        values = self._values(preds, [p["scale"][p["first"]:] if self.scale_free else None
+                                      for p in parts])
         counts = [len(p["x"]) - p["first"] for p in parts]  # the last `count` prices sent
         out = self._frame(
-            series, columns(self.spec, values),
+            series, values,
             [p["steps"] + 1 + np.arange(p["first"], len(p["x"])) - p["new"] for p in parts],
             [_dates_at(d, np.arange(len(s["prices"]["adj_close"]) - n,
                                     len(s["prices"]["adj_close"])))

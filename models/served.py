@@ -65,6 +65,20 @@ def row_id(row: dict, column: str, i: int) -> str:
     return value
 
 
+def short(value) -> str:
+    """A value for a message: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def no_state(states, mode: str) -> None:
+    """Refuse a `state` (the values of that column, row by row) outside mode stream."""
+    sent = next((i for i, v in enumerate(states) if not missing(cell(v))), None)
+    if sent is not None:
+        raise bad(f"row {sent}, column 'state': a state is read only with params mode "
+                  f"'stream' (mode is {mode!r})")
+
+
 def sent_id(row: dict, column: str) -> str:
     """The id a row sent in `column` ("" when it sent none): what a stream's state names."""
     value = cell(row.get(column))

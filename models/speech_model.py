@@ -39,7 +39,7 @@ from data_loaders.sequences import Normaliser
 from models import stream
 from models.calibration import UNKNOWN, apply_rule
 from models.networks import by_length, carry, logits_of, pad, state_bounds, state_size
-from models.served import ServedModel, bad, cell, missing, row_id, sent_id
+from models.served import ServedModel, bad, cell, missing, no_state, row_id, sent_id
 
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
 # 60 s scoring timeout on two cores with well under 1 GB of memory: 600 s of 44.1 kHz
@@ -294,7 +294,8 @@ class SpeechForecaster(AudioModel):
             raise bad(f"params.mode must be one of {list(FORECAST_MODES)}, got {mode!r}")
         if mode != "utterance":
             return self.frame_forecasts(model_input, mode)
-        _no_state(pd.DataFrame(model_input), mode)
+        frame = pd.DataFrame(model_input)
+        no_state(frame["state"] if "state" in frame else [], mode)
         raw, ids = self.batch(model_input)
         l1, emb = [0.0] * len(raw), [None] * len(raw)
         for group, x, out, lengths in self._forward([self.normalise(f) for f in raw]):
@@ -324,7 +325,7 @@ class SpeechForecaster(AudioModel):
             raise bad(f"params.mode {mode!r}: this model cannot forecast frame by frame: {why}")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if mode != "stream":
-            _no_state(frame, mode)
+            no_state(frame["state"] if "state" in frame else [], mode)
         rows = self.rows(frame)
         ids = [row_id(r, "utterance_id", i) for i, r in enumerate(rows)]
         states = [stream.decode(cell(r["state"]), self.layout, i)
@@ -332,9 +333,8 @@ class SpeechForecaster(AudioModel):
                   for i, r in enumerate(rows)]
         sent = [sent_id(r, "utterance_id") for r in rows]
         for i, state in enumerate(states):
-            if state and state[0]["series"] and sent[i] and state[0]["series"] != sent[i]:
-                raise bad(f"row {i}, column 'state': the state of {state[0]['series']!r}, "
-                          f"sent for {sent[i]!r}")
+            if state:
+                stream.same_series(state[0], sent[i], i)
             if state and (why := _impossible(state, self.net)):
                 raise bad(f"row {i}, column 'state': {why}: the state is not one this model "
                           "returned")
@@ -423,14 +423,6 @@ class SpeechForecaster(AudioModel):
             with torch.no_grad():
                 out, _ = self.net(x)
             yield group, x, out, lengths.tolist()
-
-
-def _no_state(frame: pd.DataFrame, mode: str) -> None:
-    if "state" in frame:
-        sent = [i for i, v in enumerate(frame["state"]) if not missing(cell(v))]
-        if sent:
-            raise bad(f"row {sent[0]}, column 'state': a state is read only with params mode "
-                      f"'stream' (mode is {mode!r})")
 
 
 def _impossible(state, net) -> str | None:

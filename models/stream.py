@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.served import bad
+from models.served import bad, short
 
 MAGIC, VERSION = b"RNNS", 1
 PREFIX = struct.Struct("<4sBIH")  # magic, version, crc32, header length
@@ -140,3 +140,10 @@ def unreachable(arrays: dict, bounds: np.ndarray | None, steps: int) -> str | No
     if "hidden" in arrays and (np.abs(arrays["hidden"]) > np.minimum(bounds, steps + 1)).any():
         return "its recurrent state is beyond what the network can reach"
     return None
+
+
+def same_series(header: dict, sent: str, i: int, noun: str = "") -> None:
+    """A state continues the series it names, when both it and the row name one."""
+    if header["series"] and sent and header["series"] != sent:
+        raise bad(f"row {i}, column 'state': the state of {noun}{short(header['series'])}, "
+                  f"sent for {short(sent)}")

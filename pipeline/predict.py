@@ -139,13 +139,13 @@ def main(argv=None):
         raise FileNotFoundError(f"input: {source} does not exist")
     requests = task.requests(source, spec, p.repair)
     takes_mode = model.metadata.get_params_schema() is not None
-    if not takes_mode and ("--mode" in argv or "--repair" in argv):
+    given = any(a == "--mode" or a.startswith("--mode=") for a in argv)
+    if not takes_mode and (given or "--repair" in argv):
         raise cli.UsageError(f"mode and repair are options of price models; {p.model_uri} "
                              f"is a {task.name} model")
     states = Path(p.states).expanduser().resolve() if p.states else None
     if states:
         read_states(states, requests)
-    given = any(a == "--mode" or a.startswith("--mode=") for a in argv)
     # the mode as given; else the model's own default (speech-forecast's is not `last`)
     out = predict_rows(model, requests, {"mode": p.mode} if takes_mode and given else None)
     write_table(out, Path(p.output).expanduser().resolve())

@@ -116,7 +116,7 @@ def refused(model, row: dict, params=None) -> str:
     return err.value.message
 
 
-def forged(model, token: str, **changes) -> str:
+def forged(token: str, **changes) -> str:
     """The token with header fields or bytes changed and a valid checksum again."""
     raw = base64.b64decode(token)
     magic, version, _, size = stream.PREFIX.unpack_from(raw)
@@ -162,22 +162,22 @@ def test_tokens_of_another_model_or_version_and_impossible_content_are_refused(d
     other = price_forecaster(tmp_path, bptt="truncated", cell="lstm")
     cases = {
         "another model": (other, token),
-        "format version 7": (demo, forged(demo, token, version=7)),
-        "impossible counts": (demo, forged(demo, token, header={"steps": -3})),
-        "impossible counts: 3 steps": (demo, forged(demo, token, header={"steps": 3})),
-        "its last high is -1": (demo, forged(demo, token, arrays=struct.pack(
+        "format version 7": (demo, forged(token, version=7)),
+        "impossible counts": (demo, forged(token, header={"steps": -3})),
+        "impossible counts: 3 steps": (demo, forged(token, header={"steps": 3})),
+        "its last high is -1": (demo, forged(token, arrays=struct.pack(
             "<d", -1.0) + base64.b64decode(token)[-(demo.layout.nbytes(0)) + 8:])),
-        "header is not a state's header": (demo, forged(demo, token, header={"extra": 1})),
-        "other shapes": (demo, forged(demo, token, arrays=b"\0" * 12)),
-        "NaN or infinity in its hidden": (demo, forged(demo, token, arrays=base64.b64decode(
+        "header is not a state's header": (demo, forged(token, header={"extra": 1})),
+        "other shapes": (demo, forged(token, arrays=b"\0" * 12)),
+        "NaN or infinity in its hidden": (demo, forged(token, arrays=base64.b64decode(
             token)[-(demo.layout.nbytes(0)):-4] + struct.pack("<f", float("nan")))),
-        "is not a date": (demo, forged(demo, token, header={"date": "yesterday"})),
-        "its last date 'today'": (demo, forged(demo, token, header={"date": "today"})),
-        "the state of series 'AAPL', sent for 'SPY'": (demo, forged(demo, token, header={
+        "is not a date": (demo, forged(token, header={"date": "yesterday"})),
+        "its last date 'today'": (demo, forged(token, header={"date": "today"})),
+        "the state of series 'AAPL', sent for 'SPY'": (demo, forged(token, header={
             "series": "AAPL"})),
-        "its recurrent state is beyond": (demo, forged(demo, token, arrays=base64.b64decode(
+        "its recurrent state is beyond": (demo, forged(token, arrays=base64.b64decode(
             token)[-(demo.layout.nbytes(0)):-4] + struct.pack("<f", 1e30))),
-        "its last high is below its last low": (demo, forged(demo, token, arrays=struct.pack(
+        "its last high is below its last low": (demo, forged(token, arrays=struct.pack(
             "<dd", 1.0, 2.0) + base64.b64decode(token)[-(demo.layout.nbytes(0)) + 16:])),
     }
     for message, (model, bad_token) in cases.items():

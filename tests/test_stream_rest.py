@@ -18,18 +18,14 @@ from mlflow_server import post, serving
 from models.price_model import PriceForecaster
 from models.served import log_served
 from tests.conftest import ROOT, fresh_store, price_forecaster
+from tests.test_serving import split_body
 from tests.test_stream import KINDS, assert_same, piece, series
 
 pytestmark = pytest.mark.slow
 
 
-def split_body(rows: list[dict], **params) -> dict:
-    frame = pd.DataFrame(rows)
-    return {"dataframe_split": frame.to_dict(orient="split", index=False), "params": params}
-
-
 def predictions(url: str, rows: list[dict], **params) -> pd.DataFrame:
-    status, text = post(url, split_body(rows, **params))
+    status, text = post(url, split_body(pd.DataFrame(rows), **params))
     assert status == 200, text[-500:]
     return pd.DataFrame(json.loads(text)["predictions"])
 
