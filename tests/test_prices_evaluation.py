@@ -51,7 +51,7 @@ def test_a_normal_forecast_is_scored_by_the_variance_it_implies(tmp_path):
     f.save(tmp_path / "f.npz")
     again = Forecasts.load(tmp_path / "f.npz")
     assert evaluation.table(again, "volatility", 5, QS) == table
-    assert evaluation.per_series(again, "volatility", QS).model[0] == \
+    assert evaluation.per_series(again, "volatility", QS, 5).model[0] == \
         pytest.approx(table["model"]["qlike"])
 
 
@@ -72,7 +72,7 @@ def test_pooled_folds_score_like_one_split_and_survive_saving(tmp_path):
     again = Forecasts.concat([Forecasts.load(tmp_path / "a.npz"), b])
     assert evaluation.table(again, "volatility", 5, QS) == \
            evaluation.table(pooled, "volatility", 5, QS)
-    rows = evaluation.per_series(pooled, "volatility", QS)
+    rows = evaluation.per_series(pooled, "volatility", QS, 5)
     assert rows.series.tolist() == ["A", "B"] and rows.samples.tolist() == [400, 400]
     assert rows.model[0] == pytest.approx(evaluation.table(a, "volatility", 5, QS)
                                           ["model"]["qlike"])
@@ -127,3 +127,57 @@ def test_the_printed_table_puts_the_model_s_shares_of_series_on_a_line_under_it(
     table, shares = text.rsplit("\n", 1)
     assert "share" not in table and "best_baseline" not in table and "0.6" in table
     assert shares == "share of series: beats_garch 0.8, coverage_90_in_band 1"
+
+
+def test_the_year_table_says_in_which_year_the_model_loses_to_garch():
+    # two series over two years; the model's variance is below the best (the realised one's
+    # mean is 1.2x it): GARCH's is further below in the first year (0.64x) and nearer the
+    # best in the second (1.21x); HAR's is further above throughout (1.69x)
+    parts = []
+    for s, seed in (("A", 0), ("B", 1)):
+        f = forecasts(n=730, seed=seed, series=s)
+        f.dates = (np.datetime64("2019-01-01") + np.arange(730)).astype("datetime64[D]")
+        second = f.dates >= np.datetime64("2020-01-01")
+        f.points["garch"] = f.points["model"] * np.where(second, 1.1, 0.8)[:, None]
+        parts.append(f)
+    years = evaluation.per_year(Forecasts.concat(parts), "volatility", QS, 5)
+    assert years["year"].tolist() == [2019, 2020]
+    assert years["samples"].tolist() == [730, 730] and years["series"].tolist() == [2, 2]
+    assert years["share_beats_garch"].tolist() == [1.0, 0.0]
+    assert years["share_beats_har"].tolist() == [1.0, 1.0]
+    assert years["share_beats_garch_and_har"].tolist() == [1.0, 0.0]
+    in_2019 = Forecasts.concat(parts).subset(np.concatenate([p.dates for p in parts])
+                                             < np.datetime64("2020-01-01"))
+    assert years.loc[0, "model"] == pytest.approx(
+        evaluation.losses(in_2019, "model", "volatility").mean())
+
+
+def test_a_loss_to_garch_counts_as_significant_only_when_the_dm_test_says_so():
+    # GARCH's variance is nearer the best (1.2x the model's) on both series: on A always
+    # (1.21x, 2,000 days: a real loss); on B only on average, with noise of its own
+    # (200 days: a loss within the noise)
+    a, b = forecasts(n=2000, seed=3, series="A"), forecasts(n=200, seed=4, series="B")
+    a.points["garch"] = a.points["model"] * 1.1
+    wobble = np.random.default_rng(1).normal(0.09, 0.1, (200, 1))
+    b.points["garch"] = b.points["model"] * np.exp(wobble)
+    series = evaluation.per_series(Forecasts.concat([a, b]), "volatility", QS, 5)
+    assert (series.model > series.garch).all() and (series.model < series.har).all()
+    assert series.dm_p_garch[0] < 0.05 < series.dm_p_garch[1]
+    assert series.dm_p_har.between(0, 1).all()
+    shares = evaluation.series_shares(series)
+    assert shares["share_beats_garch"] == 0.0 and shares["share_beats_garch_and_har"] == 0.0
+    assert shares["share_significantly_behind_garch_or_har"] == 0.5
+    assert "share_beats_dm_p_garch" not in shares  # p-values are not methods
+
+
+def test_the_ratio_plot_draws_a_significant_loss_apart_from_one_within_the_noise():
+    from matplotlib.colors import to_rgba
+
+    from pipeline.core import plots
+
+    fig = plots.ratio_by_series(["A", "B", "C", "D"], [0.8, 1.1, 1.3, 0.9], "GARCH(1,1)",
+                                [0.01, 0.4, 0.02, 0.5], 0.05)
+    ax = fig.axes[0]
+    colours = [p.get_facecolor() for p in ax.patches]  # sorted: A, D, B, C
+    assert colours == [to_rgba(c) for c in ("C0", "C0", "C1", "C3")]
+    assert "ahead on 50%, behind by more than noise on 25%" in ax.get_title()

@@ -48,6 +48,13 @@ def test_held_out_tickers_each_tested_once_by_a_model_that_never_saw_them(store)
         (per_series.model < per_series.garch).mean())
     assert m["test_share_beats_garch_and_har"] == pytest.approx(
         ((per_series.model < per_series.garch) & (per_series.model < per_series.har)).mean())
+    behind = ((per_series.model > per_series.garch) & (per_series.dm_p_garch < 0.05)) | (
+        (per_series.model > per_series.har) & (per_series.dm_p_har < 0.05))
+    assert m["test_share_significantly_behind_garch_or_har"] == pytest.approx(behind.mean())
+    years = pd.read_csv(_artifact(client, out["run_id"], "evaluation/per_year.csv"))
+    assert years.year.is_monotonic_increasing and years.series.max() == 4
+    assert years.samples.sum() == per_series.samples.sum()  # every test day in one year
+    assert years.share_beats_garch_and_har.between(0, 1).all()
     cov = per_series["model coverage_90"]
     assert m["test_share_coverage_90_in_band"] == pytest.approx(cov.between(0.85, 0.95).mean())
     assert {"test_coverage_90", "test_coverage_98", "test_dm_pvalue_garch",

@@ -71,19 +71,32 @@ def forecast_vs_actual(dates, actual, model, baseline, baseline_name: str, title
     return fig
 
 
-def ratio_by_series(names, ratios, baseline: str):
+def ratio_by_series(names, ratios, baseline: str, p_values=None,
+                    significant: float | None = None):
     """Each series' test loss of the model over a baseline's, sorted: below 1 the model
-    is ahead on that series."""
+    is ahead on that series. With each series' Diebold-Mariano `p_values`, a series
+    behind by more than noise (p < `significant`) is drawn apart from one behind within it."""
     order = np.argsort(ratios)
     ratios = np.asarray(ratios)[order]
+    behind = ratios >= 1
+    real = behind & (np.asarray(p_values)[order] < significant if p_values is not None
+                     else True)
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.bar(np.arange(len(ratios)), ratios, width=1.0, color=np.where(ratios < 1, "C0", "C3"))
+    x = np.arange(len(ratios))
+    ax.bar(x[~behind], ratios[~behind], width=1.0, color="C0", label="model ahead")
+    if p_values is not None:
+        ax.bar(x[behind & ~real], ratios[behind & ~real], width=1.0, color="C1",
+               label=f"behind, within the noise (DM p >= {significant:g})")
+    ax.bar(x[real], ratios[real], width=1.0, color="C3",
+           label="behind" if p_values is None else f"behind (DM p < {significant:g})")
     ax.axhline(1.0, color="0.3", lw=0.8)
     if len(ratios) <= 40:
-        ax.set_xticks(np.arange(len(ratios)), np.asarray(names)[order], rotation=90)
-    ahead = float(np.mean(ratios < 1))
-    ax.set(title=f"test QLIKE, model / {baseline}, per series: model ahead on {ahead:.0%}",
-           xlabel=f"{len(ratios)} series, sorted", ylabel=f"model / {baseline}")
+        ax.set_xticks(x, np.asarray(names)[order], rotation=90)
+    title = f"test QLIKE, model / {baseline}, per series: model ahead on {np.mean(~behind):.0%}"
+    if p_values is not None:
+        title += f", behind by more than noise on {np.mean(real):.0%}"
+    ax.set(title=title, xlabel=f"{len(ratios)} series, sorted", ylabel=f"model / {baseline}")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 

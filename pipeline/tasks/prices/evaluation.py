@@ -147,20 +147,50 @@ def quantile_metrics(q: np.ndarray, actual: np.ndarray, quantiles: list[float],
     return out
 
 
-def per_series(f: Forecasts, target: str, quantiles: list[float]) -> pd.DataFrame:
+def per_series(f: Forecasts, target: str, quantiles: list[float], horizon: int
+               ) -> pd.DataFrame:
     """One row per series: the test samples, each point method's mean loss (QLIKE for
-    volatility, MSE for returns) and the model's interval coverages."""
+    volatility, MSE for returns), the Diebold-Mariano p-value of the model against GARCH
+    and HAR on that series alone (`dm_p_garch`, `dm_p_har`: whether a loss to one of
+    them is more than noise), and the model's interval coverages."""
     import pandas as pd
 
     rows = []
     for name in dict.fromkeys(f.series.tolist()):
         part = f.subset(f.series == name)
+        loss = {m: losses(part, m, target) for m in part.points}
         row = {"series": name, "samples": len(part.series)}
-        row.update({m: float(losses(part, m, target).mean()) for m in part.points})
+        row.update({m: float(v.mean()) for m, v in loss.items()})
+        row.update({f"dm_p_{m}": risk.diebold_mariano_loss(loss["model"], loss[m], horizon)
+                    for m in SIGNIFICANCE_AGAINST if m in loss})
         for m in (m for m in part.quantiles if m.startswith("model")):  # model, model_aci
             scores = risk.interval_scores(part.quantiles[m], part.actual[:, 0], quantiles)
             row.update({f"{m} {k}": v for k, v in scores.items() if k.startswith("coverage")})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+SIGNIFICANCE_AGAINST = ("garch", "har")  # the baselines each series is tested against
+SIGNIFICANT = 0.05  # a Diebold-Mariano p-value below this: more than noise
+
+
+def per_year(f: Forecasts, target: str, quantiles: list[float], horizon: int
+             ) -> pd.DataFrame:
+    """One row per calendar year of the forecast dates: its samples and series, each point
+    method's mean loss over them, and the shares of `series_shares` within the year
+    (which year a model loses in: a crash it under-reacts to shows here, not in the
+    pooled figure)."""
+    import pandas as pd
+
+    years = f.dates.astype("datetime64[Y]").astype(int) + 1970
+    rows = []
+    for year in np.unique(years):
+        part = f.subset(years == year)
+        shares = series_shares(per_series(part, target, quantiles, horizon))
+        rows.append({"year": int(year), "samples": len(part.series),
+                     "series": len(np.unique(part.series)),
+                     **{m: float(losses(part, m, target).mean()) for m in part.points},
+                     **{k: v for k, v in shares.items() if k.startswith("share_beats")}})
     return pd.DataFrame(rows)
 
 
@@ -169,13 +199,19 @@ COVERAGE_BAND = (0.85, 0.95)  # a series' 90 % interval is called calibrated ins
 
 def series_shares(series: pd.DataFrame) -> dict:
     """Over the series of a per-series table: the share on which the model's loss is below
-    each baseline's (`share_beats_garch`), below both GARCH's and HAR's, and, with
-    intervals, the share whose 90 % interval covers COVERAGE_BAND of its days."""
-    methods = [m for m in series.columns[2:] if not m.startswith("model")]
+    each baseline's (`share_beats_garch`), below both GARCH's and HAR's, the share on
+    which it is above GARCH's or HAR's by a Diebold-Mariano test (p < SIGNIFICANT:
+    `share_significantly_behind_garch_or_har`) and, with intervals, the share whose 90 %
+    interval covers COVERAGE_BAND of its days."""
+    methods = [m for m in series.columns[2:] if not m.startswith(("model", "dm_p_"))]
     out = {f"share_beats_{m}": float((series["model"] < series[m]).mean()) for m in methods}
     if {"garch", "har"} <= set(methods):
         out["share_beats_garch_and_har"] = float(
             ((series["model"] < series["garch"]) & (series["model"] < series["har"])).mean())
+        behind = np.zeros(len(series), bool)
+        for m in SIGNIFICANCE_AGAINST:
+            behind |= (series["model"] > series[m]) & (series[f"dm_p_{m}"] < SIGNIFICANT)
+        out["share_significantly_behind_garch_or_har"] = float(behind.mean())
     low, high = COVERAGE_BAND
     for m, name in (("model", ""), ("model_aci", "_aci")):
         if f"{m} coverage_90" in series:

@@ -532,7 +532,7 @@ class PricesTask(Task):
 
         p, qs = cfg.task, parse_quantiles(cfg.task.quantiles)
         table = evaluation.table(forecasts, p.target, p.horizon, qs)
-        series = evaluation.per_series(forecasts, p.target, qs)
+        series = evaluation.per_series(forecasts, p.target, qs, p.horizon)
         first = forecasts.subset(forecasts.series == forecasts.series[0])
         best = table["model"]["best_baseline"]
         band = first.quantiles.get("model")
@@ -546,12 +546,18 @@ class PricesTask(Task):
         figures = {"plots/test_forecast.png": fig}
         if p.target == "volatility" and len(series) > 1:
             figures["plots/qlike_ratio_vs_garch.png"] = plots.ratio_by_series(
-                series["series"], series["model"] / series["garch"], "GARCH(1,1)")
+                series["series"], series["model"] / series["garch"], "GARCH(1,1)",
+                series["dm_p_garch"], evaluation.SIGNIFICANT)
         loss = "QLIKE" if p.target == "volatility" else "MSE"
+        years = evaluation.per_year(forecasts, p.target, qs, p.horizon)
         return Evaluation(table, figures,
                           {"evaluation/per_series.csv": series,
+                           "evaluation/per_year.csv": years,
                            "evaluation/test_forecasts.npz": forecasts},
-                          f"per series, test {loss} (lower is better):\n" + _shown(series))
+                          f"per series, test {loss} (lower is better):\n" + _shown(series)
+                          + f"\n\nper year of the test, {loss} and shares of series:\n"
+                          + _shown(_year_view(years), rows=40,
+                                   name="evaluation/per_year.csv"))
 
     def pool(self, cfg: Config, run_ids: list[str]) -> Evaluation | None:
         """The folds (walk-forward blocks, or groups of held-out series), their test
@@ -656,11 +662,20 @@ class PricesTask(Task):
         return pd.DataFrame([request_row(f, n, price_columns(spec)) for n, f in series.items()])
 
 
-def _shown(table: pd.DataFrame, rows: int = 12) -> str:
-    """A table printed whole, or its first `rows` and a count."""
+def _year_view(years: pd.DataFrame) -> pd.DataFrame:
+    """The per-year table as printed: the model and the GARCH/HAR/EWMA baselines, and the
+    shares against GARCH and HAR (the whole table is logged)."""
+    keep = ["year", "samples", "series", "model", "garch", "har", "ewma",
+            "share_beats_garch", "share_beats_har", "share_beats_garch_and_har"]
+    view = years[[c for c in keep if c in years]]
+    return view.rename(columns=lambda c: c.replace("share_beats_", "beats_"))
+
+
+def _shown(table: pd.DataFrame, rows: int = 12, name: str = "evaluation/per_series.csv") -> str:
+    """A table printed whole, or its first `rows` and a count (the whole: artifact `name`)."""
     text = table.head(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     more = len(table) - rows
-    return text + (f"\n... and {more} more (evaluation/per_series.csv)" if more > 0 else "")
+    return text + (f"\n... and {more} more ({name})" if more > 0 else "")
 
 
 def held_out(names: list[str], folds: int, fold: int, seed: int) -> set[str]:
