@@ -458,7 +458,8 @@ def scale_free(features: np.ndarray, v_before: float | None = None
     standardised return a quarter, half a year and a year ago (earnings come quarterly);
     the past year's mean squared range over its mean squared return, and its mean fourth
     power of standardised returns (tails); log(the past year's volatility / the past four
-    years'); then the volume change as it is. From `price_features` [T, F] of one series;
+    years'); then the columns after the range as they are (the volume change, and the
+    market's inputs: data_loaders/market.py). From `price_features` [T, F] of one series;
     returns them [T, F] and s [T], by which targets are divided.
 
     With `v_before` (the EWMA variance at the step before the first row) the rows

@@ -5,8 +5,10 @@ Stored as models/served.py stores every model; the class comes from code
 with the same functions training used, so a client sends prices, never features.
 
 Request: one row per series. Array columns `close` (the adjusted close), `high`,
-`low` and, when the model was trained with volume, `volume`; optional
-`series_id` (string) and `dates` (array of strings, one per price).
+`low` and, when the model was trained with volume, `volume`; when it was trained with a
+market table, `market_vol_ratio` and `market_shock` (the table's values at each price:
+data_loaders/market.py); optional `series_id` (string) and `dates` (array of strings,
+one per price).
 Params: `mode` = `last` (the forecast after the last price, default), `rolling` (a
 forecast at every price that has a full lookback behind it) or `stream` (as rolling,
 continuing the series from its `state`; see below); `last_only` (stream: each series'
@@ -41,6 +43,8 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from data_loaders.market import MARKET_FEATURES, market_columns
+from data_loaders.market import MOST as MOST_MARKET
 from data_loaders.prices import (
     CONTEXT_DAYS,
     SEED_DAYS,
@@ -80,10 +84,19 @@ def price_columns(spec: dict) -> list[str]:
                                        else [])
 
 
-def request_row(frame: pd.DataFrame, series_id: str, columns: list[str]) -> dict:
-    """The request row for a price frame (as the loaders return it): what a client sends."""
+def market_columns_of(spec: dict) -> list[str]:
+    """The market table's columns a model reads at each price (data_loaders/market.py)."""
+    return list(MARKET_FEATURES) if MARKET_FEATURES[0] in spec["features"] else []
+
+
+def request_row(frame: pd.DataFrame, series_id: str, columns: list[str],
+                market: pd.DataFrame | None = None) -> dict:
+    """The request row for a price frame (as the loaders return it): what a client sends;
+    with a market table, a model trained with one also gets its values at each price."""
     source = {"close": "adj_close", "high": "high", "low": "low", "volume": "volume"}
     row = {c: frame[source[c]].astype(float).tolist() for c in columns}
+    if market is not None:
+        row.update(market_columns(market, frame.index, f"market, series {series_id}"))
     if isinstance(frame.index, pd.DatetimeIndex):
         row["dates"] = [str(d)[:10] for d in frame.index]
     row["series_id"] = str(series_id)
@@ -158,6 +171,28 @@ def _check_values(rows: list[dict], columns: dict[str, list[np.ndarray]]) -> Non
         i, k = where(below[0])
         raise bad(f"row {i}, column 'high': {columns['high'][i][k]} is below 'low' "
                   f"({columns['low'][i][k]}) at position {k}")
+
+
+def _check_market(names: list[str], market: list[np.ndarray | None]) -> None:
+    """Every market value a finite number within what a market table can hold."""
+    for i, values in enumerate(market):
+        if values is None or not len(values) or np.abs(values).max() <= MOST_MARKET:
+            continue  # (NaN fails the test, so it is looked at below)
+        k, j = (int(a[0]) for a in np.nonzero(~(np.abs(values) <= MOST_MARKET)))
+        raise bad(f"row {i}, column '{names[j]}': expected a finite number within "
+                  f"+-{MOST_MARKET:g}, got {values[k, j]} at position {k}")
+
+
+def _raw(prices: dict, market: np.ndarray | None) -> np.ndarray:
+    """The per-step features the model's inputs are made from: `price_features` of the
+    prices ([..., T] each), then the market values sent at the last T-1 prices (the first
+    price has no return before it, so its market value is not read)."""
+    own = price_features(prices, "volume" in prices)
+    if market is None:
+        return own
+    steps = own.shape[-2]
+    return np.concatenate([own, market[..., market.shape[-2] - steps:, :].astype(np.float32)],
+                          axis=-1)
 
 
 def _value_error(arr: np.ndarray, name: str, i: int, low: float, high: float):
@@ -362,7 +397,8 @@ class PriceForecaster(ServedModel):
         # the model's own checks are stricter and name the row, the column and the position.
         # Nothing is required here either: the model names a missing column by row.
         inputs = [ColSpec(AnyType(), c, required=False)
-                  for c in [*price_columns(spec), "series_id", "dates", "state"]]
+                  for c in [*price_columns(spec), *market_columns_of(spec), "series_id",
+                            "dates", "state"]]
         outputs = [ColSpec(DataType.string, "series_id"), ColSpec(DataType.long, "step"),
                    ColSpec(DataType.string, "date")]
         outputs += [ColSpec(DataType.double, c) for c in column_names(spec)]
@@ -381,7 +417,9 @@ class PriceForecaster(ServedModel):
         arrays = {"last": ("float64", width, None)}  # the last prices: the next return's base
         if self.scale_free:  # the EWMA variance before the context's first row
             arrays["v_before"] = ("float64", 1, None)
-        arrays["context"] = ("float32", width - 1, "rows")  # the last per-step features
+        self.market = market_columns_of(self.spec)
+        # the last per-step features: the series' own, then the market's as sent
+        arrays["context"] = ("float32", width - 1 + len(self.market), "rows")
         if self.stateful:
             arrays["hidden"] = ("float32", state_size(self.net), None)
             self.bounds = state_bounds(self.net)
@@ -451,9 +489,17 @@ class PriceForecaster(ServedModel):
                           + (f" + the {SEED_DAYS} days its volatility starts from)"
                              if need > self.spec["lookback"] + 1 else ")")
                           + ("" if needs is None else " to start a series"))
-            series.append({"prices": cols, "id": row_id(row, "series_id", i)})
+            market = {name: _numbers(row, name, i) for name in self.market}
+            if any(len(v) != lengths["close"] for v in market.values()):
+                raise bad(f"row {i}: market arrays differ in length from the prices: "
+                          f"{ {k: len(v) for k, v in market.items()} } for "
+                          f"{lengths['close']} prices (one value per price)")
+            series.append({"prices": cols, "id": row_id(row, "series_id", i),
+                           "market": np.stack([market[k] for k in self.market], axis=-1)
+                           if market else None})
         _check_values(rows, {name: [s["prices"][name] for s in series]
                              for name in price_columns(self.spec)})
+        _check_market(self.market, [s["market"] for s in series])
         for s in series:
             s["prices"]["adj_close"] = s["prices"].pop("close")
         return series
@@ -463,17 +509,17 @@ class PriceForecaster(ServedModel):
         model's trailing volatility; None otherwise). The last forecast of a windowed model
         that is not scale-free reads only the last lookback + 1 prices: those of all series
         in one call (a trailing volatility reads them all)."""
-        volume = "volume" in series[0]["prices"]
         raw = None
         if self.scale_free:
-            raw = [scale_free(price_features(s["prices"], volume)) for s in series]
+            raw = [scale_free(_raw(s["prices"], s["market"])) for s in series]
         elif mode == "rolling" or self.stateful:
-            raw = [(price_features(s["prices"], volume), None) for s in series]
+            raw = [(_raw(s["prices"], s["market"]), None) for s in series]
         if raw is not None:
             return [torch.as_tensor(self.x_norm.transform(x)) for x, _ in raw], [s for _, s in raw]
         keep = self.spec["lookback"] + 1
         last = {k: np.stack([s["prices"][k][-keep:] for s in series]) for k in series[0]["prices"]}
-        xs = list(torch.as_tensor(self.x_norm.transform(price_features(last, volume))))
+        market = np.stack([s["market"][-keep:] for s in series]) if self.market else None
+        xs = list(torch.as_tensor(self.x_norm.transform(_raw(last, market))))
         return xs, [None] * len(xs)
 
     def forecast(self, rows: list[dict], mode: str) -> pd.DataFrame:
@@ -578,13 +624,14 @@ class PriceForecaster(ServedModel):
         `x` [context + new, F], `new` (where the new steps start), `first` (the first step
         forecast), `scale` (scale-free: s per step), and what its next state holds."""
         prices = series["prices"]
-        steps, v_before, context = 0, None, np.zeros((0, len(prices) - 1), np.float32)
+        steps, v_before = 0, None
+        context = np.zeros((0, len(prices) - 1 + len(self.market)), np.float32)
         if state:
             steps, arrays = state[0]["steps"], state[1]
             prices = {k: np.concatenate([[arrays["last"][j]], v])
                       for j, (k, v) in enumerate(prices.items())}
             context, v_before = arrays["context"], arrays.get("v_before", [None])[0]
-        new = price_features(prices, "volume" in prices)
+        new = _raw(prices, series["market"])
         raw = np.concatenate([context, new])
         if steps == len(context):  # nothing dropped yet: the features from the series' start
             v_before = None

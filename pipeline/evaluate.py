@@ -44,6 +44,8 @@ class EvaluateParams:
                                   "the run)")
     repair: str = param("none", "with data: bad CSV rows: none (stop with the file, line and "
                                 "column), drop, or ffill", ("none", "drop", "ffill"))
+    market: str = param("", "with data, a model trained with a market table: the table "
+                            "covering the data's days; empty: the one it trained with")
 
 
 def evaluate_and_log(net, cfg, task, data):
@@ -108,12 +110,16 @@ def score_other_data(p: EvaluateParams) -> None:
     if trained.task_name != "prices":
         raise ValueError(f"data: scoring on other data is for price models; {uri} is a "
                          f"{trained.task_name} model")
+    if p.market and not trained.task.market:
+        raise ValueError(f"market: {uri} was trained without a market table; leave market out")
     data_path = Path(p.data).expanduser().resolve()
     fixed = {k: v for k, v in trained.flat().items() if k != "preset"}  # resolved already
     cfg = build_config({**fixed, "data": str(data_path), "tickers": "", "start": "",
                         "end": p.end, "val_start": "", "test_start": "", "split": "calendar",
                         "folds": 1, "fold": 0, "skip_bad": p.skip_bad, "repair": p.repair,
-                        "register": False})
+                        "register": False,
+                        **({"market": str(Path(p.market).expanduser().resolve())}
+                           if p.market else {})})
     task = tasks.load("prices")
     data = task.prepare(cfg, scored_from=p.test_start)
     result = task.scored(task.served_forecasts(served, cfg, data), cfg)

@@ -42,6 +42,9 @@ class PredictParams:
                             "after with each series' new state")
     repair: str = param("none", "prices: bad rows in the input: none (error), drop, ffill",
                         ("none", "drop", "ffill"))
+    market: str = param("", "prices, a model trained with a market table: the table (CSV) "
+                            "with a row for every day of the input (python -m "
+                            "data_loaders.market)")
 
 
 def predict_rows(model, requests, params: dict | None = None, progress: bool | None = None):
@@ -137,12 +140,12 @@ def main(argv=None):
     source = Path(p.input).expanduser().resolve() if p.input else task.sample
     if not source.exists():
         raise FileNotFoundError(f"input: {source} does not exist")
-    requests = task.requests(source, spec, p.repair)
     takes_mode = model.metadata.get_params_schema() is not None
     given = any(a == "--mode" or a.startswith("--mode=") for a in argv)
-    if not takes_mode and (given or "--repair" in argv):
-        raise cli.UsageError(f"mode and repair are options of price models; {p.model_uri} "
-                             f"is a {task.name} model")
+    if not takes_mode and (given or "--repair" in argv or p.market):
+        raise cli.UsageError(f"mode, repair and market are options of price models; "
+                             f"{p.model_uri} is a {task.name} model")
+    requests = task.requests(source, spec, p.repair, p.market)
     states = Path(p.states).expanduser().resolve() if p.states else None
     if states:
         read_states(states, requests)

@@ -2,6 +2,7 @@
 and launching steps the two ways a user does (`python -m`, `mlflow run`)."""
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -95,12 +96,14 @@ def mlflow_run(entry: str, params: dict, cwd: Path, uri: str, experiment: str | 
 
 def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: str = "gru",
                      loss: str = "mse", quantiles: tuple = (), scale_free: bool = False,
-                     layers: int = 1):
+                     layers: int = 1, market: bool = False):
     """A served price model with random weights (hidden 8, 2-day returns or, scale-free,
-    5-day volatility, trained with `loss`), loaded the way MLflow loads it, untrained."""
+    5-day volatility, trained with `loss`; with `market`, reading the market table's
+    columns too), loaded the way MLflow loads it, untrained."""
     import numpy as np
     import torch
 
+    from data_loaders.market import MARKET_FEATURES
     from data_loaders.prices import feature_names
     from data_loaders.sequences import Normaliser
     from models.networks import build_model
@@ -108,7 +111,7 @@ def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: 
     from models.served import write_artifacts
 
     torch.manual_seed(0)
-    features = feature_names(True, scale_free)
+    features = feature_names(True, scale_free) + (list(MARKET_FEATURES) if market else [])
     outputs = ["volatility_h5"] if scale_free else ["return_h1", "return_h2"]
     spec = {"task": "prices", "n_in": len(features),
             "model": {"cell": cell, "hidden": 8, "layers": layers, "dropout": 0.0,
@@ -122,3 +125,13 @@ def price_forecaster(folder: Path, bptt: str = "full", lookback: int = 8, cell: 
     norm = {"x": Normaliser(np.zeros(len(features)), np.ones(len(features))).to_dict(),
             "y": Normaliser(np.zeros(len(outputs)), np.ones(len(outputs))).to_dict()}
     return PriceForecaster().load(write_artifacts(folder, net, spec, norm))
+
+
+@functools.cache
+def bundled_market():
+    """The market table of the four bundled tickers (1986-2018: the project's market.csv,
+    of the universe, starts in 2000)."""
+    from data_loaders.market import market_table
+    from data_loaders.prices import read_prices
+
+    return market_table(read_prices(PRICES)[0])

@@ -19,7 +19,8 @@ from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LAUNCHERS = ("python", "python3", ".venv/bin/python", "torchrun", "mlflow")
-OWN = ("pipeline", "bench", "deploy", "tests")  # `python -m` modules that are the project's
+# `python -m` modules that are the project's
+OWN = ("pipeline", "bench", "deploy", "tests", "data_loaders")
 STEPS = {"main", "prepare", "train", "evaluate", "register", "predict", "sweep", "score_spark"}
 
 

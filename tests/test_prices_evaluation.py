@@ -140,7 +140,7 @@ def test_the_year_table_says_in_which_year_the_model_loses_to_garch():
         second = f.dates >= np.datetime64("2020-01-01")
         f.points["garch"] = f.points["model"] * np.where(second, 1.1, 0.8)[:, None]
         parts.append(f)
-    years = evaluation.per_year(Forecasts.concat(parts), "volatility", QS, 5)
+    years = evaluation.per_year(Forecasts.concat(parts), "volatility")
     assert years["year"].tolist() == [2019, 2020]
     assert years["samples"].tolist() == [730, 730] and years["series"].tolist() == [2, 2]
     assert years["share_beats_garch"].tolist() == [1.0, 0.0]

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from data_loaders.prices import read_price_csv
 from models import stream
 from models.price_model import request_row
-from tests.conftest import ROOT, price_forecaster
+from tests.conftest import ROOT, bundled_market, price_forecaster
 
 KINDS = {
     "gru-stateful-mse": dict(bptt="truncated"),
@@ -29,13 +29,18 @@ KINDS = {
                                               loss="quantile", quantiles=(0.05, 0.5, 0.95),
                                               scale_free=True),
     "gru-windowed-scale-free-gaussian": dict(bptt="full", loss="gaussian", scale_free=True),
+    "gru-stateful-scale-free-gaussian-market": dict(bptt="truncated", loss="gaussian",
+                                                    scale_free=True, market=True),
 }
 RTOL = 1e-5  # relative to each forecast column's scale (float32 networks)
 
 
 def series(name="SPY", days=1300) -> dict:
+    """A request row of the last `days` of a bundled ticker, with the market's columns
+    (which the models that do not read the market ignore)."""
     frame, _ = read_price_csv(ROOT / "data" / "prices" / f"{name}.csv")
-    return request_row(frame.iloc[-days:], name, ["close", "high", "low", "volume"])
+    return request_row(frame.iloc[-days:], name, ["close", "high", "low", "volume"],
+                       bundled_market())
 
 
 def piece(row: dict, a: int, b: int, state: str | None = None) -> dict:

@@ -148,3 +148,43 @@ def test_yearly_walk_forward_with_intervals_adapted_online(store):
         cov.between(0.85, 0.95).mean())
     assert m["test_coverage_90_model_aci"] != m["test_coverage_90"]
     assert 0.8 < m["test_coverage_90_model_aci"] < 0.97
+
+
+def test_a_model_trained_with_the_market_takes_it_at_every_entry_point(store, capsys):
+    """market=FILE: the table's two columns are inputs beside each series' own; the served
+    model takes them per price, predict and evaluate --data read them from a table."""
+    from data_loaders.market import MARKET_FEATURES
+    from pipeline import evaluate, predict
+    from tests.conftest import bundled_market
+
+    table = store / "market.csv"
+    bundled_market().to_csv(table, date_format="%Y-%m-%d")
+    out = main([*SMALL, "--data", str(PRICES), "--market", str(table)])
+    model = mlflow.pyfunc.load_model("models:/prices-volatility-h5-gaussian-market@champion")
+    spec = model.unwrap_python_model().spec
+    assert spec["features"][-2:] == list(MARKET_FEATURES)
+    assert set(MARKET_FEATURES) <= set(model.metadata.get_input_schema().input_names())
+    uri = "models:/prices-volatility-h5-gaussian-market@champion"
+    with pytest.raises(ValueError, match="market: this model reads the market at each price"):
+        predict.main(["--model_uri", uri, "--input", SPY, "--output", str(store / "p.csv")])
+    got = predict.main(["--model_uri", uri, "--input", SPY, "--market", str(table),
+                        "--output", str(store / "p.csv")])
+    assert len(got) == 1 and np.isfinite(got["volatility_h5"]).all()
+    funds = store / "funds"
+    funds.mkdir()
+    (funds / "SHY.csv").write_bytes((PRICES.parent / "etfs" / "SHY.csv").read_bytes())
+    for extra in ([], ["--market", str(table)]):  # the table it trained with, or one given
+        evaluate.main(["--model", uri, "--data", str(funds), "--test_start", "2014-01-02",
+                       *extra])
+    client = MlflowClient()
+    scored = client.search_runs([client.get_experiment_by_name("prices").experiment_id],
+                                f"tags.scored_model = '{uri}'")
+    assert len(scored) == 2 and scored[0].data.metrics["test_qlike"] == pytest.approx(
+        scored[1].data.metrics["test_qlike"])
+    plain = main([*SMALL, "--data", SPY])  # other inputs: registered under a name of its own
+    assert {m.name for m in client.search_registered_models()} >= {
+        "prices-volatility-h5-gaussian", "prices-volatility-h5-gaussian-market"}
+    with pytest.raises(ValueError, match="trained without a market table"):
+        evaluate.main(["--run_id", plain["run_id"], "--data", str(funds), "--test_start",
+                       "2014-01-02", "--market", str(table)])
+    assert out["run_id"] != plain["run_id"]

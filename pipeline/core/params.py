@@ -98,8 +98,9 @@ class TrackingParams:
     experiment: str = param("", "MLflow experiment (python -m only; mlflow run: "
                                 "--experiment-name); empty: the task's name")
     registered_model: str = param("", "registry name; empty: the task's (prices-{target}-"
-                                      "h{horizon}, with -{loss} for gaussian and quantile; "
-                                      "speech-classify, speech-forecast)")
+                                      "h{horizon}, with -{loss} for gaussian and quantile "
+                                      "and -market with a market table; speech-classify, "
+                                      "speech-forecast)")
     register: bool = param(True, "register the model and move @champion when it is better")
     preset: str = param("", "YAML file of parameters, or the name of one in presets/; "
                             "applied under explicit ones")

@@ -191,5 +191,6 @@ class Task(ABC):
         preprocessing, so models trained on other data compare fairly."""
 
     @abstractmethod
-    def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
-        """The request rows the served model takes, from files at `path` (predict)."""
+    def requests(self, path: Path, spec: dict, repair: str, market: str = "") -> pd.DataFrame:
+        """The request rows the served model takes, from files at `path` (predict); a
+        price model trained with a market table reads `market` too."""

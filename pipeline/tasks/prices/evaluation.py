@@ -174,22 +174,22 @@ SIGNIFICANCE_AGAINST = ("garch", "har")  # the baselines each series is tested a
 SIGNIFICANT = 0.05  # a Diebold-Mariano p-value below this: more than noise
 
 
-def per_year(f: Forecasts, target: str, quantiles: list[float], horizon: int
-             ) -> pd.DataFrame:
+def per_year(f: Forecasts, target: str) -> pd.DataFrame:
     """One row per calendar year of the forecast dates: its samples and series, each point
-    method's mean loss over them, and the shares of `series_shares` within the year
-    (which year a model loses in: a crash it under-reacts to shows here, not in the
-    pooled figure)."""
+    method's mean loss over them, and the `share_beats_*` of `series_shares` within the
+    year (which year a model loses in: a crash it under-reacts to shows here, not in the
+    pooled figure). Each sample's losses are computed once, then grouped."""
     import pandas as pd
 
+    loss = pd.DataFrame({m: losses(f, m, target) for m in f.points})
     years = f.dates.astype("datetime64[Y]").astype(int) + 1970
     rows = []
-    for year in np.unique(years):
-        part = f.subset(years == year)
-        shares = series_shares(per_series(part, target, quantiles, horizon))
-        rows.append({"year": int(year), "samples": len(part.series),
-                     "series": len(np.unique(part.series)),
-                     **{m: float(losses(part, m, target).mean()) for m in part.points},
+    for year, part in loss.groupby(years):
+        series = part.groupby(f.series[years == year], sort=False)
+        table = pd.concat([series.size().rename("samples"), series.mean()], axis=1)
+        shares = series_shares(table.reset_index(names="series"))
+        rows.append({"year": int(year), "samples": len(part), "series": len(table),
+                     **part.mean().to_dict(),
                      **{k: v for k, v in shares.items() if k.startswith("share_beats")}})
     return pd.DataFrame(rows)
 
@@ -208,6 +208,7 @@ def series_shares(series: pd.DataFrame) -> dict:
     if {"garch", "har"} <= set(methods):
         out["share_beats_garch_and_har"] = float(
             ((series["model"] < series["garch"]) & (series["model"] < series["har"])).mean())
+    if all(f"dm_p_{m}" in series for m in SIGNIFICANCE_AGAINST):
         behind = np.zeros(len(series), bool)
         for m in SIGNIFICANCE_AGAINST:
             behind |= (series["model"] > series[m]) & (series[f"dm_p_{m}"] < SIGNIFICANT)

@@ -80,6 +80,9 @@ class Params:
     fold: int = param(0, "with folds=K: run only fold k (1..K); 0 runs them all")
     scale_free: bool = param(False, "inputs and targets relative to each series' own trailing "
                                     "(EWMA) volatility: one model for quiet and wild series")
+    market: str = param("", "a market table (CSV: date, market_vol_ratio, market_shock; python "
+                            "-m data_loaders.market): each day's market-wide inputs beside "
+                            "each series' own; the served model then takes them per price")
     aci: float = param(0.0, "gamma > 0: the test also scores the model's intervals adapted "
                             "online per series (adaptive conformal inference, row model_aci): "
                             "the miss rate steers the level as each outcome comes in")
@@ -106,6 +109,7 @@ class PriceData:
     bad: list[tuple[str, str]]  # series left out (skip_bad) and why
     source: str  # the file or folder read
     origin: str  # how the data got there: the path, or yfinance:TICKERS:INTERVAL
+    market: pd.DataFrame | None = None  # the market table read (`market`), or None
 
     def streams(self, device="cpu"):
         import torch
@@ -236,7 +240,9 @@ class PricesTask(Task):
                              f"quantiles={p.quantiles!r} have none; or aci=0")
 
     def model_name(self, cfg: Config) -> str:
-        return f"prices-{cfg.task.target}-h{cfg.task.horizon}{_suffix(cfg.task.loss)}"
+        # a model that reads the market takes other inputs: a name of its own (registry.py)
+        return (f"prices-{cfg.task.target}-h{cfg.task.horizon}{_suffix(cfg.task.loss)}"
+                + ("-market" if cfg.task.market else ""))
 
     def run_name(self, cfg: Config) -> str:
         return f"{cfg.model.cell}-{cfg.train.bptt}{_suffix(cfg.task.loss)}"
@@ -275,6 +281,7 @@ class PricesTask(Task):
         """The data a run trains on; with `scored_from` (a date), data to score a trained
         model on: the days before it are each series' history (the baselines fit on it),
         the test period starts on it, and there is no validation."""
+        from data_loaders.market import MARKET_FEATURES, market_at, read_market
         from data_loaders.prices import feature_names, price_features, price_targets, scale_free
         from data_loaders.sequences import TEST, UNUSED, Normaliser, assign_splits
 
@@ -294,6 +301,10 @@ class PricesTask(Task):
         use_volume = all("volume" in f for f in frames.values())
         names = sorted(frames)
         x = [price_features(frames[n], use_volume) for n in names]
+        market = read_market(cfg.path(p.market)) if p.market else None
+        if market is not None:  # after the series' own: scale_free passes them through
+            x = [np.concatenate([xi, market_at(market, frames[n].index[1:], f"market, {n}")],
+                                axis=1).astype(np.float32) for n, xi in zip(names, x, strict=True)]
         returns = [xi[:, 0] for xi in x]
         y = [price_targets(r, p.target, p.horizon) for r in returns]
         if p.scale_free:
@@ -310,8 +321,9 @@ class PricesTask(Task):
             split = [np.where(s == TEST, s, UNUSED) if n in held else np.where(s == TEST, UNUSED, s)
                      for n, s in zip(names, calendar, strict=True)]
         data = PriceData(names, frames, dates, x, y, returns, scale, split, calendar,
-                         feature_names(use_volume, p.scale_free), cutoffs, None, None, repairs,
-                         bad, source, origin)
+                         feature_names(use_volume, p.scale_free)
+                         + (list(MARKET_FEATURES) if p.market else []), cutoffs, None, None,
+                         repairs, bad, source, origin, market)
         train_x = np.concatenate([xi[s == 0] for xi, s in zip(x, split, strict=True)])
         train_y = np.concatenate([yi[s == 0] for yi, s in zip(data.model_y(), split,
                                                                strict=True)])
@@ -549,7 +561,7 @@ class PricesTask(Task):
                 series["series"], series["model"] / series["garch"], "GARCH(1,1)",
                 series["dm_p_garch"], evaluation.SIGNIFICANT)
         loss = "QLIKE" if p.target == "volatility" else "MSE"
-        years = evaluation.per_year(forecasts, p.target, qs, p.horizon)
+        years = evaluation.per_year(forecasts, p.target)
         return Evaluation(table, figures,
                           {"evaluation/per_series.csv": series,
                            "evaluation/per_year.csv": years,
@@ -589,7 +601,7 @@ class PricesTask(Task):
                             "calibration.json")
         name = data.names[0]  # the input example: a real request, the last L + 1 prices
         tail = data.frames[name].iloc[-(spec["lookback"] + 1):]
-        example = pd.DataFrame([request_row(tail, name, price_columns(spec))])
+        example = pd.DataFrame([request_row(tail, name, price_columns(spec), data.market)])
         return log_served(self.served_model(), net, spec,
                           {"x": data.x_norm.to_dict(), "y": data.y_norm.to_dict()}, example)
 
@@ -644,22 +656,30 @@ class PricesTask(Task):
         from models.price_model import price_columns, request_row
 
         columns, out = price_columns(model.spec), {}
-        requests = pd.DataFrame([request_row(data.frames[n].iloc[: a[-1] + 2], n, columns)
-                                 for n, a in anchors.items()])
+        requests = pd.DataFrame([request_row(data.frames[n].iloc[: a[-1] + 2], n, columns,
+                                             data.market) for n, a in anchors.items()])
         for part in in_calls(model, requests):
             got = model.predict(None, part, {"mode": "rolling"})
             for n, rows in got.groupby("series_id", sort=False):
                 out[n] = (rows["step"].to_numpy() - 1, rows)
         return out
 
-    def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
+    def requests(self, path: Path, spec: dict, repair: str, market: str = "") -> pd.DataFrame:
         import pandas as pd
 
+        from data_loaders.market import read_market
         from data_loaders.prices import read_prices
-        from models.price_model import price_columns, request_row
+        from models.price_model import market_columns_of, price_columns, request_row
 
+        if market_columns_of(spec) and not market:
+            raise ValueError("market: this model reads the market at each price: give the "
+                             "market table (CSV) covering the input's days (python -m "
+                             "data_loaders.market)")
+        table = read_market(market) if market else None
         series, _ = read_prices(path, repair, what="input")
-        return pd.DataFrame([request_row(f, n, price_columns(spec)) for n, f in series.items()])
+        return pd.DataFrame([request_row(f, n, price_columns(spec),
+                                         table if market_columns_of(spec) else None)
+                             for n, f in series.items()])
 
 
 def _year_view(years: pd.DataFrame) -> pd.DataFrame:

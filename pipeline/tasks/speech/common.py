@@ -266,7 +266,7 @@ class SpeechTask(Task):
                        axis=0)
         return mean, memory_horizon(mean)
 
-    def requests(self, path: Path, spec: dict, repair: str) -> pd.DataFrame:
+    def requests(self, path: Path, spec: dict, repair: str, market: str = "") -> pd.DataFrame:
         from models.speech_model import audio_request
 
         files = ([path] if path.is_file() else
