@@ -75,10 +75,11 @@ def read_market(path: str | Path, what: str = "market") -> pd.DataFrame:
     table = pd.DataFrame({c: pd.to_numeric(raw[c], errors="coerce").to_numpy(np.float64)
                           for c in MARKET_FEATURES},
                          index=pd.DatetimeIndex(dates, name="date"))
-    for k, (day, text) in enumerate(zip(dates, raw["date"], strict=True)):
-        if pd.isna(day):
-            raise PriceDataError(f"{path}, row {k + 2}, column 'date': cannot read {text!r} "
-                                 "as YYYY-MM-DD")
+    unread = np.flatnonzero(dates.isna())
+    if len(unread):
+        k = int(unread[0])
+        raise PriceDataError(f"{path}, row {k + 2}, column 'date': cannot read "
+                             f"{raw['date'][k]!r} as YYYY-MM-DD")
     later = np.diff(dates.to_numpy()) > np.timedelta64(0)
     if not later.all():
         k = int(np.flatnonzero(~later)[0]) + 1

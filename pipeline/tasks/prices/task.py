@@ -671,14 +671,15 @@ class PricesTask(Task):
         from data_loaders.prices import read_prices
         from models.price_model import market_columns_of, price_columns, request_row
 
-        if market_columns_of(spec) and not market:
+        reads_market = bool(market_columns_of(spec))
+        if reads_market and not market:
             raise ValueError("market: this model reads the market at each price: give the "
                              "market table (CSV) covering the input's days (python -m "
                              "data_loaders.market)")
         table = read_market(market) if market else None
         series, _ = read_prices(path, repair, what="input")
         return pd.DataFrame([request_row(f, n, price_columns(spec),
-                                         table if market_columns_of(spec) else None)
+                                         table if reads_market else None)
                              for n, f in series.items()])
 
 
