@@ -2,19 +2,21 @@
 of stocks, beside each series' own.
 
 A model that sees only one series reads a market-wide surge (March 2020) like a spike of
-its own that reverts (an earnings day), and under-reacts. Two numbers per day tell it
-what the whole market is doing, both means over the universe's series that trade that
-day, from their past only (`scale_free`'s features):
+its own that reverts (an earnings day), and under-reacts. Three numbers per day tell it
+what the whole market is doing, each a mean over the universe's series that trade that
+day, from their past only (`scale_free`'s features), each stock's return over its
+trailing volatility capped at +-Z_CAP so that one stock's collapse is not the market's:
 
 - `market_vol_ratio`: the mean of log(trailing volatility / the past year's volatility):
   how far the market's volatility stands from its year;
-- `market_shock`: log1p of the mean squared return over its trailing volatility (each
-  capped at Z2_CAP, so that one stock's collapse is not the market's), averaged over the
-  last SHOCK_DAYS days.
+- `market_shock`: log1p of the mean squared standardised return, averaged over the last
+  SHOCK_DAYS days: how hard the market moved, either way;
+- `market_move`: the day's mean standardised return, signed: a falling market raises
+  volatility more than a rising one (the leverage effect).
 
 Built once from a folder or Parquet file of price series (`python -m data_loaders.market
 --data data/universe.parquet --out data/market.csv`) and read as a CSV of `date` and
-the two columns. A request to a model trained with it sends the two values at each of
+the three columns. A request to a model trained with it sends the values at each of
 its prices (`market_at`).
 """
 
@@ -35,8 +37,8 @@ from data_loaders.prices import (
     scale_free,
 )
 
-MARKET_FEATURES = ("market_vol_ratio", "market_shock")
-Z2_CAP = 100.0  # a squared standardised return above this (a 10-sigma day) counts as this
+MARKET_FEATURES = ("market_vol_ratio", "market_shock", "market_move")
+Z_CAP = 10.0  # a standardised return beyond +-this (a 10-sigma day) counts as this
 SHOCK_DAYS = 5  # the shock is the mean over this many trading days
 MOST = 20.0  # |value| above this cannot come from any prices (a table or request in error)
 
@@ -44,16 +46,18 @@ MOST = 20.0  # |value| above this cannot come from any prices (a table or reques
 def market_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The market table of a universe of price frames: index `date` (every day any series
     has a return), columns MARKET_FEATURES, float64."""
-    ratio, z2 = {}, {}
+    ratio, z = {}, {}
     at_ratio, at_z = SCALE_FREE.index("log_vol_over_year_vol"), SCALE_FREE.index("return_over_vol")
     for name, frame in frames.items():
         x = scale_free(price_features(frame, use_volume=False))[0].astype(np.float64)
         days = pd.DatetimeIndex(frame.index[1:])  # step t is known at day t+1
         ratio[name] = pd.Series(x[:, at_ratio], index=days)
-        z2[name] = pd.Series(np.minimum(x[:, at_z] ** 2, Z2_CAP), index=days)
-    shock = np.log1p(pd.concat(z2, axis=1).mean(axis=1))
+        z[name] = pd.Series(np.clip(x[:, at_z], -Z_CAP, Z_CAP), index=days)
+    z = pd.concat(z, axis=1)
+    shock = np.log1p((z ** 2).mean(axis=1))
     table = pd.DataFrame({MARKET_FEATURES[0]: pd.concat(ratio, axis=1).mean(axis=1),
-                          MARKET_FEATURES[1]: shock.rolling(SHOCK_DAYS, min_periods=1).mean()})
+                          MARKET_FEATURES[1]: shock.rolling(SHOCK_DAYS, min_periods=1).mean(),
+                          MARKET_FEATURES[2]: z.mean(axis=1)})
     table.index.name = "date"
     return table
 
@@ -97,8 +101,9 @@ def read_market(path: str | Path, what: str = "market") -> pd.DataFrame:
 
 
 def market_at(table: pd.DataFrame, dates, what: str) -> np.ndarray:
-    """The table's values on these days, float64 [T, 2]; a day the table lacks stops it,
-    named (a market table must cover every day a series is read on)."""
+    """The table's values on these days, float64 [T, len(MARKET_FEATURES)]; a day the
+    table lacks stops it, named (a market table must cover every day a series is read
+    on)."""
     days = pd.DatetimeIndex(dates)
     at = table.index.get_indexer(days)
     if (at < 0).any():

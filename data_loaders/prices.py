@@ -397,9 +397,11 @@ VOL_FLOOR = 1e-5  # a daily volatility below this (a price that never moves) cou
 
 SEASONS = {"quarter": (57, 66), "half_year": (120, 132), "year": (245, 258)}  # lags, days
 LONG_DAYS = 1000  # about four years
+HAR_DAYS = {"week": 5, "month": 22}  # the windows of HAR's realised volatilities
 SCALE_FREE = ["return_over_vol", "range_over_vol", "log_vol_over_year_vol",
               *(f"big_move_{k}_ago" for k in SEASONS), "log_range_over_return_var",
-              "log_tail_weight", "log_year_vol_over_4y_vol"]
+              "log_tail_weight", "log_year_vol_over_4y_vol",
+              *(f"log_{k}_vol_over_vol" for k in HAR_DAYS)]
 
 
 def feature_names(has_volume: bool, scale_free: bool = False) -> list[str]:
@@ -458,7 +460,8 @@ def scale_free(features: np.ndarray, v_before: float | None = None
     standardised return a quarter, half a year and a year ago (earnings come quarterly);
     the past year's mean squared range over its mean squared return, and its mean fourth
     power of standardised returns (tails); log(the past year's volatility / the past four
-    years'); then the columns after the range as they are (the volume change, and the
+    years'); log(the realised volatility of the past week and month / s_t), HAR's
+    horizons; then the columns after the range as they are (the volume change, and the
     market's inputs: data_loaders/market.py). From `price_features` [T, F] of one series;
     returns them [T, F] and s [T], by which targets are divided.
 
@@ -470,8 +473,11 @@ def scale_free(features: np.ndarray, v_before: float | None = None
     first = s[:1] if v_before is None else np.maximum(np.sqrt([v_before]), VOL_FLOOR)
     before = np.concatenate([first, s[:-1]])
     z2 = (r / before) ** 2
-    year = realised_vol(r, YEAR_DAYS)
-    year = np.maximum(np.where(np.isnan(year), s, year), VOL_FLOOR)  # s until a year is there
+    def past(days):  # the realised volatility of the last `days` returns; s until there
+        vol = realised_vol(r, days)
+        return np.maximum(np.where(np.isnan(vol), s, vol), VOL_FLOOR)
+
+    year = past(YEAR_DAYS)
     square, tiny = trailing_mean(r ** 2, YEAR_DAYS), VOL_FLOOR ** 2
     cols = [r / before, rng / before, np.log(s / year),
             *(np.log1p(_lagged_max(z2, *lags)) for lags in SEASONS.values()),
@@ -479,6 +485,7 @@ def scale_free(features: np.ndarray, v_before: float | None = None
             np.log1p(trailing_mean(z2 ** 2, YEAR_DAYS)),
             0.5 * np.log(np.maximum(square, tiny) / np.maximum(trailing_mean(r ** 2, LONG_DAYS),
                                                                tiny)),
+            *(np.log(past(days) / s) for days in HAR_DAYS.values()),
             *features[:, 2:].T]
     return np.stack(cols, axis=-1).astype(np.float32), s
 

@@ -6,8 +6,8 @@ with the same functions training used, so a client sends prices, never features.
 
 Request: one row per series. Array columns `close` (the adjusted close), `high`,
 `low` and, when the model was trained with volume, `volume`; when it was trained with a
-market table, `market_vol_ratio` and `market_shock` (the table's values at each price:
-data_loaders/market.py); optional `series_id` (string) and `dates` (array of strings,
+market table, `market_vol_ratio`, `market_shock` and `market_move` (the table's values at
+each price: data_loaders/market.py); optional `series_id` (string) and `dates` (array of strings,
 one per price).
 Params: `mode` = `last` (the forecast after the last price, default), `rolling` (a
 forecast at every price that has a full lookback behind it) or `stream` (as rolling,
@@ -86,7 +86,7 @@ def price_columns(spec: dict) -> list[str]:
 
 def market_columns_of(spec: dict) -> list[str]:
     """The market table's columns a model reads at each price (data_loaders/market.py)."""
-    return list(MARKET_FEATURES) if MARKET_FEATURES[0] in spec["features"] else []
+    return [name for name in MARKET_FEATURES if name in spec["features"]]
 
 
 def request_row(frame: pd.DataFrame, series_id: str, columns: list[str],

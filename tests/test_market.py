@@ -8,7 +8,7 @@ from mlflow.exceptions import MlflowException
 
 from data_loaders.market import (
     MARKET_FEATURES,
-    Z2_CAP,
+    Z_CAP,
     main,
     market_at,
     market_columns,
@@ -44,12 +44,14 @@ def test_the_table_is_the_cross_sectional_mean_of_each_series_own_features():
     early = frames["a"].index[5]  # only a trades: its own value
     assert table.loc[early, "market_vol_ratio"] == pytest.approx(own["a"][4, 2], rel=1e-5)
     crash = frames["b"].index[100]
-    z2 = [min(own["a"][frames["a"].index.get_loc(d) - 1, 0] ** 2, Z2_CAP)
-          for d in frames["b"].index[96:101]]
-    zb = np.minimum(own["b"][95:100, 0] ** 2, Z2_CAP)
-    assert zb[-1] == Z2_CAP
+    za = np.clip([own["a"][frames["a"].index.get_loc(d) - 1, 0]
+                  for d in frames["b"].index[96:101]], -Z_CAP, Z_CAP)
+    zb = np.clip(own["b"][95:100, 0], -Z_CAP, Z_CAP)
+    assert zb[-1] == -Z_CAP and abs(za[-1]) < Z_CAP
     assert table.loc[crash, "market_shock"] == pytest.approx(
-        np.mean(np.log1p((np.array(z2) + zb) / 2)), rel=1e-5)
+        np.mean(np.log1p((za ** 2 + zb ** 2) / 2)), rel=1e-5)
+    assert table.loc[crash, "market_move"] == pytest.approx((za[-1] + zb[-1]) / 2, rel=1e-5)
+    assert table.loc[early, "market_move"] == pytest.approx(own["a"][4, 0], rel=1e-5)
 
 
 def test_the_command_writes_a_table_that_reads_back(tmp_path, capsys):
@@ -82,10 +84,13 @@ def test_the_bundled_table_is_the_bundled_universe_s():
      "row 4, column 'market_shock': expected a number within +-20, got 'nan'"),
     (lambda t: t.assign(market_vol_ratio=t.market_vol_ratio.where(t.index != 0, "1e9")),
      "row 2, column 'market_vol_ratio': expected a number within +-20, got '1e9'"),
+    (lambda t: t.assign(market_move=t.market_move.where(t.index != 5, "")),
+     "row 7, column 'market_move': expected a number within +-20, got ''"),
 ])
 def test_a_bad_table_is_named_by_file_row_and_column(tmp_path, edit, message):
     good = pd.DataFrame({"date": pd.bdate_range("2020-01-01", periods=6).strftime("%Y-%m-%d"),
-                         "market_vol_ratio": "0.1", "market_shock": "0.7"})
+                         "market_vol_ratio": "0.1", "market_shock": "0.7",
+                         "market_move": "-0.2"})
     path = tmp_path / "m.csv"
     edit(good).to_csv(path, index=False)
     with pytest.raises(PriceDataError) as err:
@@ -123,9 +128,10 @@ def test_the_model_reads_the_market_at_each_price(models, kind):
     rolling = model.predict(None, pd.DataFrame([row]), {"mode": "rolling"})
     assert np.allclose(last.iloc[0, 3:].to_numpy(float), rolling.iloc[-1, 3:].to_numpy(float),
                        rtol=1e-5)
-    calm = row | {"market_shock": [0.3] * len(row["close"])}
-    moved = model.predict(None, pd.DataFrame([calm]))
-    assert not np.allclose(moved.iloc[0, 3:].to_numpy(float), last.iloc[0, 3:].to_numpy(float))
+    for column, value in [("market_shock", 0.3), ("market_move", -3.0)]:
+        moved = model.predict(None, pd.DataFrame([row | {column: [value] * len(row["close"])}]))
+        assert not np.allclose(moved.iloc[0, 3:].to_numpy(float),
+                               last.iloc[0, 3:].to_numpy(float)), column
     first = row | {"market_shock": [5.0] + row["market_shock"][1:]}  # the first is not read
     assert np.allclose(model.predict(None, pd.DataFrame([first])).iloc[0, 3:].to_numpy(float),
                        last.iloc[0, 3:].to_numpy(float))
@@ -142,6 +148,9 @@ def test_the_model_reads_the_market_at_each_price(models, kind):
      "position 7"),
     (lambda r: r | {"market_vol_ratio": ["high"] * len(r["close"])},
      "row 0, column 'market_vol_ratio': position 0: expected a number, got 'high'"),
+    (lambda r: r | {"market_move": r["market_move"][:-1] + [-25.0]},
+     "row 0, column 'market_move': expected a finite number within +-20, got -25.0 at "
+     "position 399"),
 ])
 def test_bad_market_columns_are_named_400s(models, change, message):
     with pytest.raises(MlflowException, match=message.replace("(", r"\(").replace("+", r"\+")):

@@ -151,7 +151,7 @@ def test_yearly_walk_forward_with_intervals_adapted_online(store):
 
 
 def test_a_model_trained_with_the_market_takes_it_at_every_entry_point(store, capsys):
-    """market=FILE: the table's two columns are inputs beside each series' own; the served
+    """market=FILE: the table's columns are inputs beside each series' own; the served
     model takes them per price, predict and evaluate --data read them from a table."""
     from data_loaders.market import MARKET_FEATURES
     from pipeline import evaluate, predict
@@ -162,7 +162,7 @@ def test_a_model_trained_with_the_market_takes_it_at_every_entry_point(store, ca
     out = main([*SMALL, "--data", str(PRICES), "--market", str(table)])
     model = mlflow.pyfunc.load_model("models:/prices-volatility-h5-gaussian-market@champion")
     spec = model.unwrap_python_model().spec
-    assert spec["features"][-2:] == list(MARKET_FEATURES)
+    assert spec["features"][-len(MARKET_FEATURES):] == list(MARKET_FEATURES)
     assert set(MARKET_FEATURES) <= set(model.metadata.get_input_schema().input_names())
     uri = "models:/prices-volatility-h5-gaussian-market@champion"
     with pytest.raises(ValueError, match="market: this model reads the market at each price"):

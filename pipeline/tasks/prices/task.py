@@ -80,9 +80,10 @@ class Params:
     fold: int = param(0, "with folds=K: run only fold k (1..K); 0 runs them all")
     scale_free: bool = param(False, "inputs and targets relative to each series' own trailing "
                                     "(EWMA) volatility: one model for quiet and wild series")
-    market: str = param("", "a market table (CSV: date, market_vol_ratio, market_shock; python "
-                            "-m data_loaders.market): each day's market-wide inputs beside "
-                            "each series' own; the served model then takes them per price")
+    market: str = param("", "a market table (CSV: date, market_vol_ratio, market_shock, "
+                            "market_move; python -m data_loaders.market): each day's "
+                            "market-wide inputs beside each series' own; the served model "
+                            "then takes them per price")
     aci: float = param(0.0, "gamma > 0: the test also scores the model's intervals adapted "
                             "online per series (adaptive conformal inference, row model_aci): "
                             "the miss rate steers the level as each outcome comes in")
