@@ -30,10 +30,11 @@ import pandas as pd
 
 from data_loaders.files import atomic_write
 from data_loaders.prices import (
+    REPAIRS,
     SCALE_FREE,
     PriceDataError,
     price_features,
-    read_prices,
+    read_prices_skipping,
     scale_free,
 )
 
@@ -53,9 +54,9 @@ def market_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         days = pd.DatetimeIndex(frame.index[1:])  # step t is known at day t+1
         ratio[name] = pd.Series(x[:, at_ratio], index=days)
         z[name] = pd.Series(np.clip(x[:, at_z], -Z_CAP, Z_CAP), index=days)
-    z = pd.concat(z, axis=1)
+    z = pd.concat(z, axis=1, sort=True)  # series of other spans: the union of their days
     shock = np.log1p((z ** 2).mean(axis=1))
-    table = pd.DataFrame({MARKET_FEATURES[0]: pd.concat(ratio, axis=1).mean(axis=1),
+    table = pd.DataFrame({MARKET_FEATURES[0]: pd.concat(ratio, axis=1, sort=True).mean(axis=1),
                           MARKET_FEATURES[1]: shock.rolling(SHOCK_DAYS, min_periods=1).mean(),
                           MARKET_FEATURES[2]: z.mean(axis=1)})
     table.index.name = "date"
@@ -107,20 +108,27 @@ def market_at(table: pd.DataFrame, dates, what: str) -> np.ndarray:
     days = pd.DatetimeIndex(dates)
     at = table.index.get_indexer(days)
     if (at < 0).any():
-        day = days[int(np.flatnonzero(at < 0)[0])]
+        day, first = days[int(np.flatnonzero(at < 0)[0])], table.index[0].date()
         raise PriceDataError(f"{what}: the market table has no row for {day.date()} (it "
-                             f"covers {table.index[0].date()} to {table.index[-1].date()} "
-                             "on the universe's trading days)")
+                             f"covers {first} to {table.index[-1].date()} on the universe's "
+                             "trading days)" + (f"; read the series from the table's first "
+                                                f"day on: start={first}"
+                                                if day.date() < first else ""))
     return table.to_numpy(np.float64)[at]
 
 
 def market_columns(table: pd.DataFrame, dates, what: str) -> dict[str, list[float]]:
-    """A request's market columns for a series with prices on these days: the table's
-    values, one per price. The first price has no return before it, so its value is not
-    read: it repeats the second's (the table need not reach back before the series)."""
-    values = market_at(table, pd.DatetimeIndex(dates)[1:], what)
-    values = np.concatenate([values[:1], values]) if len(values) else market_at(table, dates,
-                                                                                   what)
+    """A request's market columns for prices on these days: the table's values, one per
+    price. The first price of a series has no return before it, so its value is not read:
+    where the table lacks that day (a series that starts with the table) it repeats the
+    second's. A streamed piece that continues a series has its first day in the table,
+    and the model reads it."""
+    days = pd.DatetimeIndex(dates)
+    if len(days) > 1 and days[0] not in table.index:
+        values = market_at(table, days[1:], what)
+        values = np.concatenate([values[:1], values])
+    else:
+        values = market_at(table, days, what)
     return {name: values[:, k].tolist() for k, name in enumerate(MARKET_FEATURES)}
 
 
@@ -129,16 +137,23 @@ def main(argv=None) -> None:
     parser.add_argument("--data", required=True, help="a folder of price CSV files or a "
                         "Parquet file of series (as `data` for the prices task)")
     parser.add_argument("--out", required=True, help="the market table CSV to write")
+    parser.add_argument("--repair", default="none", choices=REPAIRS, help="bad CSV rows: "
+                        "none (stop, naming the file, line and column), drop or ffill")
+    parser.add_argument("--skip_bad", default="false", choices=("true", "false"),
+                        help="true: leave bad series out (counted and listed)")
     args = parser.parse_args(argv)
     try:
-        frames, _ = read_prices(args.data)
+        frames, repairs, bad = read_prices_skipping(args.data, args.repair,
+                                                    skip_bad=args.skip_bad == "true")
     except (OSError, ValueError) as err:  # PriceDataError included: one line, no traceback
         raise SystemExit(f"error: {err}") from None
     table = market_table(frames)
     atomic_write(args.out, lambda tmp: table.to_csv(tmp, float_format="%.6f",
                                                     date_format="%Y-%m-%d"))
     print(f"{args.out}: {len(table)} days, {table.index[0].date()} to "
-          f"{table.index[-1].date()}, from {len(frames)} series")
+          f"{table.index[-1].date()}, from {len(frames)} series"
+          + (f"; {len(repairs)} row(s) repaired ({args.repair})" if repairs else "")
+          + (f"; left out {len(bad)}: " + ", ".join(name for name, _ in bad) if bad else ""))
 
 
 if __name__ == "__main__":

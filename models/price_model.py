@@ -173,10 +173,16 @@ def _check_values(rows: list[dict], columns: dict[str, list[np.ndarray]]) -> Non
                   f"({columns['low'][i][k]}) at position {k}")
 
 
-def _check_market(names: list[str], market: list[np.ndarray | None]) -> None:
-    """Every market value a finite number within what a market table can hold."""
+def _check_market(rows: list[dict], names: list[str], market: list[np.ndarray | None]
+                  ) -> None:
+    """Every market value a finite number (not true or false) within what a market table
+    can hold."""
     for i, values in enumerate(market):
-        if values is None or not len(values) or np.abs(values).max() <= MOST_MARKET:
+        if values is None or not len(values):
+            continue
+        for j in np.unique(np.nonzero((values == 0) | (values == 1))[1]):  # a bool reads as one
+            _not_a_number(rows[i][names[j]], names[j], i)
+        if np.abs(values).max() <= MOST_MARKET:
             continue  # (NaN fails the test, so it is looked at below)
         k, j = (int(a[0]) for a in np.nonzero(~(np.abs(values) <= MOST_MARKET)))
         raise bad(f"row {i}, column '{names[j]}': expected a finite number within "
@@ -499,7 +505,7 @@ class PriceForecaster(ServedModel):
                            if market else None})
         _check_values(rows, {name: [s["prices"][name] for s in series]
                              for name in price_columns(self.spec)})
-        _check_market(self.market, [s["market"] for s in series])
+        _check_market(rows, self.market, [s["market"] for s in series])
         for s in series:
             s["prices"]["adj_close"] = s["prices"].pop("close")
         return series

@@ -39,6 +39,8 @@ class EvaluateParams:
                           "logged as a run of its own; empty: the run's own test split")
     test_start: str = param("", "with data: the first day scored (YYYY-MM-DD); the days "
                                 "before it fit the baselines")
+    start: str = param("", "with data: the first day read (YYYY-MM-DD; the baselines fit "
+                           "from it); empty: each series' first")
     end: str = param("", "with data: the last day scored; empty: to the end")
     skip_bad: bool = param(False, "with data: leave bad or too short series out (listed in "
                                   "the run)")
@@ -114,7 +116,7 @@ def score_other_data(p: EvaluateParams) -> None:
         raise ValueError(f"market: {uri} was trained without a market table; leave market out")
     data_path = Path(p.data).expanduser().resolve()
     fixed = {k: v for k, v in trained.flat().items() if k != "preset"}  # resolved already
-    cfg = build_config({**fixed, "data": str(data_path), "tickers": "", "start": "",
+    cfg = build_config({**fixed, "data": str(data_path), "tickers": "", "start": p.start,
                         "end": p.end, "val_start": "", "test_start": "", "split": "calendar",
                         "folds": 1, "fold": 0, "skip_bad": p.skip_bad, "repair": p.repair,
                         "register": False,
@@ -126,7 +128,8 @@ def score_other_data(p: EvaluateParams) -> None:
     with start_run(cfg, run_name=f"score {Path(p.data).name} from {p.test_start}"):
         logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params  # by mlflow run
         mlflow.log_params({k: v for k, v in {"model": uri, "model_run_id": run_id,
-                                             "data": str(data_path), "test_start": p.test_start,
+                                             "data": str(data_path), "start": p.start,
+                                             "test_start": p.test_start,
                                              "end": p.end}.items() if k not in logged})
         mlflow.set_tags({"scored_model": uri, "scored_data": str(data_path)})
         task.log_data(cfg, data)

@@ -63,6 +63,26 @@ def test_the_command_writes_a_table_that_reads_back(tmp_path, capsys):
     assert (table.index == bundled_market().index).all()
 
 
+def test_the_command_names_a_bad_file_or_leaves_it_out_or_repairs_it(tmp_path, capsys):
+    import shutil
+
+    for name in ("SPY", "AAPL"):
+        shutil.copy(PRICES / f"{name}.csv", tmp_path / f"{name}.csv")
+    lines = (tmp_path / "AAPL.csv").read_text().splitlines()
+    lines[19] = lines[19].replace(lines[19].split(",")[1], "abc", 1)
+    (tmp_path / "AAPL.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out" / "market.csv"
+    with pytest.raises(SystemExit, match=r"AAPL.csv: line 20, column 'open': cannot parse "
+                                         r"'abc'.*repair=drop"):
+        main(["--data", str(tmp_path), "--out", str(out)])
+    assert not out.exists()
+    main(["--data", str(tmp_path), "--out", str(out), "--skip_bad", "true"])
+    assert "from 1 series; left out 1: " in capsys.readouterr().out
+    assert read_market(out).index[0] == read_price_csv(PRICES / "SPY.csv")[0].index[1]
+    main(["--data", str(tmp_path), "--out", str(out), "--repair", "drop"])
+    assert "from 2 series; 1 row(s) repaired (drop)" in capsys.readouterr().out
+
+
 def test_the_bundled_table_is_the_bundled_universe_s():
     """data/market.csv is what the command builds from data/universe.parquet (the recipe
     reads it): rebuilt here, it matches to its six decimals."""
@@ -137,6 +157,25 @@ def test_the_model_reads_the_market_at_each_price(models, kind):
                        last.iloc[0, 3:].to_numpy(float))
 
 
+def test_pieces_a_client_builds_from_the_table_give_one_rolling_pass(models):
+    """Each piece of a stream made by request_row from its own days (as predict --mode
+    stream and a REST client do): a continued piece's first day is read, so it carries the
+    table's value for that day, not the next day's."""
+    model, (prices, _) = models["stateful"], read_price_csv(PRICES / "SPY.csv")
+    frame, table = prices.iloc[-400:], bundled_market()
+    whole = model.predict(None, pd.DataFrame([spy()]), {"mode": "rolling"})
+    state, parts = None, []
+    for a, b in [(0, 250), (250, 251), (251, 400)]:
+        row = request_row(frame.iloc[a:b], "SPY", COLUMNS, table)
+        out = model.predict(None, pd.DataFrame([row | ({"state": state} if state else {})]),
+                            {"mode": "stream"})
+        state, parts = out.state.iloc[-1], [*parts, out]
+    got = pd.concat(parts, ignore_index=True)
+    assert got.step.tolist() == whole.step.tolist()
+    assert np.allclose(got.iloc[:, 3:-1].to_numpy(float), whole.iloc[:, 3:].to_numpy(float),
+                       rtol=1e-5)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r: {k: v for k, v in r.items() if k != "market_shock"},
      "row 0: missing required column 'market_shock'"),
@@ -148,6 +187,8 @@ def test_the_model_reads_the_market_at_each_price(models, kind):
      "position 7"),
     (lambda r: r | {"market_vol_ratio": ["high"] * len(r["close"])},
      "row 0, column 'market_vol_ratio': position 0: expected a number, got 'high'"),
+    (lambda r: r | {"market_move": r["market_move"][:5] + [True] + r["market_move"][6:]},
+     "row 0, column 'market_move': position 5: expected a number, got True"),
     (lambda r: r | {"market_move": r["market_move"][:-1] + [-25.0]},
      "row 0, column 'market_move': expected a finite number within +-20, got -25.0 at "
      "position 399"),

@@ -181,6 +181,19 @@ def test_a_model_trained_with_the_market_takes_it_at_every_entry_point(store, ca
                                 f"tags.scored_model = '{uri}'")
     assert len(scored) == 2 and scored[0].data.metrics["test_qlike"] == pytest.approx(
         scored[1].data.metrics["test_qlike"])
+    late = store / "late.csv"  # a table that starts after the fund: read it from then on
+    bundled_market().loc["2010-01-04":].to_csv(late, date_format="%Y-%m-%d")
+    scoring = ["--model", uri, "--data", str(funds), "--test_start", "2014-01-02", "--market",
+               str(late)]
+    with pytest.raises(ValueError, match=r"SHY: the market table has no row for 2005-02-28 .*"
+                                         r"; read the series from the table's first day on: "
+                                         r"start=2010-01-04"):
+        evaluate.main(scoring)
+    evaluate.main([*scoring, "--start", "2010-01-04"])
+    [late_run] = client.search_runs([client.get_experiment_by_name("prices").experiment_id],
+                                    "params.start = '2010-01-04'")
+    assert late_run.data.tags["scored_model"] == uri
+    assert np.isfinite(late_run.data.metrics["test_qlike"])
     plain = main([*SMALL, "--data", SPY])  # other inputs: registered under a name of its own
     assert {m.name for m in client.search_registered_models()} >= {
         "prices-volatility-h5-gaussian", "prices-volatility-h5-gaussian-market"}
