@@ -153,7 +153,8 @@ def main(argv=None) -> None:
     print(f"{args.out}: {len(table)} days, {table.index[0].date()} to "
           f"{table.index[-1].date()}, from {len(frames)} series"
           + (f"; {len(repairs)} row(s) repaired ({args.repair})" if repairs else "")
-          + (f"; left out {len(bad)}: " + ", ".join(name for name, _ in bad) if bad else ""))
+          + (f"; left out {len(bad)}: " + "; ".join(f"{name} ({why})" for name, why in bad)
+             if bad else ""))
 
 
 if __name__ == "__main__":

@@ -98,11 +98,15 @@ def score_other_data(p: EvaluateParams) -> None:
     if not (p.data and p.test_start):
         raise ValueError("data and test_start: scoring a model on other data needs both "
                          f"(got data={p.data!r}, test_start={p.test_start!r})")
-    try:
-        date.fromisoformat(p.test_start)
-    except ValueError:
-        raise ValueError(f"test_start: cannot read {p.test_start!r} as a date (YYYY-MM-DD)") \
-            from None
+    for name in ["test_start"] + (["start"] if p.start else []):
+        try:
+            date.fromisoformat(getattr(p, name))
+        except ValueError:
+            raise ValueError(f"{name}: cannot read {getattr(p, name)!r} as a date "
+                             "(YYYY-MM-DD)") from None
+    if p.start and date.fromisoformat(p.start) >= date.fromisoformat(p.test_start):
+        raise ValueError(f"start: {p.start} is not before test_start {p.test_start}: the "
+                         "days between them fit the baselines")
     if bool(p.model) == bool(p.run_id):
         raise ValueError("model or run_id: give only one (the model to score)")
     uri = p.model or logged_model_uri(p.run_id)

@@ -77,7 +77,9 @@ def test_the_command_names_a_bad_file_or_leaves_it_out_or_repairs_it(tmp_path, c
         main(["--data", str(tmp_path), "--out", str(out)])
     assert not out.exists()
     main(["--data", str(tmp_path), "--out", str(out), "--skip_bad", "true"])
-    assert "from 1 series; left out 1: " in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "from 1 series; left out 1: " in said
+    assert "AAPL.csv (line 20, column 'open': cannot parse 'abc'" in said
     assert read_market(out).index[0] == read_price_csv(PRICES / "SPY.csv")[0].index[1]
     main(["--data", str(tmp_path), "--out", str(out), "--repair", "drop"])
     assert "from 2 series; 1 row(s) repaired (drop)" in capsys.readouterr().out

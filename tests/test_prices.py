@@ -411,3 +411,6 @@ def test_a_series_listed_after_validation_starts_is_named_or_left_out():
         TASK.prepare(build_config(cfg))
     data = TASK.prepare(build_config({**cfg, "skip_bad": "true"}))
     assert data.names == ["AAPL", "GSPC", "MSFT"] and data.bad[0][0] == "SPY"
+    early = {**cfg, "val_start": "1980-01-02", "test_start": "1981-01-02", "skip_bad": "true"}
+    with pytest.raises(ValueError, match=r"; skip_bad=true would leave out every series$"):
+        TASK.prepare(build_config(early))

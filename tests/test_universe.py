@@ -99,6 +99,10 @@ def test_a_registered_model_scored_on_funds_it_never_saw_in_a_run_of_its_own(sto
     with pytest.raises(ValueError, match="data and test_start: .* needs both"):
         evaluate.main(["--model", "models:/prices-volatility-h5-gaussian@champion",
                        "--data", str(funds)])
+    with pytest.raises(ValueError, match="start: 2014-01-02 is not before test_start 2014-01-02"):
+        evaluate.main(["--model", "models:/prices-volatility-h5-gaussian@champion",
+                       "--data", str(funds), "--test_start", "2014-01-02", "--start",
+                       "2014-01-02"])
     with pytest.raises(ValueError, match="model or run_id: give only one"):
         evaluate.main(["--model", "models:/prices-volatility-h5-gaussian@champion",
                        "--run_id", out["run_id"], "--data", str(funds),

@@ -354,7 +354,8 @@ class PricesTask(Task):
                       if p.start or p.end else "")
             raise ValueError(f"data: series too short{window}: "
                              + "; ".join(f"{k}: {r}" for k, r in why.items())
-                             + "; or pass skip_bad=true to leave them out")
+                             + ("; skip_bad=true would leave out every series" if p.skip_bad
+                                else "; or pass skip_bad=true to leave them out"))
         return frames, bad
 
     def cutoffs(self, cfg: Config, steps: list[np.ndarray]) -> tuple:
