@@ -12,12 +12,14 @@ ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1342
              "MALLOC_ARENA_MAX": "2"}
 
 
-def pin_allocator() -> None:
-    """Re-exec this process with the pinned allocator settings unless they are set."""
-    if any(os.environ.get(k) != v for k, v in ALLOCATOR.items()):
-        os.environ.update(ALLOCATOR)
+def pin_allocator(**overrides: str) -> None:
+    """Re-exec this process with the pinned allocator settings (ALLOCATOR, then
+    `overrides`) unless they are set."""
+    pinned = {**ALLOCATOR, **overrides}
+    if any(os.environ.get(k) != v for k, v in pinned.items()):
+        os.environ.update(pinned)
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-    print("allocator: " + " ".join(f"{k}={v}" for k, v in ALLOCATOR.items()) +
+    print("allocator: " + " ".join(f"{k}={v}" for k, v in pinned.items()) +
           f"; torch threads: {_threads()}")
 
 
