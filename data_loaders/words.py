@@ -1,6 +1,8 @@
 """Common English words that are not digits, for teaching a digit classifier what
-"unknown" sounds like (speech-classify's `unknown_words`), and a second list, never
-trained on, to measure it (`test_word_false_accept`).
+"unknown" sounds like (speech-classify's `unknown_words`); a second list, never
+trained on, to set the "not a word" output's operating point on validation
+(`word_accept_rate`); and a third, never trained on nor validated on, to measure it
+(`test_word_false_accept`).
 
 Homophones of a digit word (four: for, fore; two: to, too; eight: ate; one: won;
 zero: oh) are in neither list: from the sound alone they are that digit, so the model
@@ -42,4 +44,13 @@ HELD_OUT = (
     "salad", "pizza", "sandwich", "orchard", "village", "bridge", "castle", "tower",
     "valley", "desert", "ocean", "thunder", "rainbow", "shadow", "whisper", "journey",
     "magic", "secret", "silent", "gentle", "brave", "clever", "lucky", "empty", "heavy",
+)
+VALIDATION = (
+    "garlic", "carrot", "pumpkin", "cherry", "peanut", "noodle", "biscuit", "muffin",
+    "yogurt", "lizard", "beetle", "donkey", "penguin", "camel", "puppy", "squirrel",
+    "walrus", "falcon", "lantern", "compass", "helmet", "bucket", "shovel", "ribbon",
+    "whistle", "violin", "guitar", "trumpet", "painter", "farmer", "sailor", "pilot",
+    "soldier", "dancer", "harbor", "canyon", "meadow", "glacier", "volcano", "jungle",
+    "prairie", "cottage", "chimney", "balcony", "elbow", "ankle", "muscle", "stomach",
+    "necklace", "feather",
 )

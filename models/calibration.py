@@ -7,6 +7,11 @@
   vocabulary, `unknown_words` > 0; each says why in its own words), or when the
   calibrated probability of its top class is below `min_probability`, the
   validation quantile that rejects `rate` of the validation utterances.
+- The "not a word" output's operating point: a shift of its calibrated logit
+  (`word_bias`), set on validation words said by voices never trained on so that a
+  chosen share of them comes back as a class. The network alone calls a voice unlike
+  any it trained on "not a word" too often; the shift trades the two errors at a
+  stated rate instead of at whatever rate training happened to leave.
 
 The fitted rule is a plain dict, stored in the model's spec (model.json). The
 probabilities returned are the classes' own (with an unknown output they sum to
@@ -64,12 +69,31 @@ def fit_rule(val_logits: torch.Tensor, val_y: torch.Tensor, n_classes: int,
             "min_probability": float(np.quantile(top, rate)) if rate else 0.0}
 
 
+def word_bias(word_logits: torch.Tensor, rule: dict, n_classes: int, rate: float) -> float:
+    """The shift of the "not a word" output's calibrated logit under which at most `rate`
+    of these validation words (none of them a class) come back as a class."""
+    z = word_logits.double() / rule["temperature"]
+    at = n_classes + rule["unknown_outputs"].index(NOT_A_WORD)
+    best = z[:, :n_classes].max(1).values
+    others = torch.cat([z[:, n_classes:at], z[:, at + 1:]], 1)  # the other unknown outputs
+    # a word is a class until the shifted output passes its best class (another unknown
+    # output on top rejects it whatever the shift)
+    need = (best - z[:, at]).numpy()
+    if others.shape[1]:
+        need[(others.max(1).values > best).numpy()] = -np.inf
+    passing = np.sort(need)[::-1][int(rate * len(need))]  # shift past it: the rest pass
+    return float(np.clip(np.nextafter(passing, np.inf), -50.0, 50.0))
+
+
 def apply_rule(logits: torch.Tensor, rule: dict, n_classes: int):
     """The classes' calibrated probabilities [N, n_classes] (float64) and, per row, why it
     is unknown ("" when it is not)."""
     # a rule saved before words: one extra output at most, for non-speech
     extra = rule.get("unknown_outputs", [NOT_SPEECH] * bool(rule.get("unknown_output")))
-    probs = torch.softmax(logits.double() / rule["temperature"], 1).numpy()
+    z = logits.double() / rule["temperature"]
+    if rule.get("word_bias"):
+        z[:, n_classes + extra.index(NOT_A_WORD)] += rule["word_bias"]
+    probs = torch.softmax(z, 1).numpy()
     top = probs.argmax(1)
     probs = probs[:, :n_classes]
     low = probs.max(1) < rule["min_probability"]

@@ -356,7 +356,8 @@ def test_the_largest_audio_request_allowed_gives_its_memory_back(store, small_fs
     from models.speech_model import MAX_CLIP_SAMPLES, MAX_REQUEST_SECONDS
 
     main(speech_args(small_fsdd, store, "--preset", "speech-fsdd", "--epochs", "1",
-                     "--hidden", "128", "--synthetic_voices", "0", "--nonspeech", "4"))
+                     "--hidden", "128", "--synthetic_voices", "0", "--unknown_words", "0",
+                     "--nonspeech", "4"))
     clip = base64.b64encode(_long_clip(sorted(small_fsdd.glob("*.wav")))).decode()
     count = int(MAX_REQUEST_SECONDS // 60)
     assert 60 * 48_000 * 2 == MAX_CLIP_SAMPLES

@@ -1,7 +1,8 @@
 """The documented speech recipe (presets/speech-fsdd.yaml) on a speaker it never heard,
 and its served model over REST: accuracy on the new voice, the unknown rule's price
-on in-vocabulary audio, generated non-speech rejected, silence around a recording
-changing nothing. One fold trains here (docs/results.md's cross-validation runs all six)."""
+on in-vocabulary audio, generated non-speech and words outside the vocabulary
+rejected, silence around a recording changing nothing. One fold trains here
+(docs/results.md's cross-validation runs all six)."""
 
 import base64
 import io
@@ -14,9 +15,11 @@ import pytest
 import soundfile as sf
 from mlflow import MlflowClient
 
-from data_loaders import nonspeech
+from data_loaders import nonspeech, synthetic, words
+from models.calibration import NOT_A_WORD
 from pipeline.core.params import ROOT
 from pipeline.main import main
+from pipeline.tasks.speech.classify import HELD_OUT_VOICES
 from tests.conftest import FSDD
 
 pytestmark = pytest.mark.slow
@@ -49,13 +52,17 @@ def test_recipe_recognises_a_new_voice_and_rejects_nonspeech(recipe):
     m = run.data.metrics
     assert m["test_accuracy"] >= 0.85  # lucas was never heard (docs/results.md: 0.898 in its fold)
     assert m["test_accuracy"] > m["test_accuracy_mlp_mean_pooled"] + 0.1
-    assert m["test_accuracy"] - m["test_accuracy_with_unknown"] <= 0.01 + 1e-9
+    # the words' price: some of a new voice's digits come back "not a word it knows"
+    # (docs/results.md: 10.4 % of lucas's in its fold)
+    assert m["test_unknown_share"] <= 0.15 and m["test_accuracy_with_unknown"] >= 0.75
     assert m["test_false_accept"] <= 0.10
+    assert m["test_word_false_accept"] <= 0.15  # words and voices never trained on
     assert m["test_ece"] < 0.3  # calibrated on known voices: overconfident on a new one
     params = run.data.params
     assert float(params["temperature"]) > 0 and params["synthetic_voices"] == "500"
     assert params["freq_warp"] == "0.15" and params["bidirectional"] == "true"
     assert params["channel"] == "2" and params["bucket"] == "true"
+    assert params["unknown_words"] == "1" and float(params["word_bias"]) != 0
 
 
 def test_served_recipe_says_unknown_and_ignores_silence_over_rest(recipe):
@@ -68,6 +75,10 @@ def test_served_recipe_says_unknown_and_ignores_silence_over_rest(recipe):
              for c in clips[kind]]
     files = sorted(FSDD.glob(f"*_{HELD_OUT}_4[0-4].wav"))[:10]
     speech = [f.read_bytes() for f in files]
+    # 40 of the clips test_word_false_accept measures: words and voices never trained on
+    said = synthetic.say_words(words.HELD_OUT, HELD_OUT_VOICES, 25,
+                               ROOT / "data" / "cache" / "synthetic", progress=False)[::5]
+    other += [f.read_bytes() for f in said]
     second = np.zeros(8000, np.float32)
     padded = [wav(np.concatenate([second, sf.read(io.BytesIO(b), dtype="float32")[0], second]))
               for b in speech]
@@ -80,7 +91,8 @@ def test_served_recipe_says_unknown_and_ignores_silence_over_rest(recipe):
     got = pd.DataFrame(json.loads(text)["predictions"])
     n, k = len(other), len(speech)
     rejected = (got.label[:n] == "unknown").mean()
-    assert rejected >= 0.9, got[:n][["label", "probability", "reason"]]
+    assert rejected >= 0.85, got[:n][["label", "probability", "reason"]]
+    assert (got.reason[n - len(said):n] == NOT_A_WORD).mean() >= 0.75
     assert (got.reason[:n][got.label[:n] == "unknown"] != "").all()
     assert got.label[n:n + k].tolist() == got.label[n + k:].tolist()  # silence changes nothing
     assert np.allclose(got.probability[n:n + k], got.probability[n + k:], atol=1e-6)

@@ -180,6 +180,25 @@ def test_unknown_rule_rejects_the_unknown_output_and_unsure_inputs_at_the_asked_
                              (calibration.NOT_SPEECH,))
 
 
+def test_the_word_output_is_shifted_to_pass_the_asked_share_of_validation_words():
+    rng = np.random.default_rng(2)
+    extra = (calibration.NOT_SPEECH, calibration.NOT_A_WORD)
+    rule = {"temperature": 2.0, "unknown_outputs": list(extra), "min_probability": 0.0}
+    said = torch.as_tensor(rng.standard_normal((400, 5)))  # words: 3 classes, 2 unknowns
+    said[:40, 3] = 9.0  # heard as non-speech: rejected whatever the shift
+    for rate in (0.02, 0.1, 0.3):
+        rule["word_bias"] = calibration.word_bias(said, rule, 3, rate)
+        why = calibration.apply_rule(said, rule, 3)[1]
+        called = np.mean([not w for w in why])
+        assert rate - 1 / 400 <= called <= rate  # as many as allowed, not one more
+        assert why[:40] == [calibration.NOT_SPEECH] * 40
+    strong = said.clone()
+    strong[40:, 4] += 20  # a network sure of every word: the shift gives some back
+    assert calibration.word_bias(strong, rule, 3, 0.1) < 0
+    nudged = {**rule, "word_bias": -100.0}
+    assert "" in calibration.apply_rule(strong, nudged, 3)[1]
+
+
 def test_generated_nonspeech_is_seeded_and_covers_every_kind():
     a, b = nonspeech.signals(8000, seed=3, n=2), nonspeech.signals(8000, seed=3, n=2)
     assert list(a) == list(nonspeech.KINDS)

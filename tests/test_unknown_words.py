@@ -9,18 +9,21 @@ from mlflow import MlflowClient
 from data_loaders import synthetic, words
 from models.calibration import NOT_A_WORD, NOT_SPEECH
 from pipeline.main import main
-from pipeline.tasks.speech.classify import HELD_OUT_VOICES, LIMITS
+from pipeline.tasks.speech.classify import HELD_OUT_VOICES, LIMITS, VALIDATION_VOICES
 
 
 def test_the_word_lists_hold_no_digit_nor_its_sound_alike_and_are_disjoint():
     banned = (set(synthetic.DIGITS) | {w for ws in words.HOMOPHONES.values() for w in ws}
               | set(words.NEAR_RHYMES))
-    for listed in (words.TRAINING, words.HELD_OUT):
+    for listed in (words.TRAINING, words.VALIDATION, words.HELD_OUT):
         assert not banned & set(listed) and len(set(listed)) == len(listed)
         assert all(w.isalpha() and w.islower() for w in listed)  # file names {word}_synthK_0
-    assert not set(words.TRAINING) & set(words.HELD_OUT)
+    lists = (words.TRAINING, words.VALIDATION, words.HELD_OUT)
+    assert all(not set(a) & set(b) for i, a in enumerate(lists) for b in lists[i + 1:])
     assert set(words.HOMOPHONES) <= set(synthetic.DIGITS)
-    assert HELD_OUT_VOICES.start >= LIMITS["synthetic_voices"]  # no run trains on them
+    for voices in (HELD_OUT_VOICES, VALIDATION_VOICES):  # no run trains on them
+        assert voices.start >= LIMITS["synthetic_voices"]
+    assert not set(HELD_OUT_VOICES) & set(VALIDATION_VOICES)
 
 
 def test_voices_say_words_drawn_from_the_seed(tmp_path):
@@ -47,6 +50,8 @@ def test_words_train_an_unknown_output_of_their_own_and_are_measured(store, smal
     model = mlflow.pyfunc.load_model("models:/speech-classify@champion").unwrap_python_model()
     assert model.spec["n_out"] == 3 + 2
     assert model.spec["unknown"]["unknown_outputs"] == [NOT_SPEECH, NOT_A_WORD]
+    bias = model.spec["unknown"]["word_bias"]  # set on the validation words
+    assert bias != 0 and run.data.params["word_bias"] == f"{bias:.4g}"
 
 
 def test_words_need_the_voices_that_say_them(store, small_fsdd):

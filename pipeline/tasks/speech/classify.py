@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_loaders import words
 from data_loaders.sequences import TEST, TRAIN, VAL
 from pipeline.core.params import Config, param
 from pipeline.tasks import Evaluation, Objective, in_calls
@@ -60,6 +61,11 @@ class Params(common.Params):
                                     "many epochs by forecasting the input frames (speech-"
                                     "forecast's objective) on this run's training audio only, "
                                     "as recorded (pipeline/tasks/speech/pretrain.py); 0: off")
+    word_accept_rate: float = param(0.05, "with unknown_words: the \"not a word\" output's "
+                                          "logit is shifted so that this share of validation "
+                                          "words (data_loaders/words.py's VALIDATION, said by "
+                                          "8 voices never trained on) come back as a digit; "
+                                          "0: no shift")
     unknown_rate: float = param(0.01, "share of validation utterances the confidence threshold "
                                       "may call unknown; 0: no threshold")
 
@@ -93,8 +99,9 @@ class Params(common.Params):
                              "synthetic_voices > 0")
         if self.synthetic_voices and not self.synthetic_cache:
             raise ValueError("synthetic_cache: give a folder for the synthetic voices")
-        if not 0 <= self.unknown_rate < 0.5:
-            raise ValueError(f"unknown_rate must be in [0, 0.5), got {self.unknown_rate!r}")
+        for name in ("unknown_rate", "word_accept_rate"):
+            if not 0 <= getattr(self, name) < 0.5:
+                raise ValueError(f"{name} must be in [0, 0.5), got {getattr(self, name)!r}")
         return self
 
 
@@ -107,7 +114,7 @@ class SpeechClassifyTask(SpeechTask):
     Params = Params
     served = "SpeechClassifier"
     score_name = "log_loss"
-    derived_params = ("temperature", "unknown_min_probability")
+    derived_params = ("temperature", "unknown_min_probability", "word_bias")
 
     def validate(self, cfg: Config) -> None:
         super().validate(cfg)
@@ -186,20 +193,27 @@ class SpeechClassifyTask(SpeechTask):
         return Objective(updates, validate, nn.functional.cross_entropy, "cross-entropy")
 
     def unknown_rule(self, net, cfg: Config, data: SpeechData) -> dict:
-        """The temperature and the unknown rule, fit on validation (models/calibration.py)."""
-        from models.calibration import fit_rule
+        """The temperature and the unknown rule, fit on validation (models/calibration.py):
+        the validation files, and with unknown_words validation words too."""
+        from models.calibration import fit_rule, word_bias
         from models.networks import logits
 
         xv, lv, yv = data.padded(VAL)
-        return fit_rule(logits(net, xv, lv), yv, len(data.classes), cfg.task.unknown_rate,
-                        cfg.task.extra_outputs())
+        p = cfg.task
+        rule = fit_rule(logits(net, xv, lv), yv, len(data.classes), p.unknown_rate,
+                        p.extra_outputs())
+        if p.unknown_words and p.word_accept_rate:
+            said = word_logits(net, cfg, data, words.VALIDATION, VALIDATION_VOICES)
+            rule["word_bias"] = word_bias(said, rule, len(data.classes), p.word_accept_rate)
+        return rule
 
     def served_spec(self, net, cfg: Config, data: SpeechData) -> dict:
         import mlflow
 
         rule = self.unknown_rule(net, cfg, data)
         mlflow.log_params({"temperature": f"{rule['temperature']:.4g}",
-                           "unknown_min_probability": f"{rule['min_probability']:.4g}"})
+                           "unknown_min_probability": f"{rule['min_probability']:.4g}",
+                           "word_bias": f"{rule.get('word_bias', 0.0):.4g}"})
         return {**super().served_spec(net, cfg, data), "unknown": rule}
 
     def horizon(self, net, cfg: Config, data: SpeechData):
@@ -294,7 +308,7 @@ def synthetic_features(paths: list[Path], cfg: Config, label: str = ""):
 def add_words(data: SpeechData, cfg: Config) -> None:
     """Each synthetic voice says unknown_words training words (data_loaders/words.py),
     as the last unknown output."""
-    from data_loaders import synthetic, words
+    from data_loaders import synthetic
 
     p = cfg.task
     kept, feats, _ = synthetic_features(synthetic.say_words(
@@ -305,18 +319,31 @@ def add_words(data: SpeechData, cfg: Config) -> None:
           "unknown output")
 
 
-HELD_OUT_VOICES = range(100_000, 100_008)  # voice numbers no training run draws (LIMITS)
+# voice numbers no training run draws (LIMITS): words to test on, and to validate on
+HELD_OUT_VOICES = range(100_000, 100_008)
+VALIDATION_VOICES = range(200_000, 200_008)
+
+
+def word_frames(cfg: Config, said: tuple[str, ...], voices: range) -> list[np.ndarray]:
+    """Raw frames of 25 of `said` spoken by each of `voices` (none of them trained on)."""
+    from data_loaders import synthetic
+
+    return synthetic_features(synthetic.say_words(
+        said, voices, 25, cfg.path(cfg.task.synthetic_cache), seed=0), cfg, "unknown")[1]
+
+
+def word_logits(net, cfg: Config, data: SpeechData, said: tuple[str, ...], voices: range):
+    from models.networks import logits, pad
+
+    x, lengths = pad([data.normalise_one(f) for f in word_frames(cfg, said, voices)])
+    return logits(net, x, lengths)
 
 
 def word_false_accept(net, cfg: Config, data: SpeechData, rule: dict) -> float:
-    """The share of 200 clips of words never trained on (words.HELD_OUT, 25 of them said by
-    each of 8 synthetic voices never trained on) that the model labels as a digit."""
-    from data_loaders import synthetic, words
-
-    feats = synthetic_features(synthetic.say_words(
-        words.HELD_OUT, HELD_OUT_VOICES, 25, cfg.path(cfg.task.synthetic_cache), seed=0),
-        cfg, "unknown")[1]
-    why = unknown_reasons(net, data, rule, feats)
+    """The share of 200 clips of words never trained on nor validated on (words.HELD_OUT,
+    25 of them said by each of 8 synthetic voices never heard) that the model labels as a
+    digit."""
+    why = unknown_reasons(net, data, rule, word_frames(cfg, words.HELD_OUT, HELD_OUT_VOICES))
     return sum(not w for w in why) / len(why)
 
 
