@@ -82,7 +82,10 @@ def word_bias(word_logits: torch.Tensor, rule: dict, n_classes: int, rate: float
     if others.shape[1]:
         need[(others.max(1).values > best).numpy()] = -np.inf
     passing = np.sort(need)[::-1][int(rate * len(need))]  # shift past it: the rest pass
-    return float(np.clip(np.nextafter(passing, np.inf), -50.0, 50.0))
+    if passing == -np.inf:  # few enough can ever pass: let every one that can
+        finite = need[np.isfinite(need)]
+        passing = finite.min() - 1.0 if finite.size else 0.0
+    return float(np.nextafter(passing, np.inf))
 
 
 def apply_rule(logits: torch.Tensor, rule: dict, n_classes: int):

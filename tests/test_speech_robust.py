@@ -197,6 +197,13 @@ def test_the_word_output_is_shifted_to_pass_the_asked_share_of_validation_words(
     assert calibration.word_bias(strong, rule, 3, 0.1) < 0
     nudged = {**rule, "word_bias": -100.0}
     assert "" in calibration.apply_rule(strong, nudged, 3)[1]
+    heard = said.clone()
+    heard[:, 3] = 99.0  # every word heard as non-speech: the word output need never win
+    rule["word_bias"] = calibration.word_bias(heard, rule, 3, 0.05)
+    assert calibration.apply_rule(heard, rule, 3)[1] == [calibration.NOT_SPEECH] * 400
+    heard[:10, 3] = -99.0  # ten can pass, fewer than 5 %: all ten may
+    rule["word_bias"] = calibration.word_bias(heard, rule, 3, 0.05)
+    assert calibration.apply_rule(heard, rule, 3)[1][:10] == [""] * 10
 
 
 def test_generated_nonspeech_is_seeded_and_covers_every_kind():
