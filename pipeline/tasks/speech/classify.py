@@ -96,7 +96,7 @@ class Params(common.Params):
                                  f"{getattr(self, name)!r}")
         if self.unknown_words and not self.synthetic_voices:
             raise ValueError("unknown_words: the synthetic voices say the words; set "
-                             "synthetic_voices > 0")
+                             "synthetic_voices > 0, or unknown_words=0")
         if self.synthetic_voices and not self.synthetic_cache:
             raise ValueError("synthetic_cache: give a folder for the synthetic voices")
         for name in ("unknown_rate", "word_accept_rate"):
