@@ -50,7 +50,7 @@ def wav(samples: np.ndarray, rate: int = 8000) -> bytes:
 def test_recipe_recognises_a_new_voice_and_rejects_nonspeech(recipe):
     _, run = recipe
     m = run.data.metrics
-    assert m["test_accuracy"] >= 0.85  # lucas was never heard (docs/results.md: 0.898 in its fold)
+    assert m["test_accuracy"] >= 0.85  # lucas was never heard (docs/results.md: 0.874 in its fold)
     assert m["test_accuracy"] > m["test_accuracy_mlp_mean_pooled"] + 0.1
     # the words' price: some of a new voice's digits come back "not a word it knows"
     # (docs/results.md: 10.4 % of lucas's in its fold)
