@@ -203,7 +203,7 @@ class SpeechClassifyTask(SpeechTask):
         rule = fit_rule(logits(net, xv, lv), yv, len(data.classes), p.unknown_rate,
                         p.extra_outputs())
         if p.unknown_words and p.word_accept_rate:
-            said = word_logits(net, cfg, data, words.VALIDATION, VALIDATION_VOICES)
+            said = clip_logits(net, data, word_frames(cfg, words.VALIDATION, VALIDATION_VOICES))
             rule["word_bias"] = word_bias(said, rule, len(data.classes), p.word_accept_rate)
         return rule
 
@@ -332,10 +332,11 @@ def word_frames(cfg: Config, said: tuple[str, ...], voices: range) -> list[np.nd
         said, voices, 25, cfg.path(cfg.task.synthetic_cache), seed=0), cfg, "unknown")[1]
 
 
-def word_logits(net, cfg: Config, data: SpeechData, said: tuple[str, ...], voices: range):
+def clip_logits(net, data: SpeechData, frames: list[np.ndarray]):
+    """The network's outputs for clips' raw frames, normalised as the training ones."""
     from models.networks import logits, pad
 
-    x, lengths = pad([data.normalise_one(f) for f in word_frames(cfg, said, voices)])
+    x, lengths = pad([data.normalise_one(f) for f in frames])
     return logits(net, x, lengths)
 
 
@@ -377,10 +378,8 @@ def false_accept(net, cfg: Config, data: SpeechData, rule: dict, n: int = 12) ->
 def unknown_reasons(net, data: SpeechData, rule: dict, frames: list[np.ndarray]) -> list[str]:
     """Why the model calls each clip's raw frames unknown ("": it names a class)."""
     from models.calibration import apply_rule
-    from models.networks import logits, pad
 
-    x, lengths = pad([data.normalise_one(f) for f in frames])
-    return apply_rule(logits(net, x, lengths), rule, len(data.classes))[1]
+    return apply_rule(clip_logits(net, data, frames), rule, len(data.classes))[1]
 
 
 def mlp_baseline(cfg: Config, data: SpeechData) -> np.ndarray:
