@@ -83,6 +83,40 @@ class RecurrentRegressor(nn.Module):
         return read_out(self(x, lengths=lengths)[0], lengths, self.readout)
 
 
+class Ensemble(nn.Module):
+    """Recurrent networks side by side on the same padded input, their outputs averaged.
+    Each reads the input as given (view `global`) or normalised per utterance by its own
+    mean and std (`utterance`): networks that hear the audio differently make different
+    mistakes, and their average makes fewer. `each=True` (training) returns every
+    member's outputs stacked on a last axis, so that each learns from its own loss."""
+
+    def __init__(self, members: list[RecurrentRegressor], views: list[str]):
+        super().__init__()
+        self.members, self.views = nn.ModuleList(members), list(views)
+        self.bidirectional, self.readout = members[0].bidirectional, members[0].readout
+
+    def forward(self, x: torch.Tensor, state=None, lengths: torch.Tensor | None = None,
+                each: bool = False):
+        n = torch.full((len(x),), x.shape[1]) if lengths is None else lengths
+        outs = torch.stack([m(utterance_cmvn(x, n) if v == "utterance" else x,
+                              lengths=lengths)[0] for m, v in zip(self.members, self.views,
+                                                                  strict=True)], -1)
+        return (outs if each else outs.mean(-1)), None
+
+    pooled = RecurrentRegressor.pooled
+
+
+def utterance_cmvn(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Padded frames [B, T, F] normalised per utterance by the mean and std of its own
+    frames (padding stays zero)."""
+    valid = (torch.arange(x.shape[1], device=x.device)[None]
+             < lengths.to(x.device)[:, None])[..., None]
+    n = lengths.to(x.device)[:, None, None].to(x.dtype)
+    mean = (x * valid).sum(1, keepdim=True) / n
+    std = ((((x - mean) * valid) ** 2).sum(1, keepdim=True) / n).sqrt()
+    return (x - mean) / torch.where(std > 1e-8, std, 1.0) * valid
+
+
 class MLPRegressor(nn.Module):
     """The feed-forward baseline: a flattened window [B, L*F] -> hidden layers -> out.
     Trained by plain backpropagation; it has no state, so the output is one step."""
@@ -132,12 +166,16 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 def build_model(cfg: dict, n_features: int, n_outputs: int) -> nn.Module:
     """A network from the model part of the config (a plain dict, as stored with the model)."""
     kwargs = dict(hidden=cfg["hidden"], layers=cfg["layers"], dropout=cfg["dropout"])
+    views = cfg.get("ensemble") or []  # speech-classify: one network per view
     if cfg["cell"] == "mlp":
         model = MLPRegressor(n_features, n_outputs, lookback=cfg["lookback"], **kwargs)
     else:
-        model = RecurrentRegressor(n_features, n_outputs, cell=cfg["cell"], norm=cfg["norm"],
-                                   bidirectional=cfg.get("bidirectional", False),
-                                   readout=cfg.get("readout", "last"), **kwargs)
+        def recurrent():
+            return RecurrentRegressor(n_features, n_outputs, cell=cfg["cell"], norm=cfg["norm"],
+                                      bidirectional=cfg.get("bidirectional", False),
+                                      readout=cfg.get("readout", "last"), **kwargs)
+
+        model = Ensemble([recurrent() for _ in views], views) if views else recurrent()
     init_weights(model, cfg["init"])
     return model
 
@@ -318,10 +356,11 @@ def by_length(lengths: list[int], budget: int = FRAMES_PER_CALL) -> list[list[in
 @torch.no_grad()
 def logits_of(model: nn.Module, xs: list[np.ndarray]) -> torch.Tensor:
     """The pooled output [N, C] of sequences xs[i] [T_i, F], in groups by length."""
-    out = torch.empty(len(xs), model.head.out_features)
+    out: list = [None] * len(xs)
     for group in by_length([len(x) for x in xs]):
-        out[group] = logits(model, *pad([xs[i] for i in group]))
-    return out
+        for i, row in zip(group, logits(model, *pad([xs[i] for i in group])), strict=True):
+            out[i] = row
+    return torch.stack(out)
 
 
 def read_out(out: torch.Tensor, lengths: torch.Tensor, readout: str) -> torch.Tensor:
@@ -331,7 +370,8 @@ def read_out(out: torch.Tensor, lengths: torch.Tensor, readout: str) -> torch.Te
 
 
 def _masked_mean(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """[B, T, H] -> [B, H], the mean over each sequence's own steps."""
+    """[B, T, H, ...] -> [B, H, ...], the mean over each sequence's own steps."""
     lengths = lengths.to(h.device)
     mask = torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]
-    return (h * mask[..., None]).sum(1) / lengths[:, None]
+    trail = [1] * (h.dim() - 2)
+    return (h * mask.view(*mask.shape, *trail)).sum(1) / lengths.view(-1, *trail)

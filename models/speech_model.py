@@ -43,7 +43,8 @@ from models.served import ServedModel, bad, cell, missing, no_state, row_id, sen
 
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
 # 60 s scoring timeout on two cores with well under 1 GB of memory: 600 s of 44.1 kHz
-# stereo in 10 clips took 1.8 s and 176 MiB in process (the preset's network, one thread).
+# stereo in 10 clips took 1.8 s and 176 MiB in process (one network, one thread; the
+# preset now averages two).
 MAX_ROWS = 256  # clips
 MAX_SECONDS = 60.0  # per clip
 MAX_CLIP_SAMPLES = int(MAX_SECONDS * 48_000 * 2)  # per clip as stored: 60 s of 48 kHz stereo

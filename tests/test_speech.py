@@ -389,6 +389,27 @@ def test_a_damaged_stored_temperature_is_a_400_never_a_nan_answer(classifier):
 
 
 @pytest.mark.slow
+def test_an_ensemble_trains_is_logged_and_serves_as_one_model(store, small_fsdd):
+    # one direction, read at the last frame: the recipe's (bidirectional, mean) is tested
+    # by test_speech_recipe.py
+    out = main(speech_args(small_fsdd, store, "--ensemble", "global, utterance",
+                           "--epochs", "15", "--lr", "0.01"))
+    run = MlflowClient().get_run(out["run_id"])
+    assert run.data.params["ensemble"] == "global, utterance"
+    assert run.data.metrics["best_val_loss"] < 0.8 * np.log(3)  # both learn: chance is ln 3
+    assert "memory_horizon" not in run.data.metrics  # each network has a state of its own
+    served = mlflow.pyfunc.load_model("models:/speech-classify@champion")
+    net = served.unwrap_python_model().net
+    assert net.views == ["global", "utterance"]
+    first, second = (list(m.parameters())[0] for m in net.members)
+    assert not torch.equal(first, second)
+    files = sorted(small_fsdd.glob("*_lucas_[0-4].wav"))
+    got = served.predict(pd.DataFrame({"audio": [f.read_bytes() for f in files]}))
+    p = got[["p_0", "p_1", "p_2"]].to_numpy()
+    assert np.allclose(p.sum(1), 1, atol=1e-6) and set(got["label"]) <= {"0", "1", "2", "unknown"}
+
+
+@pytest.mark.slow
 def test_a_speech_forecast_model_pretrains_the_classifier_s_recurrent_layers(store, small_fsdd):
     """init_from across the two speech tasks: the forecaster's body, never its head; the
     backward direction, which a forecaster cannot have, stays at its initial values."""

@@ -50,11 +50,12 @@ def wav(samples: np.ndarray, rate: int = 8000) -> bytes:
 def test_recipe_recognises_a_new_voice_and_rejects_nonspeech(recipe):
     _, run = recipe
     m = run.data.metrics
-    assert m["test_accuracy"] >= 0.85  # lucas was never heard (docs/results.md: 0.874 in its fold)
+    # lucas was never heard (docs/results.md: 0.928 in its fold; one network got 0.874)
+    assert m["test_accuracy"] >= 0.88
     assert m["test_accuracy"] > m["test_accuracy_mlp_mean_pooled"] + 0.1
-    # the words' price: some of a new voice's digits come back "not a word it knows"
-    # (docs/results.md: 10.4 % of lucas's in its fold)
-    assert m["test_unknown_share"] <= 0.15 and m["test_accuracy_with_unknown"] >= 0.75
+    # the words' price: a few of a new voice's digits come back "not a word it knows"
+    # (docs/results.md: 0.6 % of lucas's in its fold at 3 %; one network: 10.4 % at 5 %)
+    assert m["test_unknown_share"] <= 0.05 and m["test_accuracy_with_unknown"] >= 0.85
     assert m["test_false_accept"] <= 0.10
     assert m["test_word_false_accept"] <= 0.15  # words and voices never trained on
     assert m["test_ece"] < 0.3  # calibrated on known voices: overconfident on a new one
@@ -63,6 +64,7 @@ def test_recipe_recognises_a_new_voice_and_rejects_nonspeech(recipe):
     assert params["freq_warp"] == "0.15" and params["bidirectional"] == "true"
     assert params["channel"] == "2" and params["bucket"] == "true"
     assert params["unknown_words"] == "1" and float(params["word_bias"]) != 0
+    assert params["ensemble"] == "global,utterance" and params["word_accept_rate"] == "0.03"
 
 
 def test_served_recipe_says_unknown_and_ignores_silence_over_rest(recipe):

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from data_loaders import audio, nonspeech
 from models import calibration
-from models.networks import build_model, logits, pad
+from models.networks import build_model, logits, pad, read_out, utterance_cmvn
 from pipeline.main import main
 from pipeline.tasks.speech.augment import Augment
 from tests.conftest import FSDD
@@ -109,6 +109,63 @@ def test_bidirectional_mean_readout_ignores_padding():
     alone = torch.cat([logits(net, *pad([xi])) for xi in xs])
     assert torch.allclose(together, alone, atol=1e-5)
     assert torch.allclose(logits(net, wider, lengths), together, atol=1e-5)
+
+
+ENSEMBLE = {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "norm": "none",
+            "init": "orthogonal", "bidirectional": True, "readout": "mean",
+            "ensemble": ["global", "utterance"]}
+
+
+def test_an_ensemble_averages_its_networks_and_each_view_reads_as_it_says():
+    """Padding changes nothing; the output is the members' mean; the utterance view
+    gives the same for the same utterance louder or through another gain per band (a
+    per-band affine change of the log-mel frames), while the global view does not."""
+    torch.manual_seed(0)
+    net = build_model(ENSEMBLE, 5, 3)
+    xs = [np.random.default_rng(i).standard_normal((n, 5)).astype("float32")
+          for i, n in enumerate((7, 12, 3))]
+    x, lengths = pad(xs)
+    together = logits(net, x, lengths)
+    alone = torch.cat([logits(net, *pad([xi])) for xi in xs])
+    assert torch.allclose(together, alone, atol=1e-5)
+    each = net(x, lengths=lengths, each=True)[0]  # [B, T, C, members]
+    assert each.shape == (3, 12, 3, 2)
+    assert torch.allclose(net(x, lengths=lengths)[0], each.mean(-1))
+    moved = pad([xi * np.linspace(0.5, 2, 5, dtype="float32") + 3 for xi in xs])[0]
+    glob, utt = (m.pooled for m in net.members)
+    assert torch.allclose(utt(utterance_cmvn(moved, lengths), lengths),
+                          utt(utterance_cmvn(x, lengths), lengths), atol=1e-4)
+    assert not torch.allclose(glob(moved, lengths), glob(x, lengths), atol=1e-2)
+
+
+def test_each_network_of_an_ensemble_learns_from_its_own_loss():
+    """The training loss (cross-entropy over the stacked outputs) gives each member the
+    gradient of its own loss, halved: no member's step depends on another's output."""
+    torch.manual_seed(0)
+    net = build_model({**ENSEMBLE, "readout": "last"}, 5, 3)
+    x, lengths = pad([np.random.default_rng(i).standard_normal((n, 5)).astype("float32")
+                      for i, n in enumerate((7, 12, 3, 9))])
+    y = torch.tensor([0, 2, 1, 2])
+    out = read_out(net(x, lengths=lengths, each=True)[0], lengths, "last")  # [B, C, 2]
+    torch.nn.functional.cross_entropy(out, y[:, None].repeat(1, 2)).backward()
+    joint = [p.grad.clone() for p in net.members[0].parameters()]
+    net.zero_grad()
+    alone = read_out(net.members[0](x, lengths=lengths)[0], lengths, "last")
+    (torch.nn.functional.cross_entropy(alone, y) / 2).backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6)
+               for a, p in zip(joint, net.members[0].parameters(), strict=True))
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"ensemble": "global,spectral"}, "ensemble: each view must be one of"),
+    ({"ensemble": "global"}, "ensemble: give 2 to 4 views"),
+    ({"ensemble": "global,utterance", "normalise": "utterance"}, "it needs normalise=global"),
+    ({"ensemble": "global,utterance", "pretrain_epochs": 2}, "give one of them")])
+def test_ensemble_settings_that_cannot_work_are_named(given, message):
+    from pipeline.tasks.speech.classify import Params
+
+    with pytest.raises(ValueError, match=message):
+        Params(**given).validate()
 
 
 def test_temperature_undoes_overconfidence_and_lowers_the_calibration_error():

@@ -57,3 +57,24 @@ def test_words_train_an_unknown_output_of_their_own_and_are_measured(store, smal
 def test_words_need_the_voices_that_say_them(store, small_fsdd):
     with pytest.raises(ValueError, match="unknown_words: the synthetic voices say the words"):
         main(["--task", "speech-classify", "--data", str(small_fsdd), "--unknown_words", "2"])
+
+
+@pytest.mark.slow
+def test_word_rates_gives_what_each_fold_logged_at_its_own_rate(store, small_fsdd):
+    """The operating-point table refits the shift on each fold's model; at the rate the
+    folds trained with it gives back their logged metrics, and a lower rate passes no
+    more words and calls no fewer digits unknown."""
+    from pipeline.tasks.speech import word_rates
+
+    out = main(["--task", "speech-classify", "--data", str(small_fsdd), "--split", "speaker",
+                "--epochs", "6", "--lr", "0.01", "--hidden", "16", "--synthetic_voices", "4",
+                "--unknown_words", "3", "--word_accept_rate", "0.2",
+                "--synthetic_cache", str(store / "synthetic"),
+                "--feature_cache", str(store / "cache")])
+    table = word_rates.main(["--run", out["run_id"], "--rates", "0.2,0.05"])
+    assert len(table) == 4  # small_fsdd's four speakers
+    for run_id, (own, lower) in table.items():
+        m = MlflowClient().get_run(run_id).data.metrics
+        assert own[1:] == pytest.approx((m["test_word_false_accept"], m["test_unknown_share"],
+                                         m["test_accuracy_with_unknown"]), abs=1e-9)
+        assert lower[1] <= own[1] and lower[2] >= own[2]

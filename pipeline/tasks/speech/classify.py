@@ -61,7 +61,12 @@ class Params(common.Params):
                                     "many epochs by forecasting the input frames (speech-"
                                     "forecast's objective) on this run's training audio only, "
                                     "as recorded (pipeline/tasks/speech/pretrain.py); 0: off")
-    word_accept_rate: float = param(0.05, "with unknown_words: the \"not a word\" output's "
+    ensemble: str = param("", "networks trained side by side on the same batches, each "
+                              "with its own loss, their outputs averaged: one per comma-"
+                              "separated view of the frames, global (normalised by the "
+                              "training frames' mean and std) or utterance (by each "
+                              "utterance's own); empty: one network")
+    word_accept_rate: float = param(0.03, "with unknown_words: the \"not a word\" output's "
                                           "logit is shifted so that this share of validation "
                                           "words (data_loaders/words.py's VALIDATION, said by "
                                           "8 voices never trained on) come back as a digit; "
@@ -81,8 +86,24 @@ class Params(common.Params):
 
         return (NOT_SPEECH,) * bool(self.nonspeech) + (NOT_A_WORD,) * bool(self.unknown_words)
 
+    def views(self) -> list[str]:
+        """The ensemble's views, one per network ([]: one network, as `normalise` says)."""
+        return [v.strip() for v in self.ensemble.split(",")] if self.ensemble.strip() else []
+
     def validate(self) -> Params:
         super().validate()
+        if bad := [v for v in self.views() if v not in ENSEMBLE_VIEWS]:
+            raise ValueError(f"ensemble: each view must be one of {list(ENSEMBLE_VIEWS)}, got "
+                             f"{bad[0]!r}")
+        if "global" in self.views() and self.normalise != "global":
+            raise ValueError("ensemble: a global view reads the frames normalised by the "
+                             "training frames' statistics; it needs normalise=global")
+        if len(self.views()) == 1 or len(self.views()) > 4:
+            raise ValueError(f"ensemble: give 2 to 4 views (or none), got "
+                             f"{len(self.views())}")
+        if self.views() and self.pretrain_epochs:
+            raise ValueError("ensemble and pretrain_epochs: pretraining starts one network; "
+                             "give one of them")
         if self.features != "logmel" and (self.freq_warp or self.noise_snr):
             raise ValueError("freq_warp and noise_snr work on log-mel frames; use "
                              "features=logmel")
@@ -105,6 +126,7 @@ class Params(common.Params):
         return self
 
 
+ENSEMBLE_VIEWS = ("global", "utterance")
 LIMITS = {"synthetic_voices": 5000, "nonspeech": 1000, "noise_snr": 100, "channel": 8,
           "unknown_words": 20, "pretrain_epochs": 100}
 
@@ -150,7 +172,8 @@ class SpeechClassifyTask(SpeechTask):
 
     def network(self, cfg: Config, data: SpeechData) -> dict:
         spec = super().network(cfg, data)
-        spec["model"].update(bidirectional=cfg.task.bidirectional, readout=cfg.task.readout)
+        spec["model"].update(bidirectional=cfg.task.bidirectional, readout=cfg.task.readout,
+                             ensemble=cfg.task.views())
         return {**spec, "n_out": len(data.classes) + len(cfg.task.extra_outputs()),
                 "classes": data.classes}
 
@@ -171,6 +194,11 @@ class SpeechClassifyTask(SpeechTask):
         xv, lv, yv = data.padded(VAL)
         xv, yv = xv.to(device), yv.to(device)
         t, augment = cfg.train, cfg.task.augment()
+        k = len(cfg.task.views())  # an ensemble of k: each network learns from its own loss
+
+        def outputs(x, n):  # [B, C], or [B, C, k], whose cross-entropy averages the k losses
+            each = {"each": True} if k else {}
+            return read_out(net(x.to(device), lengths=n, **each)[0], n, net.readout)
 
         def updates(gen, cursor):
             # every rank augments the whole batch (the draws from `gen` stay the same on
@@ -183,7 +211,7 @@ class SpeechClassifyTask(SpeechTask):
                 x, n = augment.raw(xt[via, idx, :steps], lt[via, idx], gen)
                 x = augment.masks(data.normalise(x, n), n, gen)
                 x, n, y = shard(add_noise(x, t.input_noise)), shard(n), shard(yt[idx])
-                yield read_out(net(x.to(device), lengths=n)[0], n, net.readout), y.to(device)
+                yield outputs(x, n), (y[:, None].repeat(1, k) if k else y).to(device)
 
         def validate() -> dict:
             out = logits(net, xv, lv)
@@ -221,6 +249,8 @@ class SpeechClassifyTask(SpeechTask):
         from torch import nn
 
         if cfg.task.bidirectional:  # a backward layer sees every frame: no horizon to find
+            return None
+        if cfg.task.views():  # each network carries a state of its own: no one horizon
             return None
 
         def example(i):

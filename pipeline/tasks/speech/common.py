@@ -138,15 +138,14 @@ class SpeechData:
         for batches changed in training."""
         import torch
 
+        from models.networks import utterance_cmvn
+
+        if not self.norm:
+            return utterance_cmvn(x, lengths)
         valid = (torch.arange(x.shape[1])[None] < lengths[:, None])[..., None]
-        if self.norm:
-            mean, std = (torch.as_tensor(v, dtype=x.dtype) for v in (self.norm.mean_,
-                                                                       self.norm.std_))
-            return (x - mean) / std * valid
-        n = lengths[:, None, None].to(x.dtype)
-        mean = (x * valid).sum(1, keepdim=True) / n
-        std = ((((x - mean) * valid) ** 2).sum(1, keepdim=True) / n).sqrt()
-        return (x - mean) / torch.where(std > 1e-8, std, 1.0) * valid
+        mean, std = (torch.as_tensor(v, dtype=x.dtype) for v in (self.norm.mean_,
+                                                                   self.norm.std_))
+        return (x - mean) / std * valid
 
     def requests(self, which: int) -> pd.DataFrame:
         """The served model's request for a split's files: their bytes."""

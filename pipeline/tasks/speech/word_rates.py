@@ -1,0 +1,125 @@
+"""How the "not a word" operating point trades words for digits, fold by fold of a
+leave-one-speaker-out run of speech-classify with unknown_words: for each
+`word_accept_rate` asked, the shift `word_bias` refit on the validation words as
+training fits it, then the share of the held-out words (200 clips, words and voices
+never trained on) that come back as a digit, and the share of the held-out speaker's
+digits that come back "unknown". The rate is applied after training, so this gives what
+a cross-validation with that rate would give, from the fold models; it trains nothing.
+
+    python -m pipeline.tasks.speech.word_rates --run PARENT_RUN_ID --rates 0.05,0.03
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def served(run_id: str):
+    import mlflow
+
+    from pipeline.core.tracking import logged_model_uri
+
+    return mlflow.pyfunc.load_model(logged_model_uri(run_id)).unwrap_python_model()
+
+
+def file_logits(model, paths) -> object:
+    """The served model's network outputs for audio files, read as a request is."""
+    import pandas as pd
+
+    from models.networks import logits_of
+
+    raw = []
+    for i in range(0, len(paths), model.max_rows):
+        part = pd.DataFrame({"audio": [p.read_bytes() for p in paths[i:i + model.max_rows]]})
+        raw += model.batch(part, lenient=True)[0]
+    if bad := [p for p, r in zip(paths, raw, strict=True) if isinstance(r, str)]:
+        raise ValueError(f"{bad[0]}: no speech the network can read")
+    return logits_of(model.net, [model.normalise(r) for r in raw])
+
+
+def fold_rates(run, rates: list[float]) -> list[tuple[float, float, float, float]]:
+    """(rate, held-out words called a digit, digits called unknown, digits right with
+    unknown counted wrong) for one fold."""
+    from data_loaders import audio, synthetic, words
+    from models.calibration import NOT_A_WORD, apply_rule, word_bias
+    from pipeline.core.tracking import run_config
+    from pipeline.tasks.speech.classify import HELD_OUT_VOICES, VALIDATION_VOICES
+    from pipeline.tasks.speech.common import SAMPLE
+
+    cfg = run_config(run.info.run_id)
+    model, cache = served(run.info.run_id), cfg.path(cfg.task.synthetic_cache)
+    if NOT_A_WORD not in model.spec["unknown"].get("unknown_outputs", []):
+        raise ValueError(f"run {run.info.run_id}: its model has no \"not a word\" output; "
+                         "train with unknown_words")
+    said = {name: file_logits(model, synthetic.say_words(listed, voices, 25, cache))
+            for name, listed, voices in (("val", words.VALIDATION, VALIDATION_VOICES),
+                                         ("test", words.HELD_OUT, HELD_OUT_VOICES))}
+    utts = [u for u in audio.discover(cfg.path(cfg.data.data) if cfg.data.data else SAMPLE)
+            if u.speaker == cfg.task.test_speaker]
+    digits = file_logits(model, [u.path for u in utts])
+    true = np.array([model.spec["classes"].index(u.label) for u in utts])
+    rule, n = dict(model.spec["unknown"]), len(model.spec["classes"])
+    out = []
+    for rate in rates:
+        rule["word_bias"] = word_bias(said["val"], rule, n, rate) if rate else 0.0
+        passed = np.mean([w == "" for w in apply_rule(said["test"], rule, n)[1]])
+        probs, why = apply_rule(digits, rule, n)
+        unknown = np.array([w != "" for w in why])
+        right = np.mean((probs.argmax(1) == true) & ~unknown)
+        out.append((rate, float(passed), float(unknown.mean()), float(right)))
+    return out
+
+
+def main(argv=None) -> dict[str, list]:
+    """Prints the table; returns each fold run's rows, by run id."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.tracking import tracking_uri
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tasks.speech.word_rates",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="the cross-validation's parent run id")
+    parser.add_argument("--rates", default="0.05,0.04,0.03,0.02",
+                        help="word_accept_rate values, comma-separated")
+    args = parser.parse_args(argv)
+    try:
+        rates = [float(r) for r in args.rates.split(",")]
+    except ValueError:
+        raise ValueError(f"--rates: numbers separated by commas, got {args.rates!r}") from None
+    if not all(0 <= r < 0.5 for r in rates):
+        raise ValueError(f"--rates: each must be in [0, 0.5), got {args.rates!r}")
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        parent = MlflowClient().get_run(args.run)
+    except MlflowException:
+        raise ValueError(f"--run: no run {args.run!r} in {tracking_uri()}") from None
+    folds = MlflowClient().search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{args.run}'",
+        order_by=["attributes.run_name"])
+    if not folds:
+        raise ValueError(f"--run: run {args.run} has no fold runs; give the parent run of a "
+                         "leave-one-speaker-out cross-validation")
+    table = {}
+    for run in folds:
+        table[run.info.run_id] = fold_rates(run, rates)
+        for row in table[run.info.run_id]:
+            print(f"{run.info.run_name}: rate {row[0]:g}: " + said(*row[1:]), flush=True)
+    for k, rate in enumerate(rates):
+        got = np.array([rows[k][1:] for rows in table.values()]).mean(0)
+        print(f"word_accept_rate {rate:g}, mean of {len(folds)} folds: " + said(*got))
+    return table
+
+
+def said(passed: float, unknown: float, right: float) -> str:
+    return (f"held-out words called a digit {passed:.4f}, digits called unknown "
+            f"{unknown:.4f}, digits right with unknown counted wrong {right:.4f}")
+
+
+if __name__ == "__main__":
+    from pipeline.core import cli
+
+    cli.run(main)
