@@ -12,6 +12,8 @@ a cross-validation with that rate would give, from the fold models; it trains no
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -19,9 +21,14 @@ import numpy as np
 def served(run_id: str):
     import mlflow
 
-    from pipeline.core.tracking import logged_model_uri
+    return mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model()
 
-    return mlflow.pyfunc.load_model(logged_model_uri(run_id)).unwrap_python_model()
+
+def run_path(run, value: str) -> Path:
+    """A path param of a logged run: relative ones from the folder it ran in (the
+    `workdir` tag that pipeline/core/tracking.py sets)."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(run.data.tags.get("workdir", ".")) / p
 
 
 def file_logits(model, paths) -> object:
@@ -44,20 +51,19 @@ def fold_rates(run, rates: list[float]) -> list[tuple[float, float, float, float
     unknown counted wrong) for one fold."""
     from data_loaders import audio, synthetic, words
     from models.calibration import NOT_A_WORD, apply_rule, word_bias
-    from pipeline.core.tracking import run_config
     from pipeline.tasks.speech.classify import HELD_OUT_VOICES, VALIDATION_VOICES
     from pipeline.tasks.speech.common import SAMPLE
 
-    cfg = run_config(run.info.run_id)
-    model, cache = served(run.info.run_id), cfg.path(cfg.task.synthetic_cache)
+    params = run.data.params
+    model, cache = served(run.info.run_id), run_path(run, params["synthetic_cache"])
     if NOT_A_WORD not in model.spec["unknown"].get("unknown_outputs", []):
         raise ValueError(f"run {run.info.run_id}: its model has no \"not a word\" output; "
                          "train with unknown_words")
     said = {name: file_logits(model, synthetic.say_words(listed, voices, 25, cache))
             for name, listed, voices in (("val", words.VALIDATION, VALIDATION_VOICES),
                                          ("test", words.HELD_OUT, HELD_OUT_VOICES))}
-    utts = [u for u in audio.discover(cfg.path(cfg.data.data) if cfg.data.data else SAMPLE)
-            if u.speaker == cfg.task.test_speaker]
+    folder = run_path(run, params["data"]) if params.get("data") else SAMPLE
+    utts = [u for u in audio.discover(folder) if u.speaker == params["test_speaker"]]
     digits = file_logits(model, [u.path for u in utts])
     true = np.array([model.spec["classes"].index(u.label) for u in utts])
     rule, n = dict(model.spec["unknown"]), len(model.spec["classes"])
@@ -78,8 +84,6 @@ def main(argv=None) -> dict[str, list]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipeline.core.tracking import tracking_uri
-
     parser = argparse.ArgumentParser(prog="python -m pipeline.tasks.speech.word_rates",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="the cross-validation's parent run id")
@@ -92,11 +96,10 @@ def main(argv=None) -> dict[str, list]:
         raise ValueError(f"--rates: numbers separated by commas, got {args.rates!r}") from None
     if not all(0 <= r < 0.5 for r in rates):
         raise ValueError(f"--rates: each must be in [0, 0.5), got {args.rates!r}")
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
+    try:  # MLFLOW_TRACKING_URI, else MLflow's default: mlflow.db here, as for the steps
         parent = MlflowClient().get_run(args.run)
     except MlflowException:
-        raise ValueError(f"--run: no run {args.run!r} in {tracking_uri()}") from None
+        raise ValueError(f"--run: no run {args.run!r} in {mlflow.get_tracking_uri()}") from None
     folds = MlflowClient().search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{args.run}'",
         order_by=["attributes.run_name"])
@@ -120,6 +123,8 @@ def said(passed: float, unknown: float, right: float) -> str:
 
 
 if __name__ == "__main__":
-    from pipeline.core import cli
-
-    cli.run(main)
+    try:
+        main()
+    except ValueError as err:  # a bad --run or --rates: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
