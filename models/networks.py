@@ -98,9 +98,10 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor, state=None, lengths: torch.Tensor | None = None,
                 each: bool = False):
         n = torch.full((len(x),), x.shape[1]) if lengths is None else lengths
-        outs = torch.stack([m(utterance_cmvn(x, n) if v == "utterance" else x,
-                              lengths=lengths)[0] for m, v in zip(self.members, self.views,
-                                                                  strict=True)], -1)
+        seen = {"global": x, "utterance": utterance_cmvn(x, n) if "utterance" in self.views
+                else None}  # each view once, however many networks read it
+        outs = torch.stack([m(seen[v], lengths=lengths)[0]
+                            for m, v in zip(self.members, self.views, strict=True)], -1)
         return (outs if each else outs.mean(-1)), None
 
     pooled = RecurrentRegressor.pooled

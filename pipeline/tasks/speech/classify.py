@@ -92,16 +92,16 @@ class Params(common.Params):
 
     def validate(self) -> Params:
         super().validate()
-        if bad := [v for v in self.views() if v not in ENSEMBLE_VIEWS]:
+        views = self.views()
+        if bad := [v for v in views if v not in ENSEMBLE_VIEWS]:
             raise ValueError(f"ensemble: each view must be one of {list(ENSEMBLE_VIEWS)}, got "
                              f"{bad[0]!r}")
-        if "global" in self.views() and self.normalise != "global":
+        if "global" in views and self.normalise != "global":
             raise ValueError("ensemble: a global view reads the frames normalised by the "
                              "training frames' statistics; it needs normalise=global")
-        if len(self.views()) == 1 or len(self.views()) > 4:
-            raise ValueError(f"ensemble: give 2 to 4 views (or none), got "
-                             f"{len(self.views())}")
-        if self.views() and self.pretrain_epochs:
+        if len(views) == 1 or len(views) > 4:
+            raise ValueError(f"ensemble: give 2 to 4 views (or none), got {len(views)}")
+        if views and self.pretrain_epochs:
             raise ValueError("ensemble and pretrain_epochs: pretraining starts one network; "
                              "give one of them")
         if self.features != "logmel" and (self.freq_warp or self.noise_snr):

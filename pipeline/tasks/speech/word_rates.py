@@ -110,14 +110,14 @@ def main(argv=None) -> dict[str, list]:
     for run in folds:
         table[run.info.run_id] = fold_rates(run, rates)
         for row in table[run.info.run_id]:
-            print(f"{run.info.run_name}: rate {row[0]:g}: " + said(*row[1:]), flush=True)
+            print(f"{run.info.run_name}: rate {row[0]:g}: " + described(*row[1:]), flush=True)
     for k, rate in enumerate(rates):
         got = np.array([rows[k][1:] for rows in table.values()]).mean(0)
-        print(f"word_accept_rate {rate:g}, mean of {len(folds)} folds: " + said(*got))
+        print(f"word_accept_rate {rate:g}, mean of {len(folds)} folds: " + described(*got))
     return table
 
 
-def said(passed: float, unknown: float, right: float) -> str:
+def described(passed: float, unknown: float, right: float) -> str:
     return (f"held-out words called a digit {passed:.4f}, digits called unknown "
             f"{unknown:.4f}, digits right with unknown counted wrong {right:.4f}")
 
