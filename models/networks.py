@@ -58,7 +58,10 @@ class RecurrentRegressor(nn.Module):
         self.bidirectional, self.readout = bidirectional, readout
 
     def forward(self, x: torch.Tensor, state: list | None = None,
-                lengths: torch.Tensor | None = None):
+                lengths: torch.Tensor | None = None, with_hidden: bool = False):
+        """(outputs [B, T, out], new state), and the top layer's hidden states [B, T,
+        width] with `with_hidden` (embeddings). Returned, never kept on the module: a
+        server would hold its largest request's hidden states until the next one."""
         state = state or [None] * len(self.cells)
         h, new_state = x, []
         for i, rnn in enumerate(self.cells):
@@ -66,8 +69,8 @@ class RecurrentRegressor(nn.Module):
             new_state.append(s)
             if i < len(self.norms):
                 h = self.dropout(self.norms[i](h))
-        self.top_hidden = h  # [B, T, width], kept for diagnostics and embeddings
-        return self.head(self.dropout(h)), new_state
+        out = self.head(self.dropout(h))
+        return (out, new_state, h) if with_hidden else (out, new_state)
 
     def _layer(self, rnn: nn.Module, h: torch.Tensor, state, lengths):
         if not self.bidirectional or lengths is None:  # forwards only: padding comes after

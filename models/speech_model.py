@@ -299,8 +299,8 @@ class SpeechForecaster(AudioModel):
         no_state(frame["state"] if "state" in frame else [], mode)
         raw, ids = self.batch(model_input)
         l1, emb = [0.0] * len(raw), [None] * len(raw)
-        for group, x, out, lengths in self._forward([self.normalise(f) for f in raw]):
-            hidden = self.net.top_hidden  # [N, T, H]
+        for group, x, (out, hidden), lengths in self._forward(
+                [self.normalise(f) for f in raw], with_hidden=True):
             for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
                 l1[i] = float((out[row, : n - self.spec["shift"]]
                                - x[row, self.spec["shift"]:n]).abs().mean())
@@ -411,8 +411,9 @@ class SpeechForecaster(AudioModel):
                 errors[i] = float(np.abs(pred - f[shift:n]).mean())
         return errors
 
-    def _forward(self, frames: list[np.ndarray]):
-        """(row indices, x, outputs, lengths) per group of rows of similar length."""
+    def _forward(self, frames: list[np.ndarray], with_hidden: bool = False):
+        """(row indices, x, outputs, lengths) per group of rows of similar length; with
+        `with_hidden`, (outputs, top hidden states [N, T, H]) in place of outputs."""
         shift = self.spec["shift"]
         short = [i for i, f in enumerate(frames) if len(f) <= shift]
         if short:
@@ -422,8 +423,8 @@ class SpeechForecaster(AudioModel):
         for group in by_length([len(f) for f in frames]):
             x, lengths = pad([frames[i] for i in group])
             with torch.no_grad():
-                out, _ = self.net(x)
-            yield group, x, out, lengths.tolist()
+                out, _, hidden = self.net(x, with_hidden=True)
+            yield group, x, (out, hidden) if with_hidden else out, lengths.tolist()
 
 
 def _impossible(state, net) -> str | None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.networks import RecurrentRegressor, build_model, init_weights
+from models.networks import Ensemble, RecurrentRegressor, build_model, init_weights
 from pipeline import tasks
 from pipeline.core.config import build_config
 from pipeline.core.trainer import (
@@ -138,6 +138,21 @@ def test_norms_and_inits_build_and_run(norm, init):
     if init == "orthogonal":
         w = net.cells[1].weight_hh_l0.detach()[:8]  # the input gate's block
         assert torch.allclose(w @ w.T, torch.eye(8), atol=1e-5)
+
+
+@pytest.mark.parametrize("views", [[], ["global", "utterance"]])
+def test_a_forward_pass_keeps_no_tensor_on_the_network(views):
+    # a server holding the network would keep its largest request's activations (here
+    # once 120 MiB for 600 s of audio) until the next request
+    members = [RecurrentRegressor(3, 2, cell="gru", hidden=8, bidirectional=True,
+                                  readout="mean") for _ in views or [0]]
+    net = (Ensemble(members, views) if views else members[0]).eval()
+    net(torch.randn(2, 50, 3), lengths=torch.tensor([50, 30]))
+    kept = [f"{name}.{k}" for name, m in net.named_modules() for k, v in vars(m).items()
+            if isinstance(v, torch.Tensor)]
+    assert kept == []
+    out, _, hidden = members[0](torch.randn(2, 50, 3), with_hidden=True)
+    assert hidden.shape == (2, 50, 16) and torch.allclose(members[0].head(hidden), out)
 
 
 LR_TOO_HIGH = 10.0  # SGD: the gradient norm overflows within one epoch without clipping
