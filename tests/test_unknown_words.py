@@ -9,21 +9,26 @@ from mlflow import MlflowClient
 from data_loaders import synthetic, words
 from models.calibration import NOT_A_WORD, NOT_SPEECH
 from pipeline.main import main
-from pipeline.tasks.speech.classify import HELD_OUT_VOICES, LIMITS, VALIDATION_VOICES
+from pipeline.tasks.speech.classify import (
+    FRESH_VOICES,
+    HELD_OUT_VOICES,
+    LIMITS,
+    VALIDATION_VOICES,
+)
 
 
 def test_the_word_lists_hold_no_digit_nor_its_sound_alike_and_are_disjoint():
     banned = (set(synthetic.DIGITS) | {w for ws in words.HOMOPHONES.values() for w in ws}
               | set(words.NEAR_RHYMES))
-    for listed in (words.TRAINING, words.VALIDATION, words.HELD_OUT):
+    lists = (words.TRAINING, words.VALIDATION, words.HELD_OUT, words.FRESH)
+    for listed in lists:
         assert not banned & set(listed) and len(set(listed)) == len(listed)
         assert all(w.isalpha() and w.islower() for w in listed)  # file names {word}_synthK_0
-    lists = (words.TRAINING, words.VALIDATION, words.HELD_OUT)
     assert all(not set(a) & set(b) for i, a in enumerate(lists) for b in lists[i + 1:])
     assert set(words.HOMOPHONES) <= set(synthetic.DIGITS)
-    for voices in (HELD_OUT_VOICES, VALIDATION_VOICES):  # no run trains on them
-        assert voices.start >= LIMITS["synthetic_voices"]
-    assert not set(HELD_OUT_VOICES) & set(VALIDATION_VOICES)
+    voices = (HELD_OUT_VOICES, VALIDATION_VOICES, FRESH_VOICES)
+    assert all(v.start >= LIMITS["synthetic_voices"] for v in voices)  # no run trains on them
+    assert all(not set(a) & set(b) for i, a in enumerate(voices) for b in voices[i + 1:])
 
 
 def test_voices_say_words_drawn_from_the_seed(tmp_path):
@@ -63,7 +68,7 @@ def test_words_need_the_voices_that_say_them(store, small_fsdd):
 def test_word_rates_gives_what_each_fold_logged_at_its_own_rate(store, small_fsdd):
     """The operating-point table refits the shift on each fold's model; at the rate the
     folds trained with it gives back their logged metrics, and a lower rate passes no
-    more words and calls no fewer digits unknown."""
+    more words (held-out or fresh) and calls no fewer digits unknown."""
     from pipeline.tasks.speech import word_rates
 
     out = main(["--task", "speech-classify", "--data", str(small_fsdd), "--split", "speaker",
@@ -75,6 +80,8 @@ def test_word_rates_gives_what_each_fold_logged_at_its_own_rate(store, small_fsd
     assert len(table) == 4  # small_fsdd's four speakers
     for run_id, (own, lower) in table.items():
         m = MlflowClient().get_run(run_id).data.metrics
-        assert own[1:] == pytest.approx((m["test_word_false_accept"], m["test_unknown_share"],
-                                         m["test_accuracy_with_unknown"]), abs=1e-9)
-        assert lower[1] <= own[1] and lower[2] >= own[2]
+        assert (own.words, own.unknown, own.right) == pytest.approx(
+            (m["test_word_false_accept"], m["test_unknown_share"],
+             m["test_accuracy_with_unknown"]), abs=1e-9)
+        assert lower.words <= own.words and lower.fresh_words <= own.fresh_words
+        assert lower.unknown >= own.unknown

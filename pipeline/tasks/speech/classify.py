@@ -352,6 +352,7 @@ def add_words(data: SpeechData, cfg: Config) -> None:
 # voice numbers no training run draws (LIMITS): words to test on, and to validate on
 HELD_OUT_VOICES = range(100_000, 100_008)
 VALIDATION_VOICES = range(200_000, 200_008)
+FRESH_VOICES = range(300_000, 300_008)  # say words.FRESH: no run reads them
 
 
 def word_frames(cfg: Config, said: tuple[str, ...], voices: range) -> list[np.ndarray]:

@@ -2,7 +2,9 @@
 leave-one-speaker-out run of speech-classify with unknown_words: for each
 `word_accept_rate` asked, the shift `word_bias` refit on the validation words as
 training fits it, then the share of the held-out words (200 clips, words and voices
-never trained on) that come back as a digit, and the share of the held-out speaker's
+never trained on) that come back as a digit, the same for 200 clips of words.FRESH
+(words and voices no run reads, so that a rate chosen from the held-out words' figures
+can be checked on words that chose nothing), and the share of the held-out speaker's
 digits that come back "unknown". The rate is applied after training, so this gives what
 a cross-validation with that rate would give, from the fold models; it trains nothing.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,12 +49,25 @@ def file_logits(model, paths) -> object:
     return logits_of(model.net, [model.normalise(r) for r in raw])
 
 
-def fold_rates(run, rates: list[float]) -> list[tuple[float, float, float, float]]:
-    """(rate, held-out words called a digit, digits called unknown, digits right with
-    unknown counted wrong) for one fold."""
+class Rates(NamedTuple):
+    """What one word_accept_rate gives on one fold."""
+    rate: float
+    words: float  # held-out words called a digit
+    fresh_words: float  # words.FRESH called a digit
+    unknown: float  # the held-out speaker's digits called unknown
+    right: float  # its digits right, unknown counted wrong
+
+    def described(self) -> str:
+        return (f"held-out words called a digit {self.words:.4f} (fresh words "
+                f"{self.fresh_words:.4f}), digits called unknown {self.unknown:.4f}, "
+                f"digits right with unknown counted wrong {self.right:.4f}")
+
+
+def fold_rates(run, rates: list[float]) -> list[Rates]:
+    """What each rate gives on one fold."""
     from data_loaders import audio, synthetic, words
     from models.calibration import NOT_A_WORD, apply_rule, word_bias
-    from pipeline.tasks.speech.classify import HELD_OUT_VOICES, VALIDATION_VOICES
+    from pipeline.tasks.speech.classify import FRESH_VOICES, HELD_OUT_VOICES, VALIDATION_VOICES
     from pipeline.tasks.speech.common import SAMPLE
 
     params = run.data.params
@@ -61,7 +77,8 @@ def fold_rates(run, rates: list[float]) -> list[tuple[float, float, float, float
                          "train with unknown_words")
     said = {name: file_logits(model, synthetic.say_words(listed, voices, 25, cache))
             for name, listed, voices in (("val", words.VALIDATION, VALIDATION_VOICES),
-                                         ("test", words.HELD_OUT, HELD_OUT_VOICES))}
+                                         ("test", words.HELD_OUT, HELD_OUT_VOICES),
+                                         ("fresh", words.FRESH, FRESH_VOICES))}
     folder = run_path(run, params["data"]) if params.get("data") else SAMPLE
     utts = [u for u in audio.discover(folder) if u.speaker == params["test_speaker"]]
     digits = file_logits(model, [u.path for u in utts])
@@ -70,15 +87,22 @@ def fold_rates(run, rates: list[float]) -> list[tuple[float, float, float, float
     out = []
     for rate in rates:
         rule["word_bias"] = word_bias(said["val"], rule, n, rate) if rate else 0.0
-        passed = np.mean([w == "" for w in apply_rule(said["test"], rule, n)[1]])
         probs, why = apply_rule(digits, rule, n)
         unknown = np.array([w != "" for w in why])
         right = np.mean((probs.argmax(1) == true) & ~unknown)
-        out.append((rate, float(passed), float(unknown.mean()), float(right)))
+        out.append(Rates(rate, passed(said["test"], rule, n), passed(said["fresh"], rule, n),
+                         float(unknown.mean()), float(right)))
     return out
 
 
-def main(argv=None) -> dict[str, list]:
+def passed(said, rule: dict, n: int) -> float:
+    """The share of word clips (their logits) that come back as a digit."""
+    from models.calibration import apply_rule
+
+    return float(np.mean([w == "" for w in apply_rule(said, rule, n)[1]]))
+
+
+def main(argv=None) -> dict[str, list[Rates]]:
     """Prints the table; returns each fold run's rows, by run id."""
     import mlflow
     from mlflow import MlflowClient
@@ -110,16 +134,11 @@ def main(argv=None) -> dict[str, list]:
     for run in folds:
         table[run.info.run_id] = fold_rates(run, rates)
         for row in table[run.info.run_id]:
-            print(f"{run.info.run_name}: rate {row[0]:g}: " + described(*row[1:]), flush=True)
+            print(f"{run.info.run_name}: rate {row.rate:g}: {row.described()}", flush=True)
     for k, rate in enumerate(rates):
-        got = np.array([rows[k][1:] for rows in table.values()]).mean(0)
-        print(f"word_accept_rate {rate:g}, mean of {len(folds)} folds: " + described(*got))
+        mean = Rates(*np.array([rows[k] for rows in table.values()]).mean(0))
+        print(f"word_accept_rate {rate:g}, mean of {len(folds)} folds: {mean.described()}")
     return table
-
-
-def described(passed: float, unknown: float, right: float) -> str:
-    return (f"held-out words called a digit {passed:.4f}, digits called unknown "
-            f"{unknown:.4f}, digits right with unknown counted wrong {right:.4f}")
 
 
 if __name__ == "__main__":
