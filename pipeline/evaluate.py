@@ -17,7 +17,7 @@ model from each series' prices, beside the same baselines fit on the days before
 `test_start` (GARCH per series; HAR one fit over all the series given); logged as a
 run of its own, in the model's experiment, tagged with the model, its run and the data:
 
-    python -m pipeline.evaluate --model models:/prices-volatility-h5-gaussian@champion \
+    python -m pipeline.evaluate --model models:/prices-volatility-h5-gaussian@champion \\
         --data data/etfs --test_start 2014-01-02
 """
 

@@ -9,7 +9,7 @@ temporary file and renamed into place, so a failure leaves no half file. The row
 are exactly what the REST endpoint returns for the same inputs.
 
     python -m pipeline.predict --input data/prices --output predictions.csv --mode rolling
-    python -m pipeline.predict --input today.parquet --output p.parquet --mode stream \
+    python -m pipeline.predict --input today.parquet --output p.parquet --mode stream \\
         --states states.parquet
     mlflow run . -e predict --env-manager local -P input=$PWD/data/prices -P output=$PWD/p.parquet
 """
