@@ -134,10 +134,15 @@ def decode(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
     elif Path(source).stat().st_size == 0:
         raise AudioError(f"{name}: empty file (0 bytes)")
     try:
-        samples, _ = librosa.load(source, sr=sample_rate, mono=True)
+        samples, native = librosa.load(source, sr=None, mono=False)
     except Exception as err:  # soundfile and audioread raise many types for bad data
         raise AudioError(f"{name}: cannot decode as WAV/FLAC/OGG ({type(err).__name__}: "
                          f"{_plain(err)})") from None
+    if why := bad_values(samples):  # a float file may hold NaN, which librosa refuses
+        raise AudioError(f"{name}: {why}")
+    samples = librosa.to_mono(samples)  # then librosa.load's own steps, after the check
+    if native != sample_rate:
+        samples = librosa.resample(samples, orig_sr=native, target_sr=sample_rate)
     return samples.astype(np.float32)
 
 

@@ -192,8 +192,8 @@ def _check_rate(rate, i: int, column: str) -> None:
 
 
 def _check_seconds(seconds: float, i: int, column: str) -> None:
-    if seconds > MAX_SECONDS:
-        raise bad(f"row {i}, column '{column}': {seconds:.2f} s is longer than the "
+    if seconds > MAX_SECONDS:  # 7 digits: one frame over at 48 kHz shows (60.00002 s)
+        raise bad(f"row {i}, column '{column}': {seconds:.7g} s is longer than the "
                   f"{MAX_SECONDS:g} s limit per clip: cut it into shorter clips")
 
 

@@ -4,8 +4,10 @@ Reads: a run's `model` and its params (to rebuild the same data and splits).
 Writes into that run: `test_{metric}` for the model, `test_{metric}_{baseline}`
 for each baseline on the same samples (prices: rmse, mae, dir_acc, r2_oos,
 dm_pvalue and, as they apply, qlike, pinball, coverage and width of intervals,
-value-at-risk backtests: pipeline/tasks/prices/evaluation.py; speech-classify: accuracy and
-macro_f1; speech-forecast: l1), the table as `evaluation/test.json`, the task's
+value-at-risk backtests: pipeline/tasks/prices/evaluation.py; speech-classify: accuracy,
+macro_f1, accuracy_with_unknown, unknown_share, ece, false_accept (generated non-speech
+called a digit) and with synthetic voices word_false_accept (held-out words called a
+digit); speech-forecast: l1), the table as `evaluation/test.json`, the task's
 plots and files, and the tag `test_metrics` (the model's own metric names).
 
     python -m pipeline.evaluate --run_id RUN_ID

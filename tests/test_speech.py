@@ -260,7 +260,9 @@ def _flac(seconds: float, rate: int, channels: int) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("clips, message", [
-    ((1, 61, 44100, 2), "row 0, column 'audio': 61.00 s is longer than the 60 s limit per clip"),
+    ((1, 61, 44100, 2), "row 0, column 'audio': 61 s is longer than the 60 s limit per clip"),
+    ((1, 60 + 1 / 48000, 48000, 1), "row 0, column 'audio': 60.00002 s is longer than the "
+                                    "60 s limit per clip"),
     ((1, 20, 96000, 4), "row 0, column 'audio': 4 channel(s) at 96000 Hz for 20.0 s are "
                         "7,680,000 samples; the limit is 5,760,000 per clip"),
     ((11, 59, 8000, 1), "request has 649.0 s of audio; the limit is 600 s per request: "

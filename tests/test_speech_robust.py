@@ -3,6 +3,7 @@ silence around a recording, augmentation, bidirectional layers, calibration and 
 "unknown" rule, generated non-speech, and leave-one-speaker-out cross-validation."""
 
 import io
+import re
 
 import mlflow
 import numpy as np
@@ -73,6 +74,19 @@ def test_what_trimming_leaves_is_checked_and_absurd_samples_are_refused():
     assert audio.trimmed(np.zeros(8000, np.float32), S)[1].startswith("silent")
     loud = audio.decode(CLIP, 8000) * 1e25
     assert audio.trimmed(loud, S)[1].startswith("out of range: samples reach")
+
+
+@pytest.mark.parametrize("value, why", [(np.nan, "samples contain NaN or infinity"),
+                                        (np.inf, "samples contain NaN or infinity"),
+                                        (1e30, "out of range: samples reach 1e+30")])
+def test_a_float_file_holding_absurd_samples_is_named_not_undecodable(value, why):
+    # librosa refuses NaN while resampling or mixing to mono: it was "cannot decode"
+    samples = np.repeat(audio.decode(CLIP, 8000), 6)
+    samples[100] = value
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([samples, samples], 1), 48_000, format="WAV", subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match="^audio bytes: " + re.escape(why)):
+        audio.decode(buf.getvalue(), 8000)
 
 
 def test_augmentation_is_seeded_and_stays_inside_each_utterance():

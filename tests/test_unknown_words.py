@@ -85,3 +85,24 @@ def test_word_rates_gives_what_each_fold_logged_at_its_own_rate(store, small_fsd
              m["test_accuracy_with_unknown"]), abs=1e-9)
         assert lower.words <= own.words and lower.fresh_words <= own.fresh_words
         assert lower.unknown >= own.unknown
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rates", "abc"], "--rates: numbers separated by commas"),
+    (["--rates", "0.7"], r"--rates: each must be in \[0, 0.5\)"),
+    (["--run", "nothing"], "--run: no run 'nothing'"),
+    (["--run", "FOLDLESS"], "has no fold runs"),
+    (["--run", "WORDLESS"], "trained without unknown_words"),
+])
+def test_word_rates_refuses_what_it_cannot_measure_before_loading_a_model(store, argv, message):
+    from pipeline.tasks.speech import word_rates
+
+    client = MlflowClient()
+    exp = client.create_experiment("speech-classify")
+    foldless, wordless = (client.create_run(exp).info.run_id for _ in range(2))
+    fold = client.create_run(exp, tags={"mlflow.parentRunId": wordless})
+    client.log_param(fold.info.run_id, "unknown_words", "0")
+    ids = {"FOLDLESS": foldless, "WORDLESS": wordless}
+    argv = ["--run", foldless, *[ids.get(a, a) for a in argv]]
+    with pytest.raises(ValueError, match=message):
+        word_rates.main(argv)

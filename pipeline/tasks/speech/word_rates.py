@@ -130,6 +130,9 @@ def main(argv=None) -> dict[str, list[Rates]]:
     if not folds:
         raise ValueError(f"--run: run {args.run} has no fold runs; give the parent run of a "
                          "leave-one-speaker-out cross-validation")
+    if folds[0].data.params.get("unknown_words", "0") == "0":  # before any model loads
+        raise ValueError(f"--run: run {args.run} trained without unknown_words: its models "
+                         "have no \"not a word\" output")
     table = {}
     for run in folds:
         table[run.info.run_id] = fold_rates(run, rates)
