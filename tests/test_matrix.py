@@ -13,7 +13,6 @@ while the `python -m` chains run here, in process, through the same `cli.run` th
 import concurrent.futures
 import importlib
 import itertools
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +20,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from data_loaders import files
 from pipeline.core import cli
 from pipeline.core.config import build_config
 from tests.conftest import ROOT, SPY, fresh_store, mlflow_run
@@ -178,9 +178,8 @@ def test_cell(matrix, task, launcher, preset, step):
     if step == "predict":
         out = pd.read_csv(cell["store"] / "out.csv")
         assert len(out) > 0 and PREDICTED[task] <= set(out.columns)
-        umask = os.umask(0o022)
-        os.umask(umask)  # the file is any new file, readable as the umask says
-        assert (cell["store"] / "out.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+        mode = (cell["store"] / "out.csv").stat().st_mode & 0o777
+        assert mode == 0o666 & ~files._umask()  # any new file's, readable as the umask says
     if step in ("main", "sweep"):  # main registered a second version; the sweep none
         assert [v for v, *_ in versions] == ["1", "2"]
         beats = "does not beat" not in versions[1][2]["champion_check"]

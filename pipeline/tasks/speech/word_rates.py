@@ -66,15 +66,12 @@ class Rates(NamedTuple):
 def fold_rates(run, rates: list[float]) -> list[Rates]:
     """What each rate gives on one fold."""
     from data_loaders import audio, synthetic, words
-    from models.calibration import NOT_A_WORD, apply_rule, word_bias
+    from models.calibration import apply_rule, word_bias
     from pipeline.tasks.speech.classify import FRESH_VOICES, HELD_OUT_VOICES, VALIDATION_VOICES
     from pipeline.tasks.speech.common import SAMPLE
 
     params = run.data.params
     model, cache = served(run.info.run_id), run_path(run, params["synthetic_cache"])
-    if NOT_A_WORD not in model.spec["unknown"].get("unknown_outputs", []):
-        raise ValueError(f"run {run.info.run_id}: its model has no \"not a word\" output; "
-                         "train with unknown_words")
     said = {name: file_logits(model, synthetic.say_words(listed, voices, 25, cache))
             for name, listed, voices in (("val", words.VALIDATION, VALIDATION_VOICES),
                                          ("test", words.HELD_OUT, HELD_OUT_VOICES),
