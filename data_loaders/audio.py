@@ -61,6 +61,9 @@ class FeatureSettings:
         for name in ("sample_rate", "n_mels", "n_mfcc", "win_ms", "hop_ms"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.sample_rate < 4000:  # below it the band of speech (to 2 kHz) is lost
+            raise ValueError(f"sample_rate must be at least 4000 Hz (speech needs the band up "
+                             f"to 2 kHz), got {self.sample_rate!r}")
         if self.hop_ms > self.win_ms:
             raise ValueError(f"hop_ms ({self.hop_ms}) must not exceed win_ms ({self.win_ms})")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:

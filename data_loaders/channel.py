@@ -29,9 +29,10 @@ def draw(rng: np.random.Generator, rate: int) -> list[tuple[str, dict]]:
     if not take.any():
         take[rng.integers(len(LINKS))] = True
     top = min(3500.0, 0.45 * rate)
+    middle_top = min(7000, max(rate - 1, 4000))  # at 4 kHz (the lowest rate) no lower one
     settings = {
         "gain": lambda: {"db": rng.uniform(-18, 6)},
-        "resample": lambda: {"middle": int(rng.integers(4000, min(7000, rate - 1) + 1)),
+        "resample": lambda: {"middle": int(rng.integers(4000, middle_top + 1)),
                              "down": RESAMPLERS[rng.integers(len(RESAMPLERS))],
                              "up": RESAMPLERS[rng.integers(len(RESAMPLERS))]},
         "band": lambda: {"low": rng.uniform(80, 400),

@@ -155,6 +155,9 @@ def test_bad_settings_are_named():
         FeatureSettings(features="spectrum").validate()
     with pytest.raises(ValueError, match="hop_ms .* must not exceed win_ms"):
         FeatureSettings(hop_ms=30, win_ms=25).validate()
+    with pytest.raises(ValueError, match="sample_rate must be at least 4000 Hz .* got 100"):
+        FeatureSettings(sample_rate=100).validate()
+    FeatureSettings(sample_rate=4000).validate()
 
 
 def test_utterance_cmvn():

@@ -37,6 +37,15 @@ def test_a_seed_draws_the_same_chain_and_another_seed_another():
     assert used == set(channel.LINKS)
 
 
+def test_chains_draw_and_apply_at_the_lowest_sample_rate():
+    x = np.sin(2 * np.pi * 440 * np.arange(4000) / 4000).astype(np.float32) * 0.5
+    for k in range(30):
+        chain = channel.draw(np.random.default_rng([1, k]), 4000)
+        y = channel.apply(x, 4000, chain)
+        assert len(y) == len(x) and np.isfinite(y).all(), channel.describe(chain)
+        assert all(s["middle"] == 4000 for link, s in chain if link == "resample")
+
+
 def test_each_link_changes_the_signal_as_it_says():
     x = tone(3000) + tone(1000)
     through = lambda *links: channel.apply(x, RATE, list(links))  # noqa: E731
