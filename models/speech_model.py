@@ -232,9 +232,14 @@ class SpeechClassifier(AudioModel):
         outputs = [ColSpec(DataType.string, "utterance_id"), ColSpec(DataType.string, "label"),
                    ColSpec(DataType.double, "probability"), ColSpec(DataType.string, "reason")]
         outputs += [ColSpec(DataType.double, f"p_{c}") for c in spec["classes"]]
-        return ModelSignature(INPUTS, Schema(outputs))
+        # declared so that a mode meant for speech-forecast is refused, not dropped by MLflow
+        params = ParamSchema([ParamSpec("mode", DataType.string, "utterance")])
+        return ModelSignature(INPUTS, Schema(outputs), params)
 
     def serve(self, model_input, params: dict) -> pd.DataFrame:
+        if (mode := params.get("mode") or "utterance") != "utterance":
+            raise bad(f"params.mode: speech-classify labels whole utterances only "
+                      f"('utterance'), got {mode!r}")
         raw, ids = self.batch(model_input, lenient=True)
         classes = self.spec["classes"]
         probs = np.full((len(raw), len(classes)), 1 / len(classes))  # no audio: no opinion

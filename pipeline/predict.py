@@ -142,9 +142,9 @@ def main(argv=None):
         raise FileNotFoundError(f"input: {source} does not exist")
     takes_mode = model.metadata.get_params_schema() is not None
     given = any(a == "--mode" or a.startswith("--mode=") for a in argv)
-    if not takes_mode and (given or "--repair" in argv or p.market):
-        raise cli.UsageError(f"mode, repair and market are options of price models; "
-                             f"{p.model_uri} is a {task.name} model")
+    if task.name != "prices" and ("--repair" in argv or p.market) or given and not takes_mode:
+        raise cli.UsageError(f"market, mode and repair are options of price models (mode: "
+                             f"of speech-forecast's too); {p.model_uri} is a {task.name} model")
     requests = task.requests(source, spec, p.repair, p.market)
     states = Path(p.states).expanduser().resolve() if p.states else None
     if states:

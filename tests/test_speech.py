@@ -99,6 +99,16 @@ def test_bad_audio_is_named(classifier, row, message):
 
 
 @pytest.mark.slow
+def test_a_forecaster_s_mode_is_refused_by_the_classifier(classifier):
+    speech = pd.DataFrame({"audio": [(FSDD / "1_nicolas_3.wav").read_bytes()]})
+    assert classifier.predict(None, speech, {"mode": "utterance"}).label[0] != "unknown"
+    with pytest.raises(mlflow.exceptions.MlflowException,
+                       match="params.mode: speech-classify labels whole utterances only "
+                             r"\('utterance'\), got 'stream'"):
+        classifier.predict(None, speech, {"mode": "stream"})
+
+
+@pytest.mark.slow
 def test_silent_or_too_short_audio_is_unknown_beside_real_speech(classifier):
     speech = (FSDD / "1_nicolas_3.wav").read_bytes()
     rows = pd.DataFrame({"samples": [[0.0] * 8000, [0.3] * 80, None],
@@ -158,6 +168,8 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
             "'sample_rate': must be a positive": {"dataframe_split": {
                 "columns": ["samples", "sample_rate"], "data": [[[0.1] * 800, 0]]}},
             "empty batch": {"dataframe_split": {"columns": ["audio"], "data": []}},
+            "params.mode: speech-classify labels whole utterances only": {
+                **body, "params": {"mode": "rolling"}},
         }
         for message, request in bad.items():
             status, text = post(url, request)

@@ -19,6 +19,7 @@ from data_loaders.sequences import Normaliser
 from models.networks import build_model
 from models.served import log_served, write_artifacts
 from models.speech_model import SpeechForecaster
+from pipeline.core.cli import UsageError
 from tests.conftest import fresh_store
 
 RATE = 8000
@@ -167,4 +168,9 @@ def test_batch_predict_without_a_mode_takes_the_model_s_default(tmp_path):
             (tmp_path / "in" / w.name).write_bytes(w.read_bytes())
         out = predict.main(["--model_uri", f"runs:/{run.info.run_id}/model", "--input",
                             str(tmp_path / "in"), "--output", str(tmp_path / "o.csv")])
+        with pytest.raises(UsageError, match="repair are options of price models.* is a "
+                                             "speech-forecast model"):
+            predict.main(["--model_uri", f"runs:/{run.info.run_id}/model", "--input",
+                          str(tmp_path / "in"), "--output", str(tmp_path / "o.csv"),
+                          "--repair", "drop"])
     assert list(out.columns) == ["utterance_id", "l1", "embedding"] and len(out) == 2
