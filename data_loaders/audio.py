@@ -39,6 +39,9 @@ def _setting(default, help: str, choices: tuple = ()):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+MAX_RATE = 384_000  # Hz: studio audio's highest sample rate
+
+
 @dataclass
 class FeatureSettings:
     sample_rate: int = _setting(8000, "Hz; files at other rates are resampled")
@@ -61,11 +64,18 @@ class FeatureSettings:
         for name in ("sample_rate", "n_mels", "n_mfcc", "win_ms", "hop_ms"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.sample_rate < 4000:  # below it the band of speech (to 2 kHz) is lost
-            raise ValueError(f"sample_rate must be at least 4000 Hz (speech needs the band up "
-                             f"to 2 kHz), got {self.sample_rate!r}")
+        if not 4000 <= self.sample_rate <= MAX_RATE:  # under 4 kHz speech's band is lost
+            raise ValueError(f"sample_rate must be 4000 to {MAX_RATE} Hz (speech needs the "
+                             f"band up to 2 kHz), got {self.sample_rate!r}")
         if self.hop_ms > self.win_ms:
             raise ValueError(f"hop_ms ({self.hop_ms}) must not exceed win_ms ({self.win_ms})")
+        if self.win_ms > 1000 or self.n_mels > 256:
+            raise ValueError(f"win_ms must be at most 1000 and n_mels at most 256, got "
+                             f"{self.win_ms} and {self.n_mels}")
+        if empty := self.empty_mel_bands():
+            raise ValueError(f"n_mels: {empty} of the {self.n_mels} mel bands get no FFT bin "
+                             f"of a {self.win_ms:g} ms window at {self.sample_rate} Hz; use "
+                             "fewer n_mels or a longer win_ms")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(f"n_mfcc ({self.n_mfcc}) must not exceed n_mels ({self.n_mels}): "
                              "the coefficients come from the mel bands")
@@ -76,6 +86,18 @@ class FeatureSettings:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         return self
+
+    def empty_mel_bands(self) -> int:
+        """How many mel bands no FFT bin falls in (librosa warns, and they read nothing)."""
+        import warnings
+
+        import librosa
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weights = librosa.filters.mel(sr=self.sample_rate, n_fft=self.frame_sizes()[0],
+                                          n_mels=self.n_mels)
+        return int((weights.max(axis=1) == 0).sum())
 
     def settings(self) -> dict:
         """The feature settings alone (a subclass may carry more fields)."""

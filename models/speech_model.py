@@ -49,7 +49,7 @@ MAX_ROWS = 256  # clips
 MAX_SECONDS = 60.0  # per clip
 MAX_CLIP_SAMPLES = int(MAX_SECONDS * 48_000 * 2)  # per clip as stored: 60 s of 48 kHz stereo
 MAX_REQUEST_SECONDS = 600.0  # all clips together
-RATES = (1_000, 384_000)  # Hz: the sample rates a clip may have (384 kHz: studio audio's most)
+RATES = (1_000, audio.MAX_RATE)  # Hz: the sample rates a clip may have
 # Inputs are typed Any, so that every bad value reaches the model's own checks, which
 # name row and column (MLflow's would answer garbage base64 or a null with a bare
 # TypeError); `audio` is the file's bytes in process and its base64 text over REST.
@@ -78,7 +78,8 @@ class AudioModel(ServedModel):
         (column, the file's bytes or (samples, rate), seconds of audio)."""
         if not missing(row.get("audio")):
             return self._file(row["audio"], i)
-        if not missing(row.get("samples")) and np.size(row.get("samples")):
+        samples = row.get("samples")  # its length only: np.size fails on ragged lists
+        if not missing(samples) and (not hasattr(samples, "__len__") or len(samples)):
             return self._samples(row, i)
         raise bad(f"row {i}: send 'audio' (the file's bytes) or 'samples' with 'sample_rate'")
 
@@ -109,7 +110,8 @@ class AudioModel(ServedModel):
             samples = np.asarray(row["samples"])
         except (TypeError, ValueError):
             samples = None
-        if samples is None or samples.ndim != 1 or samples.dtype.kind not in "fiu":
+        if samples is None or samples.ndim != 1 or samples.dtype.kind not in "fiu" or (
+                isinstance(row["samples"], list) and bool in map(type, row["samples"])):
             raise bad(f"row {i}, column 'samples': expected an array of numbers")
         seconds = len(samples) / float(rate)
         _check_seconds(seconds, i, "samples")

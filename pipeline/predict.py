@@ -140,17 +140,18 @@ def main(argv=None):
     source = Path(p.input).expanduser().resolve() if p.input else task.sample
     if not source.exists():
         raise FileNotFoundError(f"input: {source} does not exist")
-    takes_mode = model.metadata.get_params_schema() is not None
-    given = any(a == "--mode" or a.startswith("--mode=") for a in argv)
-    if task.name != "prices" and ("--repair" in argv or p.market) or given and not takes_mode:
-        raise cli.UsageError(f"market, mode and repair are options of price models (mode: "
-                             f"of speech-forecast's too); {p.model_uri} is a {task.name} model")
+    given = [o for o in ("market", "mode", "repair", "states")
+             if any(a == f"--{o}" or a.startswith(f"--{o}=") for a in argv)]
+    if task.name != "prices" and given:
+        raise cli.UsageError(f"{', '.join(given)}: options of price models; {p.model_uri} is "
+                             f"a {task.name} model, and predict reads each audio file whole "
+                             "(frame by frame is served: docs/speech.md)")
     requests = task.requests(source, spec, p.repair, p.market)
     states = Path(p.states).expanduser().resolve() if p.states else None
     if states:
         read_states(states, requests)
-    # the mode as given; else the model's own default (speech-forecast's is not `last`)
-    out = predict_rows(model, requests, {"mode": p.mode} if takes_mode and given else None)
+    # the mode only when given: else the model's own
+    out = predict_rows(model, requests, {"mode": p.mode} if "mode" in given else None)
     write_table(out, Path(p.output).expanduser().resolve())
     if states:  # after the predictions: a failure before leaves the old states
         write_states(states, out)

@@ -155,9 +155,18 @@ def test_bad_settings_are_named():
         FeatureSettings(features="spectrum").validate()
     with pytest.raises(ValueError, match="hop_ms .* must not exceed win_ms"):
         FeatureSettings(hop_ms=30, win_ms=25).validate()
-    with pytest.raises(ValueError, match="sample_rate must be at least 4000 Hz .* got 100"):
-        FeatureSettings(sample_rate=100).validate()
-    FeatureSettings(sample_rate=4000).validate()
+    for rate in (100, 3999, 384_001, 10 ** 9):
+        with pytest.raises(ValueError, match=f"sample_rate must be 4000 to 384000 Hz .* {rate}"):
+            FeatureSettings(sample_rate=rate).validate()
+    for many in ({"win_ms": 1e6}, {"n_mels": 100_000}):  # before librosa's filters: no GBs
+        with pytest.raises(ValueError, match="win_ms must be at most 1000 and n_mels at most "
+                                             "256, got "):
+            FeatureSettings(**many).validate()
+    with pytest.raises(ValueError, match="n_mels: 16 of the 150 mel bands get no FFT bin of a "
+                                         "25 ms window at 8000 Hz"):
+        FeatureSettings(n_mels=150).validate()
+    for rate, n_mels in ((4000, 40), (8000, 80), (48000, 128)):  # librosa warns of none
+        FeatureSettings(sample_rate=rate, n_mels=n_mels).validate()
 
 
 def test_utterance_cmvn():

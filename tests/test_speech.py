@@ -168,6 +168,8 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
             "'sample_rate': must be a positive": {"dataframe_split": {
                 "columns": ["samples", "sample_rate"], "data": [[[0.1] * 800, 0]]}},
             "empty batch": {"dataframe_split": {"columns": ["audio"], "data": []}},
+            "in the columns this model reads (audio, samples, sample_rate, utterance_id)": {
+                "dataframe_split": {"columns": ["wav"], "data": [[garbage]]}},
             "params.mode: speech-classify labels whole utterances only": {
                 **body, "params": {"mode": "rolling"}},
         }
@@ -325,6 +327,11 @@ def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier
     ({"samples": [[0.1, 0.1]] * 400, "sample_rate": 8000},
      "row 0, column 'samples': expected an array of numbers"),
     ({"samples": ["0.1"] * 800, "sample_rate": 8000}, "column 'samples': expected an array of"),
+    ({"samples": [0.1] * 799 + [[0.1]], "sample_rate": 8000},  # ragged: np.size fails
+     "row 0, column 'samples': expected an array of numbers"),
+    ({"samples": [[0.1]], "sample_rate": 8000}, "column 'samples': expected an array of"),
+    ({"samples": [0.1] * 799 + [True], "sample_rate": 8000},  # numpy would read 1.0
+     "row 0, column 'samples': expected an array of numbers"),
     ({"samples": [0.1] * 800, "sample_rate": 8000.5},
      "row 0, column 'sample_rate': must be a positive whole number of Hz"),
     ({"samples": [0.1] * 800, "sample_rate": "8000"}, "column 'sample_rate': must be a positive"),

@@ -168,9 +168,12 @@ def test_batch_predict_without_a_mode_takes_the_model_s_default(tmp_path):
             (tmp_path / "in" / w.name).write_bytes(w.read_bytes())
         out = predict.main(["--model_uri", f"runs:/{run.info.run_id}/model", "--input",
                             str(tmp_path / "in"), "--output", str(tmp_path / "o.csv")])
-        with pytest.raises(UsageError, match="repair are options of price models.* is a "
-                                             "speech-forecast model"):
-            predict.main(["--model_uri", f"runs:/{run.info.run_id}/model", "--input",
-                          str(tmp_path / "in"), "--output", str(tmp_path / "o.csv"),
-                          "--repair", "drop"])
+        for options, named in ((["--repair=drop"], "repair"), (["--mode", "rolling"], "mode"),
+                               (["--market", "m.csv", "--repair", "none"], "market, repair")):
+            with pytest.raises(UsageError, match=f"^{named}: options of price models; .* is "
+                                                 "a speech-forecast model, and predict reads"):
+                predict.main(["--model_uri", f"runs:/{run.info.run_id}/model", "--input",
+                              str(tmp_path / "in"), "--output", str(tmp_path / "x.csv"),
+                              *options])
+        assert not (tmp_path / "x.csv").exists()
     assert list(out.columns) == ["utterance_id", "l1", "embedding"] and len(out) == 2
