@@ -76,10 +76,14 @@ class AudioModel(ServedModel):
     def source(self, row: dict, i: int) -> tuple[str, object, float]:
         """What a row sends, checked against the per-clip limits before any decoding:
         (column, the file's bytes or (samples, rate), seconds of audio)."""
+        samples = row.get("samples")
         if not missing(row.get("audio")):
+            if not missing(cell(samples)):
+                raise bad(f"row {i}: send one of 'audio' and 'samples', not both")
             return self._file(row["audio"], i)
-        samples = row.get("samples")  # its length only: np.size fails on ragged lists
-        if not missing(samples) and (not hasattr(samples, "__len__") or len(samples)):
+        if not missing(samples) and hasattr(samples, "__len__") and not len(samples):
+            raise bad(f"row {i}, column 'samples': empty (no samples)")
+        if not missing(samples):
             return self._samples(row, i)
         raise bad(f"row {i}: send 'audio' (the file's bytes) or 'samples' with 'sample_rate'")
 
