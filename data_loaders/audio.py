@@ -69,6 +69,9 @@ class FeatureSettings:
                              f"band up to 2 kHz), got {self.sample_rate!r}")
         if self.hop_ms > self.win_ms:
             raise ValueError(f"hop_ms ({self.hop_ms}) must not exceed win_ms ({self.win_ms})")
+        if min(self.frame_sizes()) < 1:
+            raise ValueError(f"win_ms and hop_ms must each span at least one sample at "
+                             f"{self.sample_rate} Hz, got {self.win_ms} and {self.hop_ms}")
         if self.win_ms > 1000 or self.n_mels > 256:
             raise ValueError(f"win_ms must be at most 1000 and n_mels at most 256, got "
                              f"{self.win_ms} and {self.n_mels}")

@@ -78,11 +78,12 @@ class AudioModel(ServedModel):
         (column, the file's bytes or (samples, rate), seconds of audio)."""
         samples = row.get("samples")
         if not missing(row.get("audio")):
-            if not missing(cell(samples)):
-                raise bad(f"row {i}: send one of 'audio' and 'samples', not both")
+            if not missing(cell(samples)):  # (MLflow makes `instances` rows that mix them one)
+                raise bad(f"row {i}: send one of 'audio' and 'samples', not both (with "
+                          "'instances', every row must send the same one)")
             return self._file(row["audio"], i)
         if not missing(samples) and hasattr(samples, "__len__") and not len(samples):
-            raise bad(f"row {i}, column 'samples': empty (no samples)")
+            raise bad(f"row {i}, column 'samples': no samples: send at least one")
         if not missing(samples):
             return self._samples(row, i)
         raise bad(f"row {i}: send 'audio' (the file's bytes) or 'samples' with 'sample_rate'")
@@ -115,7 +116,8 @@ class AudioModel(ServedModel):
         except (TypeError, ValueError):
             samples = None
         if samples is None or samples.ndim != 1 or samples.dtype.kind not in "fiu" or (
-                isinstance(row["samples"], list) and bool in map(type, row["samples"])):
+                isinstance(row["samples"], list | tuple)
+                and any(isinstance(v, bool | np.bool_) for v in row["samples"])):
             raise bad(f"row {i}, column 'samples': expected an array of numbers")
         seconds = len(samples) / float(rate)
         _check_seconds(seconds, i, "samples")
@@ -397,8 +399,6 @@ class SpeechForecaster(AudioModel):
     def _stream_samples(self, row: dict, i: int) -> np.ndarray:
         """A row's `samples` at the model's rate (resampling a piece alone would not give
         what resampling the whole gives), checked as `source` checks them."""
-        if not missing(values := row.get("samples")) and np.size(values) == 0:
-            raise bad(f"row {i}, column 'samples': no samples: a piece has at least one")
         where, data, _ = self.source(row, i)
         rate = self.settings.sample_rate
         if where != "samples" or data[1] != rate:

@@ -162,6 +162,10 @@ def test_bad_settings_are_named():
         with pytest.raises(ValueError, match="win_ms must be at most 1000 and n_mels at most "
                                              "256, got "):
             FeatureSettings(**many).validate()
+    for win_ms, hop_ms in ((0.05, 0.05), (25, 0.05)):  # 0 samples: librosa divides by it
+        with pytest.raises(ValueError, match="win_ms and hop_ms must each span at least one "
+                                             f"sample at 8000 Hz, got {win_ms} and {hop_ms}"):
+            FeatureSettings(win_ms=win_ms, hop_ms=hop_ms).validate()
     with pytest.raises(ValueError, match="n_mels: 16 of the 150 mel bands get no FFT bin of a "
                                          "25 ms window at 8000 Hz"):
         FeatureSettings(n_mels=150).validate()

@@ -332,7 +332,8 @@ def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier
     ({"samples": [[0.1]], "sample_rate": 8000}, "column 'samples': expected an array of"),
     ({"samples": [0.1] * 799 + [True], "sample_rate": 8000},  # numpy would read 1.0
      "row 0, column 'samples': expected an array of numbers"),
-    ({"samples": [], "sample_rate": 8000}, "row 0, column 'samples': empty (no samples)"),
+    ({"samples": (0.1, np.True_), "sample_rate": 8000}, "column 'samples': expected an array"),
+    ({"samples": [], "sample_rate": 8000}, "row 0, column 'samples': no samples: send at"),
     ({"samples": [0.1] * 800, "sample_rate": 8000, "audio": (FSDD / "1_nicolas_3.wav")
       .read_bytes()}, "row 0: send one of 'audio' and 'samples', not both"),
     ({"samples": [0.1] * 800, "sample_rate": 8000.5},

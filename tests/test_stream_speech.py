@@ -105,8 +105,12 @@ def test_bad_audio_states_and_models_that_cannot_stream_are_named(tmp_path):
     with pytest.raises(MlflowException, match="^request has 1,199,600 forecast values"):
         model.predict(None, five, {"mode": "rolling"})  # 5 x 5,998 frames x 40 bands
     nothing = request(np.zeros(0), state)
-    with pytest.raises(MlflowException, match="^row 0, column 'samples': no samples: a piece"):
+    with pytest.raises(MlflowException, match="^row 0, column 'samples': no samples: send at"):
         model.predict(None, nothing, {"mode": "stream"})
+    ragged = pd.DataFrame({"samples": [[0.1, [0.2]]], "sample_rate": [RATE]})  # np.size fails
+    for mode in ("rolling", "stream"):
+        with pytest.raises(MlflowException, match="^row 0, column 'samples': expected an array"):
+            model.predict(None, ragged, {"mode": mode})
     cmvn = forecaster(tmp_path / "c", normalise="utterance")
     cmvn.norm = None  # per-utterance statistics: what a model without a normaliser has
     with pytest.raises(MlflowException, match="cannot forecast frame by frame: it normalises"):
