@@ -157,13 +157,12 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     def rows(self, model_input) -> list[dict]:
         """The request as one dict per row, after the batch-level checks."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        if len(frame) == 0 and len(frame.columns) == 0:  # none sent, or MLflow dropped all
-            reads = ", ".join(self.signature(self.spec).inputs.input_names())
-            raise bad(f"empty batch: send at least one row (one {self.unit}) in the columns "
-                      f"this model reads ({reads}); others are dropped, and the server's "
-                      "log names them")
-        if len(frame) == 0:
-            raise bad(f"empty batch: send at least one row (one {self.unit})")
+        if len(frame) == 0:  # with no column: none sent, or MLflow dropped every one
+            names = ", ".join(self.signature(self.spec).inputs.input_names())
+            reads = "" if len(frame.columns) else (f" in the columns this model reads ({names})"
+                                                   "; others are dropped, and the server's "
+                                                   "log names them")
+            raise bad(f"empty batch: send at least one row (one {self.unit}){reads}")
         if len(frame) > self.max_rows:
             raise bad(f"request has {len(frame):,} rows (one {self.unit} each); the limit is "
                       f"{self.max_rows:,} per request: split it across "

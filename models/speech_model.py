@@ -82,9 +82,9 @@ class AudioModel(ServedModel):
                 raise bad(f"row {i}: send one of 'audio' and 'samples', not both (with "
                           "'instances', every row must send the same one)")
             return self._file(row["audio"], i)
-        if not missing(samples) and hasattr(samples, "__len__") and not len(samples):
-            raise bad(f"row {i}, column 'samples': no samples: send at least one")
         if not missing(samples):
+            if hasattr(samples, "__len__") and not len(samples):
+                raise bad(f"row {i}, column 'samples': no samples: send at least one")
             return self._samples(row, i)
         raise bad(f"row {i}: send 'audio' (the file's bytes) or 'samples' with 'sample_rate'")
 
@@ -116,8 +116,7 @@ class AudioModel(ServedModel):
         except (TypeError, ValueError):
             samples = None
         if samples is None or samples.ndim != 1 or samples.dtype.kind not in "fiu" or (
-                isinstance(row["samples"], list | tuple)
-                and any(isinstance(v, bool | np.bool_) for v in row["samples"])):
+                _holds_bool(row["samples"], samples)):
             raise bad(f"row {i}, column 'samples': expected an array of numbers")
         seconds = len(samples) / float(rate)
         _check_seconds(seconds, i, "samples")
@@ -190,6 +189,16 @@ class AudioModel(ServedModel):
 
 def _named(err: audio.AudioError, i: int) -> MlflowException:
     return bad(f"row {i}, column 'audio': {str(err).removeprefix('audio bytes: ')}")
+
+
+def _holds_bool(sent, samples: np.ndarray) -> bool:
+    """Whether a list or tuple of numbers holds true or false, which numpy read as 1.0 or
+    0.0: the types are looked at only where a 0 or 1 is (as price_model's checks do), not
+    at each of up to millions of samples."""
+    if not isinstance(sent, list | tuple):
+        return False
+    maybe = np.flatnonzero((samples == 0) | (samples == 1))
+    return any(isinstance(sent[k], bool | np.bool_) for k in maybe)
 
 
 def _check_rate(rate, i: int, column: str) -> None:
