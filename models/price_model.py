@@ -57,7 +57,7 @@ from data_loaders.sequences import Normaliser
 from models import stream
 from models.heads import column_names, columns, denormalise, rescale
 from models.networks import carry, forecasts, state_bounds, state_size
-from models.served import ServedModel, bad, cell, missing, no_state, row_id, sent_id, short
+from models.served import ServedModel, bad, cell, missing, no_state, numbers, row_id, sent_id, short
 
 MODES = ("last", "rolling", "stream")
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
@@ -105,46 +105,12 @@ def request_row(frame: pd.DataFrame, series_id: str, columns: list[str],
 
 def _numbers(row: dict, name: str, i: int) -> np.ndarray:
     """One price column of one row as float64: numbers only (no "1.5", no true)."""
-    values = row.get(name)
-    arr = None
-    if isinstance(values, list | tuple | np.ndarray):  # JSON gives lists, Spark arrays
-        try:
-            arr = np.asarray(values)  # text gives a text or object array, numbers a numeric one
-        except (TypeError, ValueError):
-            pass
-    elif missing(values):
+    if missing(row.get(name)):
         raise bad(f"row {i}: missing required column '{name}'")
-    if arr is None or arr.ndim != 1:
-        raise bad(f"row {i}, column '{name}': expected an array of numbers, "
-                  f"got {type(values).__name__}")
-    if len(arr) and arr.dtype.kind not in "fiu":
-        _not_a_number(values, name, i)
-    try:
-        return arr.astype(np.float64, copy=False)
-    except OverflowError:  # a whole number past float64 (JSON allows 10**400)
-        k = next(k for k, v in enumerate(values) if not _fits_float(v))
-        raise bad(f"row {i}, column '{name}': position {k}: {short(values[k])} is too large "
-                  "for a number") from None
+    return numbers(row[name], f"row {i}, column '{name}'")
 
 
-def _fits_float(value) -> bool:
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
-
-
-def _not_a_number(values, name: str, i: int) -> None:
-    """Name the first value that is not a number (true and false included), if any."""
-    k = next((k for k, v in enumerate(values) if isinstance(v, bool)
-              or not isinstance(v, int | float | np.number)), None)
-    if k is not None:
-        raise bad(f"row {i}, column '{name}': position {k}: expected a number, "
-                  f"got {short(values[k])}")
-
-
-def _check_values(rows: list[dict], columns: dict[str, list[np.ndarray]]) -> None:
+def _check_values(columns: dict[str, list[np.ndarray]]) -> None:
     """Every price a number in SANE range and high >= low, checked for all rows at once (a
     few reductions instead of a few per row); the first failure is named by row and position."""
     starts = np.cumsum([0] + [len(a) for a in columns["close"]])
@@ -158,9 +124,6 @@ def _check_values(rows: list[dict], columns: dict[str, list[np.ndarray]]) -> Non
         return i, at - starts[i]
 
     for name, values in flat.items():
-        # true among numbers reads as 1.0: look at the types where a 0 or 1 could be one
-        for i in np.unique(row_of(np.flatnonzero((values == 0) | (values == 1)))):
-            _not_a_number(rows[i][name], name, int(i))
         low, high = SANE["volume" if name == "volume" else "price"]
         if values.size and not (low <= values.min() and values.max() <= high):  # NaN fails too
             outside = ~((values >= low) & (values <= high))
@@ -173,15 +136,11 @@ def _check_values(rows: list[dict], columns: dict[str, list[np.ndarray]]) -> Non
                   f"({columns['low'][i][k]}) at position {k}")
 
 
-def _check_market(rows: list[dict], names: list[str], market: list[np.ndarray | None]
-                  ) -> None:
-    """Every market value a finite number (not true or false) within what a market table
-    can hold."""
+def _check_market(names: list[str], market: list[np.ndarray | None]) -> None:
+    """Every market value a finite number within what a market table can hold."""
     for i, values in enumerate(market):
         if values is None or not len(values):
             continue
-        for j in np.unique(np.nonzero((values == 0) | (values == 1))[1]):  # a bool reads as one
-            _not_a_number(rows[i][names[j]], names[j], i)
         if np.abs(values).max() <= MOST_MARKET:
             continue  # (NaN fails the test, so it is looked at below)
         k, j = (int(a[0]) for a in np.nonzero(~(np.abs(values) <= MOST_MARKET)))
@@ -503,9 +462,9 @@ class PriceForecaster(ServedModel):
             series.append({"prices": cols, "id": row_id(row, "series_id", i),
                            "market": np.stack([market[k] for k in self.market], axis=-1)
                            if market else None})
-        _check_values(rows, {name: [s["prices"][name] for s in series]
-                             for name in price_columns(self.spec)})
-        _check_market(rows, self.market, [s["market"] for s in series])
+        _check_values({name: [s["prices"][name] for s in series]
+                       for name in price_columns(self.spec)})
+        _check_market(self.market, [s["market"] for s in series])
         for s in series:
             s["prices"]["adj_close"] = s["prices"].pop("close")
         return series

@@ -65,6 +65,47 @@ def row_id(row: dict, column: str, i: int) -> str:
     return value
 
 
+def numbers(values, where: str) -> np.ndarray:
+    """A JSON list (or a tuple, or an array) of numbers as float64, or bad(...) naming
+    `where` ("row 3, column 'close'") and the first value that is no number. True and false
+    are none, though numpy reads them as 1.0 and 0.0 among numbers: their types are looked
+    at only where a 0 or 1 is, not at each of up to millions of values."""
+    arr = None
+    if isinstance(values, list | tuple | np.ndarray):
+        try:
+            arr = np.asarray(values)  # text gives a text or object array, numbers a numeric one
+        except (TypeError, ValueError):  # ragged
+            pass
+    if arr is None or arr.ndim != 1:
+        raise bad(f"{where}: expected an array of numbers, got {type(values).__name__}")
+    if arr.dtype.kind not in "fiu":  # text, bools, None, or whole numbers past int64
+        _no_number_at(values, range(len(values)), where)
+    try:
+        out = arr.astype(np.float64, copy=False)
+    except OverflowError:  # a whole number past float64 (JSON allows 10**400)
+        k = next(k for k, v in enumerate(values) if not _fits_float(v))
+        raise bad(f"{where}: position {k}: {short(values[k])} is too large for a number"
+                  ) from None
+    if isinstance(values, list | tuple):
+        _no_number_at(values, np.flatnonzero((out == 0) | (out == 1)), where)
+    return out
+
+
+def _no_number_at(values, positions, where: str) -> None:
+    k = next((int(k) for k in positions if isinstance(values[k], bool)
+              or not isinstance(values[k], int | float | np.number)), None)
+    if k is not None:
+        raise bad(f"{where}: position {k}: expected a number, got {short(values[k])}")
+
+
+def _fits_float(value) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def short(value) -> str:
     """A value for a message: its repr, cut to 40 characters."""
     text = repr(value)

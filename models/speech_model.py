@@ -39,7 +39,7 @@ from data_loaders.sequences import Normaliser
 from models import stream
 from models.calibration import UNKNOWN, apply_rule
 from models.networks import by_length, carry, logits_of, pad, state_bounds, state_size
-from models.served import ServedModel, bad, cell, missing, no_state, row_id, sent_id
+from models.served import ServedModel, bad, cell, missing, no_state, numbers, row_id, sent_id
 
 # Request limits, set so that the largest request allowed finishes well inside MLflow's
 # 60 s scoring timeout on two cores with well under 1 GB of memory: 600 s of 44.1 kHz
@@ -111,13 +111,7 @@ class AudioModel(ServedModel):
             raise bad(f"row {i}, column 'sample_rate': must be a positive whole number of "
                       f"Hz when 'samples' is sent, got {rate!r}")
         _check_rate(rate, i, "sample_rate")
-        try:
-            samples = np.asarray(row["samples"])
-        except (TypeError, ValueError):
-            samples = None
-        if samples is None or samples.ndim != 1 or samples.dtype.kind not in "fiu" or (
-                _holds_bool(row["samples"], samples)):
-            raise bad(f"row {i}, column 'samples': expected an array of numbers")
+        samples = numbers(row["samples"], f"row {i}, column 'samples'")
         seconds = len(samples) / float(rate)
         _check_seconds(seconds, i, "samples")
         if why := audio.bad_values(samples):  # before float32, where 1e308 would be inf
@@ -161,6 +155,11 @@ class AudioModel(ServedModel):
                 frame = pd.DataFrame({c: list(frame[c].iloc[0]) for c in frame.columns})
             except (TypeError, ValueError) as err:
                 raise bad(f"inputs: the columns cannot make rows ({err})") from None
+        if len(frame) > 1 and "samples" in frame and np.isscalar(frame["samples"].iloc[0]):
+            # {"inputs": {"samples": [0.1, ...]}}: MLflow makes a row of each number
+            raise bad(f"column 'samples': one number in each of {len(frame):,} rows; a row's "
+                      "samples are one clip, an array: with inputs, send a list of clips "
+                      '({"samples": [[0.1, ...]], "sample_rate": [8000]})')
         return super().rows(frame)
 
     def size(self, row: dict) -> float:
@@ -189,16 +188,6 @@ class AudioModel(ServedModel):
 
 def _named(err: audio.AudioError, i: int) -> MlflowException:
     return bad(f"row {i}, column 'audio': {str(err).removeprefix('audio bytes: ')}")
-
-
-def _holds_bool(sent, samples: np.ndarray) -> bool:
-    """Whether a list or tuple of numbers holds true or false, which numpy read as 1.0 or
-    0.0: the types are looked at only where a 0 or 1 is (as price_model's checks do), not
-    at each of up to millions of samples."""
-    if not isinstance(sent, list | tuple):
-        return False
-    maybe = np.flatnonzero((samples == 0) | (samples == 1))
-    return any(isinstance(sent[k], bool | np.bool_) for k in maybe)
 
 
 def _check_rate(rate, i: int, column: str) -> None:

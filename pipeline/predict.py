@@ -69,9 +69,10 @@ def predict_rows(model, requests, params: dict | None = None, progress: bool | N
                 row = re.match(r"row (\d+)", err.message)
                 if ids is None or (row is None and len(chunk) > 1):
                     raise
+                name = ids.iloc[i + int(row[1]) if row else i]
                 why = re.sub(r"^row \d+(, |: )", "", err.message)
-                raise ValueError(f"input {ids.iloc[i + int(row[1]) if row else i]}: "
-                                 f"{why}") from None
+                why = why.removesuffix(f" ({ids.name} {name!r})")  # named once, in front
+                raise ValueError(f"input {name}: {why}") from None
             bar.update(len(chunk))
     return pd.concat(parts, ignore_index=True)
 
@@ -90,8 +91,8 @@ def parse(argv=None) -> PredictParams:
     if Path(p.output).suffix not in (".csv", ".parquet"):
         raise cli.UsageError(f"output must end in .csv or .parquet, got {p.output!r}")
     if (p.mode == "stream") != bool(p.states):
-        raise cli.UsageError("mode stream reads and writes its series' states: give both "
-                             "--mode stream and --states FILE.parquet")
+        raise cli.UsageError("a price model's mode stream reads and writes its series' "
+                             "states: give both --mode stream and --states FILE.parquet")
     if p.states and Path(p.states).suffix != ".parquet":
         raise cli.UsageError(f"states must end in .parquet, got {p.states!r}")
     if p.states and Path(p.states).resolve() == Path(p.output).resolve():

@@ -172,6 +172,8 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
                 "dataframe_split": {"columns": ["wav"], "data": [[garbage]]}},
             "params.mode: speech-classify labels whole utterances only": {
                 **body, "params": {"mode": "rolling"}},
+            "'samples': one number in each of 800 rows; a row's samples are one clip": {
+                "inputs": {"samples": [0.1] * 800, "sample_rate": 8000}},
         }
         for message, request in bad.items():
             status, text = post(url, request)
@@ -326,13 +328,18 @@ def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier
     ({"audio": 5}, "row 0, column 'audio': expected the file's bytes (base64 over REST), got int"),
     ({"samples": [[0.1, 0.1]] * 400, "sample_rate": 8000},
      "row 0, column 'samples': expected an array of numbers"),
-    ({"samples": ["0.1"] * 800, "sample_rate": 8000}, "column 'samples': expected an array of"),
+    ({"samples": ["0.1"] * 800, "sample_rate": 8000},
+     "row 0, column 'samples': position 0: expected a number, got '0.1'"),
     ({"samples": [0.1] * 799 + [[0.1]], "sample_rate": 8000},  # ragged: np.size fails
      "row 0, column 'samples': expected an array of numbers"),
     ({"samples": [[0.1]], "sample_rate": 8000}, "column 'samples': expected an array of"),
     ({"samples": [0.1] * 799 + [True], "sample_rate": 8000},  # numpy would read 1.0
-     "row 0, column 'samples': expected an array of numbers"),
-    ({"samples": (0.1, np.True_), "sample_rate": 8000}, "column 'samples': expected an array"),
+     "row 0, column 'samples': position 799: expected a number, got True"),
+    ({"samples": (0.1, np.True_), "sample_rate": 8000}, "position 1: expected a number, got"),
+    ({"samples": [0.1] * 799 + [10 ** 30], "sample_rate": 8000},  # past int64: an object array
+     "row 0, column 'samples': out of range: samples reach 1e+30"),
+    ({"samples": [0.1] * 799 + [10 ** 400], "sample_rate": 8000},
+     "row 0, column 'samples': position 799: 1000000"),
     ({"samples": [], "sample_rate": 8000}, "row 0, column 'samples': no samples: send at"),
     ({"samples": [0.1] * 800, "sample_rate": 8000, "audio": (FSDD / "1_nicolas_3.wav")
       .read_bytes()}, "row 0: send one of 'audio' and 'samples', not both"),

@@ -182,6 +182,20 @@ def test_ensemble_settings_that_cannot_work_are_named(given, message):
         Params(**given).validate()
 
 
+def test_label_smoothing_reaches_the_training_loss_and_is_bounded():
+    from pipeline.tasks.speech.classify import Params
+
+    out, y = torch.tensor([[4.0, 0.0, -1.0], [0.0, 3.0, 0.0]]), torch.tensor([0, 1])
+    plain = torch.nn.functional.cross_entropy(out, y)
+    assert torch.isclose(Params().validate().loss()(out, y), plain)
+    smoothed = Params(label_smoothing=0.2).validate().loss()(out, y)
+    assert torch.isclose(smoothed, torch.nn.functional.cross_entropy(out, y,
+                                                                     label_smoothing=0.2))
+    assert smoothed > plain  # sure, right outputs pay for leaving nothing to the others
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 0.5\), got 0.5"):
+        Params(label_smoothing=0.5).validate()
+
+
 def test_temperature_undoes_overconfidence_and_lowers_the_calibration_error():
     rng = np.random.default_rng(0)
     true_logits = torch.as_tensor(rng.standard_normal((4000, 5)) * 1.5)

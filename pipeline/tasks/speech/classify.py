@@ -16,6 +16,7 @@ models/speech_model.py from audio.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,9 @@ class Params(common.Params):
                                           "words (data_loaders/words.py's VALIDATION, said by "
                                           "8 voices never trained on) come back as a digit; "
                                           "0: no shift")
+    label_smoothing: float = param(0.0, "training: this share of each cross-entropy "
+                                        "target spread evenly over all the outputs; "
+                                        "0: off")
     unknown_rate: float = param(0.01, "share of validation utterances the confidence threshold "
                                       "may call unknown; 0: no threshold")
 
@@ -79,6 +83,12 @@ class Params(common.Params):
 
         return Augment(self.freq_warp, self.time_stretch, self.noise_snr, self.freq_masks,
                        self.time_masks, self.sample_rate, self.n_mels)
+
+    def loss(self):
+        """The training loss: cross-entropy, its targets smoothed as `label_smoothing` says."""
+        from torch import nn
+
+        return partial(nn.functional.cross_entropy, label_smoothing=self.label_smoothing)
 
     def extra_outputs(self) -> tuple[str, ...]:
         """The unknown outputs after the classes, each named by the reason it gives."""
@@ -120,7 +130,7 @@ class Params(common.Params):
                              "synthetic_voices > 0, or unknown_words=0")
         if self.synthetic_voices and not self.synthetic_cache:
             raise ValueError("synthetic_cache: give a folder for the synthetic voices")
-        for name in ("unknown_rate", "word_accept_rate"):
+        for name in ("unknown_rate", "word_accept_rate", "label_smoothing"):
             if not 0 <= getattr(self, name) < 0.5:
                 raise ValueError(f"{name} must be in [0, 0.5), got {getattr(self, name)!r}")
         return self
@@ -218,7 +228,7 @@ class SpeechClassifyTask(SpeechTask):
             return {"val_loss": nn.functional.cross_entropy(out, yv).item(),
                     "val_accuracy": float((out.argmax(1) == yv).float().mean())}
 
-        return Objective(updates, validate, nn.functional.cross_entropy, "cross-entropy")
+        return Objective(updates, validate, cfg.task.loss(), "cross-entropy")
 
     def unknown_rule(self, net, cfg: Config, data: SpeechData) -> dict:
         """The temperature and the unknown rule, fit on validation (models/calibration.py):
