@@ -155,7 +155,8 @@ class AudioModel(ServedModel):
                 frame = pd.DataFrame({c: list(frame[c].iloc[0]) for c in frame.columns})
             except (TypeError, ValueError) as err:
                 raise bad(f"inputs: the columns cannot make rows ({err})") from None
-        if len(frame) > 1 and "samples" in frame and np.isscalar(frame["samples"].iloc[0]):
+        first = frame["samples"].iloc[0] if len(frame) > 1 and "samples" in frame else None
+        if isinstance(first, int | float | np.number) and not missing(first):
             # {"inputs": {"samples": [0.1, ...]}}: MLflow makes a row of each number
             raise bad(f"column 'samples': one number in each of {len(frame):,} rows; a row's "
                       "samples are one clip, an array: with inputs, send a list of clips "

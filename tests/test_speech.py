@@ -162,6 +162,9 @@ def test_rest_serving_takes_base64_audio(store, small_fsdd):
             again = pd.DataFrame(json.loads(text)["predictions"])
             assert again[["utterance_id", "label"]].equals(want[["utterance_id", "label"]]), \
                 list(other)
+        mixed = [records[0], {"samples": [0.1] * 800, "sample_rate": 8000}]  # NaN samples first
+        status, text = post(url, {"dataframe_records": mixed})
+        assert status == 200 and json.loads(text)["predictions"][0]["label"] == want.label[0]
         garbage = base64.b64encode(b"definitely not a wav file").decode()
         bad = {
             "cannot decode": {"dataframe_split": {"columns": ["audio"], "data": [[garbage]]}},
