@@ -78,6 +78,10 @@ def numbers(values, where: str) -> np.ndarray:
             pass
     if arr is None or arr.ndim != 1:
         raise bad(f"{where}: expected an array of numbers, got {type(values).__name__}")
+    if isinstance(values, np.ndarray) and arr.dtype.kind in "US":  # one text value made
+        # all of it text (MLflow's `instances`): which value it was is lost
+        raise bad(f"{where}: expected numbers, got an array of text ({short(values[0].item())}, "
+                  "...)")
     if arr.dtype.kind not in "fiu":  # text, bools, None, or whole numbers past int64
         _no_number_at(values, range(len(values)), where)
     try:

@@ -91,8 +91,9 @@ def parse(argv=None) -> PredictParams:
     if Path(p.output).suffix not in (".csv", ".parquet"):
         raise cli.UsageError(f"output must end in .csv or .parquet, got {p.output!r}")
     if (p.mode == "stream") != bool(p.states):
-        raise cli.UsageError("a price model's mode stream reads and writes its series' "
-                             "states: give both --mode stream and --states FILE.parquet")
+        raise cli.UsageError("--mode stream and --states go together (price models only: "
+                             "a stream reads and writes its series' states): give both "
+                             "--mode stream and --states FILE.parquet")
     if p.states and Path(p.states).suffix != ".parquet":
         raise cli.UsageError(f"states must end in .parquet, got {p.states!r}")
     if p.states and Path(p.states).resolve() == Path(p.output).resolve():

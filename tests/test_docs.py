@@ -129,6 +129,8 @@ def test_every_documented_command_parses(page, argv):
     ("torchrun --nproc_per_node=2 -m pipeline.main --cell gur", "cell must be one of"),
     ("python -m pipeline.predict --model_uri models:/x@champion --input a.csv "
      "--output b.txt", "output must end in .csv or .parquet"),
+    ("python -m pipeline.predict --model_uri models:/speech-classify@champion --states "
+     "s.parquet", "--mode stream and --states go together (price models only"),
 ])
 def test_the_check_refuses_a_command_that_would_not_start(command, message):
     with pytest.raises((UsageError, ValueError), match=re.escape(message)):

@@ -339,6 +339,8 @@ def test_base64_audio_is_read_in_the_shape_every_request_format_gives(classifier
     ({"samples": [0.1] * 799 + [True], "sample_rate": 8000},  # numpy would read 1.0
      "row 0, column 'samples': position 799: expected a number, got True"),
     ({"samples": (0.1, np.True_), "sample_rate": 8000}, "position 1: expected a number, got"),
+    ({"samples": np.array(["0.1"] * 800), "sample_rate": 8000},  # instances: all text
+     "row 0, column 'samples': expected numbers, got an array of text ('0.1', ...)"),
     ({"samples": [0.1] * 799 + [10 ** 30], "sample_rate": 8000},  # past int64: an object array
      "row 0, column 'samples': out of range: samples reach 1e+30"),
     ({"samples": [0.1] * 799 + [10 ** 400], "sample_rate": 8000},
