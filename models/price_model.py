@@ -116,11 +116,8 @@ def _check_values(columns: dict[str, list[np.ndarray]]) -> None:
     starts = np.cumsum([0] + [len(a) for a in columns["close"]])
     flat = {name: np.concatenate(arrs) for name, arrs in columns.items()}
 
-    def row_of(at):
-        return np.searchsorted(starts, at, side="right") - 1
-
     def where(at: int) -> tuple[int, int]:
-        i = int(row_of(at))
+        i = int(np.searchsorted(starts, at, side="right")) - 1
         return i, at - starts[i]
 
     for name, values in flat.items():
