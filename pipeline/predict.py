@@ -45,36 +45,69 @@ class PredictParams:
     market: str = param("", "prices, a model trained with a market table: the table (CSV) "
                             "with a row for every day of the input (python -m "
                             "data_loaders.market)")
+    skip_bad: bool = param(False, "leave out the inputs the model refuses (each named on "
+                                  "stderr, counted at the end) instead of stopping at the "
+                                  "first")
 
 
-def predict_rows(model, requests, params: dict | None = None, progress: bool | None = None):
-    """Predictions for every request row, sent to the pyfunc in `calls`. A bad row's
-    error names its input (`series_id` or `utterance_id`: the file)."""
-    import re
+class Refused(ValueError):
+    """A request row the model refused: "input NAME: why"."""
 
+    def __init__(self, name, why: str):
+        super().__init__(f"input {name}: {why}")
+        self.name, self.why = name, why
+
+
+def predict_rows(model, requests, params: dict | None = None, progress: bool | None = None,
+                 skip_bad: bool = False):
+    """Predictions for every request row, sent to the pyfunc in `calls`, and the inputs
+    left out as [(input, why)]. A bad row's error names its input (`series_id` or
+    `utterance_id`: the file); with skip_bad its call is sent again a row at a time, and
+    each row refused is left out and said on stderr."""
     import pandas as pd
-    from mlflow.exceptions import MlflowException
     from tqdm.auto import tqdm
 
     ids = requests.get("series_id", requests.get("utterance_id"))
-    parts = []
+    parts, skipped = [], []
     with tqdm(total=len(requests), desc="rows", unit="row",
               disable=None if progress is None else not progress) as bar:
         for rows in calls(model.unwrap_python_model(), requests):
-            chunk = requests.iloc[rows].reset_index(drop=True)
-            i = rows.start
             try:
-                parts.append(model.predict(chunk, params=params or None))
-            except MlflowException as err:
-                row = re.match(r"row (\d+)", err.message)
-                if ids is None or (row is None and len(chunk) > 1):
+                parts.append(predict_call(model, requests, rows, ids, params))
+            except Refused:
+                if not skip_bad:
                     raise
-                name = ids.iloc[i + int(row[1]) if row else i]
-                why = re.sub(r"^row \d+(, |: )", "", err.message)
-                why = why.removesuffix(f" ({ids.name} {name!r})")  # named once, in front
-                raise ValueError(f"input {name}: {why}") from None
-            bar.update(len(chunk))
-    return pd.concat(parts, ignore_index=True)
+                for i in range(rows.start, rows.stop):  # the good rows of the call kept
+                    try:
+                        parts.append(predict_call(model, requests, slice(i, i + 1), ids,
+                                                  params))
+                    except Refused as bad:
+                        skipped.append((bad.name, bad.why))
+                        print(f"skipped {bad}", file=sys.stderr, flush=True)
+            bar.update(rows.stop - rows.start)
+    if not parts:
+        raise ValueError(f"input: the model refused all {len(requests)} inputs (the first: "
+                         f"{skipped[0][0]}: {skipped[0][1]})")
+    return pd.concat(parts, ignore_index=True), skipped
+
+
+def predict_call(model, requests, rows: slice, ids, params: dict | None):
+    """One call's predictions; Refused for a row the model refuses, where it can be
+    named."""
+    import re
+
+    from mlflow.exceptions import MlflowException
+
+    chunk = requests.iloc[rows].reset_index(drop=True)
+    try:
+        return model.predict(chunk, params=params or None)
+    except MlflowException as err:
+        row = re.match(r"row (\d+)", err.message)
+        if ids is None or (row is None and len(chunk) > 1):
+            raise
+        name = ids.iloc[rows.start + int(row[1]) if row else rows.start]
+        why = re.sub(r"^row \d+(, |: )", "", err.message)
+        raise Refused(name, why.removesuffix(f" ({ids.name} {name!r})")) from None  # once
 
 
 def write_table(frame, path) -> None:
@@ -153,12 +186,15 @@ def main(argv=None):
     if states:
         read_states(states, requests)
     # the mode only when given: else the model's own
-    out = predict_rows(model, requests, {"mode": p.mode} if "mode" in given else None)
+    out, skipped = predict_rows(model, requests, {"mode": p.mode} if "mode" in given else None,
+                                skip_bad=p.skip_bad)
     write_table(out, Path(p.output).expanduser().resolve())
     if states:  # after the predictions: a failure before leaves the old states
         write_states(states, out)
     note_launcher(f"This launch wrote {len(out)} predictions of {p.model_uri} to {p.output}.")
-    print(f"{len(out)} predictions for {len(requests)} inputs -> {p.output}")
+    left = f" ({len(skipped)} left out: see 'skipped' above)" if skipped else ""
+    print(f"{len(out)} predictions for {len(requests) - len(skipped)} inputs{left} -> "
+          f"{p.output}")
     return out
 
 if __name__ == "__main__":

@@ -190,10 +190,24 @@ def test_batch_prediction_splits_its_calls_by_the_model_s_budget(tmp_path, monke
     monkeypatch.setattr(price_model, "MAX_PRICES", 250)
     frame = rows([100] * 5)
     assert tasks.calls(model, frame) == [slice(0, 2), slice(2, 4), slice(4, 5)]
-    got = predict.predict_rows(PyFunc(), frame, {"mode": "rolling"}, progress=False)
-    assert got.groupby("series_id").size().tolist() == [92] * 5
+    got, skipped = predict.predict_rows(PyFunc(), frame, {"mode": "rolling"}, progress=False)
+    assert got.groupby("series_id").size().tolist() == [92] * 5 and skipped == []
     with pytest.raises(ValueError, match=r"^input s0: request has 300 prices; the limit is 250"):
         predict.predict_rows(PyFunc(), rows([300]), progress=False)
+    # skip_bad: a row over the budget (a call of its own) and one with text among its
+    # prices inside a call of three are left out by name; the others predicted as alone
+    mixed = rows([100, 300, 60, 60, 60])
+    mixed.at[3, "close"] = _at(mixed.at[3, "close"], 5, "n/a")
+    got, skipped = predict.predict_rows(PyFunc(), mixed, progress=False, skip_bad=True)
+    assert got.series_id.tolist() == ["s0", "s2", "s4"]
+    assert [name for name, _ in skipped] == ["s1", "s3"]
+    assert skipped[0][1].startswith("request has 300 prices; the limit is 250 per request")
+    assert skipped[1][1].startswith("column 'close'") and "'n/a'" in skipped[1][1]
+    alone = predict.predict_rows(PyFunc(), mixed.iloc[[0, 2, 4]], progress=False)[0]
+    pd.testing.assert_frame_equal(got, alone)
+    with pytest.raises(ValueError, match=r"^input: the model refused all 2 inputs \(the "
+                                         r"first: s0: request has 300"):
+        predict.predict_rows(PyFunc(), rows([300, 300]), progress=False, skip_bad=True)
 
 
 @pytest.mark.parametrize("mode", ["last", "rolling"])

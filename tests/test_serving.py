@@ -202,7 +202,7 @@ def test_batch_predict_step_writes_what_rest_returns(server, store):
     assert np.allclose(written.return_h1, rest.return_h1, rtol=1e-6, atol=1e-9)
 
 
-def test_batch_predict_errors_name_the_input_file(store):
+def test_batch_predict_errors_name_the_input_file(store, capsys):
     data = store / "mixed"
     data.mkdir(exist_ok=True)
     lines = (ROOT / "data" / "prices" / "SPY.csv").read_text().splitlines()
@@ -213,6 +213,14 @@ def test_batch_predict_errors_name_the_input_file(store):
         predict.main(["--input", str(data), "--output", str(store / "p.csv"),
                       "--model_uri", MODEL])
     assert "SHORT" not in str(err.value).removeprefix("input SHORT")  # named once
+    assert not (store / "p.csv").exists()
+    out = predict.main(["--input", str(data), "--output", str(store / "p.csv"),
+                        "--model_uri", MODEL, "--skip_bad", "true"])
+    said = capsys.readouterr()
+    assert "skipped input SHORT: column 'close': 10 prices is shorter" in said.err
+    assert f"{len(out)} predictions for 1 inputs (1 left out: see 'skipped' above)" in said.out
+    written = pd.read_csv(store / "p.csv")
+    assert len(written) == len(out) > 0 and set(written.series_id) == {"LONG"}
 
 
 def test_batch_predict_leaves_no_half_written_file(store, monkeypatch):
