@@ -143,7 +143,36 @@ def probe(data: bytes) -> tuple[int, int, int]:
     if info.samplerate <= 0 or info.frames < 0 or info.channels <= 0:
         raise AudioError(f"audio bytes: header says {info.frames} frames, {info.samplerate} "
                          f"Hz, {info.channels} channels")
+    if why := truncated(info):
+        raise AudioError(f"audio bytes: {why}")
     return info.frames, info.samplerate, info.channels
+
+
+def truncated(info) -> str | None:
+    """Why a WAV is cut short (an upload or a copy that stopped), from libsndfile's
+    reading of its header ("data : 7990 (should be 3973)"), or None: decoded, it would
+    be a shorter recording, with nothing to say so."""
+    cut = re.search(r"^data : (\d+) \(should be (\d+)\)", info.extra_info, re.M)
+    # 2**31 - 1 and 2**32 - 1 bytes: what a WAV written as a stream declares (size unknown)
+    if cut and int(cut[2]) < int(cut[1]) < 0x7FFFFF00:
+        return (f"truncated: the header says {cut[1]} bytes of audio, the file holds "
+                f"{cut[2]}")
+    return None
+
+
+def _header_problem(source) -> str | None:
+    """`truncated`'s answer for a file or bytes that soundfile reads (others: None, and
+    decoding says what is wrong)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(source)
+    except Exception:  # decoding will name it
+        return None
+    finally:
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+    return truncated(info)
 
 
 def _plain(err: Exception) -> str:
@@ -161,6 +190,8 @@ def decode(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
         source = io.BytesIO(source)
     elif Path(source).stat().st_size == 0:
         raise AudioError(f"{name}: empty file (0 bytes)")
+    if why := _header_problem(source):
+        raise AudioError(f"{name}: {why}")
     try:
         samples, native = librosa.load(source, sr=None, mono=False)
     except Exception as err:  # soundfile and audioread raise many types for bad data

@@ -74,8 +74,10 @@ def _bad_files(folder: Path) -> dict[str, str]:
     sf.write(folder / "2_a_0.wav", np.zeros(4000, np.float32), 8000)
     sf.write(folder / "3_a_0.wav", 0.5 * np.ones(160, np.float32), 8000)  # 20 ms
     shutil.copy(FSDD / "4_george_1.wav", folder / "4_a_0.wav")
+    whole = (FSDD / "5_george_1.wav").read_bytes()
+    (folder / "5_a_0.wav").write_bytes(whole[:len(whole) // 2])  # a copy that stopped
     return {"0_a_0.wav": "empty", "1_a_0.wav": "cannot decode", "2_a_0.wav": "silent",
-            "3_a_0.wav": "too short: 20 ms"}
+            "3_a_0.wav": "too short: 20 ms", "5_a_0.wav": "truncated: the header says"}
 
 
 def test_bad_files_stop_the_run_with_their_list(tmp_path):
@@ -83,7 +85,7 @@ def test_bad_files_stop_the_run_with_their_list(tmp_path):
     with pytest.raises(AudioError) as err:
         audio.load_features(audio.discover(tmp_path), S, None, progress=False)
     msg = str(err.value)
-    assert "4 bad audio file(s)" in msg and "skip_bad=true" in msg
+    assert "5 bad audio file(s)" in msg and "skip_bad=true" in msg
     for name, why in expected.items():
         line = next(ln for ln in msg.splitlines() if name in ln)
         assert why in line, line

@@ -86,6 +86,8 @@ def classifier(small_fsdd, tmp_path_factory):
 @pytest.mark.parametrize("row, message", [
     ({"audio": b"not audio at all"}, "column 'audio': cannot decode"),
     ({"audio": b""}, "column 'audio': empty"),
+    ({"audio": (FSDD / "7_theo_3.wav").read_bytes()[:3000]},
+     r"column 'audio': truncated: the header says \d+ bytes of audio, the file holds 2956"),
     ({"samples": [0.1] * 800, "sample_rate": 0}, "column 'sample_rate': must be a positive"),
     ({"samples": [0.1] * 800}, "column 'sample_rate'"),
     ({"samples": [0.1] * 799 + [float("nan")], "sample_rate": 8000},
