@@ -179,3 +179,15 @@ def test_utterance_cmvn():
     x = np.random.default_rng(0).normal(3, 2, (50, 4)).astype(np.float32)
     z = audio.utterance_cmvn(x)
     assert np.allclose(z.mean(0), 0, atol=1e-5) and np.allclose(z.std(0), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [0x7FFFFFFF, 0xFFFFFFFF])
+def test_a_wav_written_as_a_stream_is_not_called_truncated(size):
+    """Writers that stream a WAV declare a size they cannot know yet; only a size the
+    file falls short of is a cut."""
+    whole = bytearray((FSDD / "3_george_1.wav").read_bytes())
+    at = whole.find(b"data") + 4
+    whole[at:at + 4] = size.to_bytes(4, "little")
+    assert np.array_equal(audio.decode(bytes(whole), 8000), audio.decode(FSDD / "3_george_1.wav",
+                                                                         8000))
+    assert audio.probe(bytes(whole))[1:] == (8000, 1)
