@@ -149,15 +149,23 @@ def probe(data: bytes) -> tuple[int, int, int]:
 
 
 def truncated(info) -> str | None:
-    """Why a WAV is cut short (an upload or a copy that stopped), from libsndfile's
-    reading of its header ("data : 7990 (should be 3973)"), or None: decoded, it would
-    be a shorter recording, with nothing to say so."""
-    cut = re.search(r"^data : (\d+) \(should be (\d+)\)", info.extra_info, re.M)
-    # 2**31 - 1 and 2**32 - 1 bytes: what a WAV written as a stream declares (size unknown)
-    if cut and int(cut[2]) < int(cut[1]) < 0x7FFFFF00:
-        return (f"truncated: the header says {cut[1]} bytes of audio, the file holds "
-                f"{cut[2]}")
+    """Why a WAV (or RF64) is cut short (an upload or a copy that stopped), from
+    libsndfile's reading of its header ("data : 7990 (should be 3973)"), or None:
+    decoded, it would be a shorter recording, with nothing to say so."""
+    log = info.extra_info
+    if cut := re.search(r"^data : (\d+) \(should be (\d+)\)", log, re.M):
+        said, held, unit = int(cut[1]), int(cut[2]), "bytes of audio"
+    elif cut := re.search(r"frame count (\d+) does not match value from 'ds64' chunk of "
+                          r"(\d+)", log):
+        said, held, unit = int(cut[2]), int(cut[1]), "frames"
+    else:
+        return None
+    if held < said < STREAMED:
+        return f"truncated: the header says {said} {unit}, the file holds {held}"
     return None
+
+
+STREAMED = 0x7FFFFF00  # a WAV written as a stream declares 2**31 - 1 or 2**32 - 1 bytes
 
 
 def _header_problem(source) -> str | None:
@@ -419,6 +427,9 @@ def load_features(utts: list[Utterance], s: FeatureSettings, cache_dir: str | Pa
     for u in tqdm(utts, desc="features", unit="file",
                   disable=None if progress is None else not progress):
         data = u.path.read_bytes()
+        if why := _header_problem(io.BytesIO(data)):  # also where features were cached
+            bad.append((str(u.path), why))  # before files were checked for it
+            continue
         digest = hashlib.sha256(data).hexdigest()
         x = cache.get(digest) if cache else None
         hits += x is not None

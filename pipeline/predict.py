@@ -86,8 +86,8 @@ def predict_rows(model, requests, params: dict | None = None, progress: bool | N
                         print(f"skipped {bad}", file=sys.stderr, flush=True)
             bar.update(rows.stop - rows.start)
     if not parts:
-        raise ValueError(f"input: the model refused all {len(requests)} inputs (the first: "
-                         f"{skipped[0][0]}: {skipped[0][1]})")
+        raise ValueError(f"input: the model refused every input ({len(requests)}; the "
+                         f"first: {skipped[0][0]}: {skipped[0][1]})")
     return pd.concat(parts, ignore_index=True), skipped
 
 
@@ -123,6 +123,8 @@ def parse(argv=None) -> PredictParams:
     p = cli.parse_params(argv, __doc__, PredictParams)
     if Path(p.output).suffix not in (".csv", ".parquet"):
         raise cli.UsageError(f"output must end in .csv or .parquet, got {p.output!r}")
+    if why := unwritable(Path(p.output).expanduser().resolve()):  # before the work, not after
+        raise cli.UsageError(f"output: {p.output}: {why}")
     if (p.mode == "stream") != bool(p.states):
         raise cli.UsageError("--mode stream and --states go together (price models only: "
                              "a stream reads and writes its series' states): give both "
@@ -132,6 +134,21 @@ def parse(argv=None) -> PredictParams:
     if p.states and Path(p.states).resolve() == Path(p.output).resolve():
         raise cli.UsageError("states and output are one file: give each its own")
     return p
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path`, or None: tried with a temporary file
+    beside it (a folder still to be made is made when the output is written)."""
+    import tempfile
+
+    if path.is_dir():
+        return "is a folder"
+    if path.parent.is_dir():
+        try:
+            tempfile.TemporaryFile(dir=path.parent).close()
+        except OSError as err:
+            return f"cannot write in {path.parent} ({err.strerror})"
+    return None
 
 
 def read_states(path: Path, requests) -> None:
@@ -181,7 +198,9 @@ def main(argv=None):
         raise cli.UsageError(f"{', '.join(given)}: options of price models; {p.model_uri} is "
                              f"a {task.name} model, and predict reads each audio file whole "
                              "(frame by frame is served: docs/speech.md)")
-    requests = task.requests(source, spec, p.repair, p.market)
+    requests, unread = task.requests(source, spec, p.repair, p.market, p.skip_bad)
+    for name, why in unread:
+        print(f"skipped input {name}: {why}", file=sys.stderr, flush=True)
     states = Path(p.states).expanduser().resolve() if p.states else None
     if states:
         read_states(states, requests)
@@ -192,8 +211,9 @@ def main(argv=None):
     if states:  # after the predictions: a failure before leaves the old states
         write_states(states, out)
     note_launcher(f"This launch wrote {len(out)} predictions of {p.model_uri} to {p.output}.")
-    left = f" ({len(skipped)} left out: see 'skipped' above)" if skipped else ""
-    print(f"{len(out)} predictions for {len(requests) - len(skipped)} inputs{left} -> "
+    left = len(unread) + len(skipped)
+    said = f" ({left} left out: see 'skipped' above)" if left else ""
+    print(f"{len(out)} predictions for {len(requests) - len(skipped)} inputs{said} -> "
           f"{p.output}")
     return out
 

@@ -1,5 +1,6 @@
 """The audio loader on the bundled FSDD subset: layouts, features, cache, bad files, splits."""
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -191,3 +192,32 @@ def test_a_wav_written_as_a_stream_is_not_called_truncated(size):
     assert np.array_equal(audio.decode(bytes(whole), 8000), audio.decode(FSDD / "3_george_1.wav",
                                                                          8000))
     assert audio.probe(bytes(whole))[1:] == (8000, 1)
+
+
+def test_a_cut_file_is_refused_even_where_its_features_were_cached(tmp_path):
+    """Features cached before files were checked for a cut must not let one through."""
+    whole = (FSDD / "5_george_1.wav").read_bytes()
+    cut = tmp_path / "data" / "5_a_0.wav"
+    cut.parent.mkdir()
+    cut.write_bytes(whole[:len(whole) // 2])
+    cache = tmp_path / "cache"
+    audio.FeatureCache(cache, S).put(hashlib.sha256(cut.read_bytes()).hexdigest(),
+                                     np.zeros((5, S.n_mels), np.float32))
+    feats, kept, bad = audio.load_features(audio.discover(cut.parent), S, cache,
+                                           skip_bad=True, progress=False)
+    assert feats == kept == [] and bad[0][1].startswith("truncated: the header says")
+
+
+def test_predict_reads_audio_files_it_can_and_names_those_it_cannot(tmp_path):
+    from pipeline import tasks
+
+    shutil.copy(FSDD / "3_george_1.wav", tmp_path / "a.wav")
+    (tmp_path / "in.wav").mkdir()  # a folder named like a file: its files are read
+    shutil.copy(FSDD / "4_george_1.wav", tmp_path / "in.wav" / "b.wav")
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    speech = tasks.load("speech-classify")
+    with pytest.raises(ValueError, match=r"^input gone.wav: cannot read it \(No such file"):
+        speech.requests(tmp_path, {}, "none")
+    frame, bad = speech.requests(tmp_path, {}, "none", skip_bad=True)
+    assert frame.utterance_id.tolist() == ["a.wav", "in.wav/b.wav"]
+    assert bad == [("gone.wav", "cannot read it (No such file or directory)")]

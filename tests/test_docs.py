@@ -131,6 +131,8 @@ def test_every_documented_command_parses(page, argv):
      "--output b.txt", "output must end in .csv or .parquet"),
     ("python -m pipeline.predict --model_uri models:/speech-classify@champion --states "
      "s.parquet", "--mode stream and --states go together (price models only"),
+    ("python -m pipeline.predict --output /proc/p.csv", "output: /proc/p.csv: cannot write "
+     "in /proc"),
 ])
 def test_the_check_refuses_a_command_that_would_not_start(command, message):
     with pytest.raises((UsageError, ValueError), match=re.escape(message)):

@@ -205,7 +205,7 @@ def test_batch_prediction_splits_its_calls_by_the_model_s_budget(tmp_path, monke
     assert skipped[1][1].startswith("column 'close'") and "'n/a'" in skipped[1][1]
     alone = predict.predict_rows(PyFunc(), mixed.iloc[[0, 2, 4]], progress=False)[0]
     pd.testing.assert_frame_equal(got, alone)
-    with pytest.raises(ValueError, match=r"^input: the model refused all 2 inputs \(the "
+    with pytest.raises(ValueError, match=r"^input: the model refused every input \(2; the "
                                          r"first: s0: request has 300"):
         predict.predict_rows(PyFunc(), rows([300, 300]), progress=False, skip_bad=True)
 

@@ -8,6 +8,7 @@ seven forecast columns), trained for one epoch.
 """
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ from mlflow_server import post, serving
 from data_loaders.prices import read_price_csv, read_prices
 from models.price_model import MAX_ROWS, request_row
 from pipeline import predict
+from pipeline.core.cli import UsageError
 from pipeline.main import main
 from tests.conftest import SPY, fresh_store
 
@@ -214,13 +216,18 @@ def test_batch_predict_errors_name_the_input_file(store, capsys):
                       "--model_uri", MODEL])
     assert "SHORT" not in str(err.value).removeprefix("input SHORT")  # named once
     assert not (store / "p.csv").exists()
+    (data / "GARBLED.csv").write_text("when,what\nyesterday,a lot\n")  # cannot be read
     out = predict.main(["--input", str(data), "--output", str(store / "p.csv"),
                         "--model_uri", MODEL, "--skip_bad", "true"])
     said = capsys.readouterr()
     assert "skipped input SHORT: column 'close': 10 prices is shorter" in said.err
-    assert f"{len(out)} predictions for 1 inputs (1 left out: see 'skipped' above)" in said.out
+    assert re.search(r"skipped input \S*GARBLED.csv: ", said.err)
+    assert f"{len(out)} predictions for 1 inputs (2 left out: see 'skipped' above)" in said.out
     written = pd.read_csv(store / "p.csv")
     assert len(written) == len(out) > 0 and set(written.series_id) == {"LONG"}
+    (store / "taken.csv").mkdir()
+    with pytest.raises(UsageError, match="output: .*taken.csv: is a folder"):
+        predict.parse(["--output", str(store / "taken.csv")])
 
 
 def test_batch_predict_leaves_no_half_written_file(store, monkeypatch):

@@ -191,6 +191,9 @@ class Task(ABC):
         preprocessing, so models trained on other data compare fairly."""
 
     @abstractmethod
-    def requests(self, path: Path, spec: dict, repair: str, market: str = "") -> pd.DataFrame:
-        """The request rows the served model takes, from files at `path` (predict); a
-        price model trained with a market table reads `market` too."""
+    def requests(self, path: Path, spec: dict, repair: str, market: str = "",
+                 skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
+        """The request rows the served model takes, from files at `path` (predict), and
+        the inputs that could not be read, [(input, why)] (empty unless `skip_bad`: else
+        the first stops it, named); a price model trained with a market table reads
+        `market` too."""

@@ -666,11 +666,12 @@ class PricesTask(Task):
                 out[n] = (rows["step"].to_numpy() - 1, rows)
         return out
 
-    def requests(self, path: Path, spec: dict, repair: str, market: str = "") -> pd.DataFrame:
+    def requests(self, path: Path, spec: dict, repair: str, market: str = "",
+                 skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
         import pandas as pd
 
         from data_loaders.market import read_market
-        from data_loaders.prices import read_prices
+        from data_loaders.prices import read_prices_skipping
         from models.price_model import market_columns_of, price_columns, request_row
 
         reads_market = bool(market_columns_of(spec))
@@ -679,10 +680,10 @@ class PricesTask(Task):
                              "market table (CSV) covering the input's days (python -m "
                              "data_loaders.market)")
         table = read_market(market) if market else None
-        series, _ = read_prices(path, repair, what="input")
+        series, _, bad = read_prices_skipping(path, repair, "input", skip_bad)
         return pd.DataFrame([request_row(f, n, price_columns(spec),
                                          table if reads_market else None)
-                             for n, f in series.items()])
+                             for n, f in series.items()]), bad
 
 
 def _year_view(years: pd.DataFrame) -> pd.DataFrame:

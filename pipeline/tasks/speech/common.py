@@ -265,15 +265,30 @@ class SpeechTask(Task):
                        axis=0)
         return mean, memory_horizon(mean)
 
-    def requests(self, path: Path, spec: dict, repair: str, market: str = "") -> pd.DataFrame:
+    def requests(self, path: Path, spec: dict, repair: str, market: str = "",
+                 skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
         from models.speech_model import audio_request
 
-        files = ([path] if path.is_file() else
-                 sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES))
+        files = ([path] if path.is_file() else  # a folder named x.wav is a folder
+                 sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
+                        and not p.is_dir()))
         if not files:
             raise ValueError(f"input: no {'/'.join(AUDIO_SUFFIXES)} files under {path}")
-        return audio_request(files, [str(f.relative_to(path)) if path.is_dir() else f.name
-                                     for f in files])
+        kept, bad = [], []
+        for f in files:
+            name = str(f.relative_to(path)) if path.is_dir() else f.name
+            try:
+                f.open("rb").close()
+            except OSError as err:  # a link to nothing, a file without read permission
+                if not skip_bad:
+                    raise ValueError(f"input {name}: cannot read it ({err.strerror})") from None
+                bad.append((name, f"cannot read it ({err.strerror})"))
+                continue
+            kept.append((f, name))
+        if not kept:
+            raise ValueError(f"input: none of the {len(files)} files under {path} can be read "
+                             f"(the first: {bad[0][0]}: {bad[0][1]})")
+        return audio_request(*zip(*kept, strict=True)), bad
 
 
 # Forecasting frames: speech-forecast's objective, which speech-classify pretrains by
