@@ -45,9 +45,9 @@ class PredictParams:
     market: str = param("", "prices, a model trained with a market table: the table (CSV) "
                             "with a row for every day of the input (python -m "
                             "data_loaders.market)")
-    skip_bad: bool = param(False, "leave out the inputs the model refuses (each named on "
-                                  "stderr, counted at the end) instead of stopping at the "
-                                  "first")
+    skip_bad: bool = param(False, "leave out the inputs that cannot be read or that the "
+                                  "model refuses (each named on stderr, counted at the "
+                                  "end) instead of stopping at the first")
 
 
 class Refused(ValueError):
