@@ -427,11 +427,12 @@ def load_features(utts: list[Utterance], s: FeatureSettings, cache_dir: str | Pa
     for u in tqdm(utts, desc="features", unit="file",
                   disable=None if progress is None else not progress):
         data = u.path.read_bytes()
-        if why := _header_problem(io.BytesIO(data)):  # also where features were cached
-            bad.append((str(u.path), why))  # before files were checked for it
-            continue
         digest = hashlib.sha256(data).hexdigest()
         x = cache.get(digest) if cache else None
+        # decoding checks the header; a cached file, not decoded, may predate that check
+        if x is not None and (why := _header_problem(io.BytesIO(data))):
+            bad.append((str(u.path), why))
+            continue
         hits += x is not None
         if x is None:
             try:
